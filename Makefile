@@ -1,0 +1,43 @@
+# sam3d developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build to install; override for another CUDA/CPU wheel, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create or refresh .venv with sam3d and its dev tools
+
+demo: $(STAMP) ## the main job on built-in synthetic data (CPU, minutes)
+	$(BIN)/python -m sam3d.demo
+
+test: $(STAMP) ## the default test suite (slow tests excluded)
+	WANDB_MODE=disabled $(BIN)/python -m pytest
+
+test-slow: $(STAMP) ## only the slow tests
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
+
+lint: $(STAMP) ## ruff lint + format check, mypy on the network package
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## remove build and test artefacts (keeps .venv)
+	rm -rf build *.egg-info .pytest_cache .ruff_cache .mypy_cache

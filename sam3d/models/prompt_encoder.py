@@ -1,0 +1,120 @@
+"""Click prompt encoder: point features sampled from the last map, learned global queries, two-way updates."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.common import MLPBlock
+from torch import nn
+
+from sam3d.models.config import VolumetricSamConfig
+
+# Click labels: positive, negative, and padding for batches with unequal click counts.
+POSITIVE, NEGATIVE, PADDING = 1, 0, -1
+
+
+class QueryAttention(nn.Module):
+    """Multi-head attention whose projections may narrow the channels (SAM's downsampled attention)."""
+
+    def __init__(self, dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        inner = dim // downsample_rate
+        if inner % num_heads:
+            raise ValueError(f"num_heads {num_heads} must divide the attention width {inner}")
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, inner)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner)
+        self.out_proj = nn.Linear(inner, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend ``q (B, Nq, C)`` to ``k, v (B, Nk, C)``; ``key_mask (B, Nk)`` is True for keys to use."""
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(q)),
+            self._heads(self.k_proj(k)),
+            self._heads(self.v_proj(v)),
+            attn_mask=mask,
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TwoWayQueryBlock(nn.Module):
+    """Global queries and clicks attend to each other, then every image token attends to the queries."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, num_queries: int, attention_downsample_rate: int
+    ) -> None:
+        super().__init__()
+        self.global_queries = nn.Parameter(0.1 * torch.randn(1, num_queries, dim))
+        self.self_attn = QueryAttention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = QueryAttention(dim, num_heads, attention_downsample_rate)
+        self.norm4 = nn.LayerNorm(dim)
+
+    def forward(
+        self, image_tokens: torch.Tensor, click_tokens: torch.Tensor, click_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update ``image_tokens (B, L, C)`` from ``click_tokens (B, N, C)``; ``click_mask (B, N)`` marks real clicks."""
+        b, num_queries = image_tokens.shape[0], self.global_queries.shape[1]
+        tokens = torch.cat([self.global_queries.expand(b, -1, -1), click_tokens], dim=1)
+        key_mask = torch.cat([click_mask.new_ones(b, num_queries), click_mask], dim=1)
+        tokens = self.norm2(tokens + self.norm1(self.self_attn(tokens, tokens, tokens, key_mask)))
+        queries, click_tokens = tokens[:, :num_queries], tokens[:, num_queries:]
+        queries = self.norm3(queries + self.mlp(queries))
+        image_tokens = self.norm4(
+            image_tokens + self.cross_attn_image_to_token(image_tokens, queries, queries)
+        )
+        return image_tokens, click_tokens
+
+
+class ClickPromptEncoder(nn.Module):
+    """Turns clicks into an updated last feature map.
+
+    Click features are sampled (trilinear) from the map at the clicks; a zero-initialised label embedding
+    distinguishes positive from negative clicks (the paper has no labels, so imported weights behave as
+    the paper's network). The paper's code also computes random-Fourier positional encodings here but its
+    layers never read them; they are therefore not computed.
+    """
+
+    crop_size: torch.Tensor
+
+    def __init__(self, config: VolumetricSamConfig) -> None:
+        super().__init__()
+        dim = config.neck_dim
+        self.register_buffer(
+            "crop_size", torch.tensor(config.crop_size, dtype=torch.float32), persistent=False
+        )
+        self.label_embed = nn.Embedding(2, dim)
+        nn.init.zeros_(self.label_embed.weight)
+        self.layers = nn.ModuleList(
+            TwoWayQueryBlock(
+                dim,
+                config.prompt_num_heads,
+                config.prompt_mlp_dim,
+                config.num_global_queries,
+                config.prompt_attention_downsample,
+            )
+            for _ in range(config.prompt_depth)
+        )
+
+    def forward(self, image_map: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Condition ``image_map (B, C, D, H, W)`` on ``points (B, N, 3)`` (crop voxels, d/h/w) and ``labels``."""
+        # Voxel centres to grid_sample's [-1, 1] (align_corners=False), axes reversed to (w, h, d).
+        grid = ((points + 0.5) * 2 / self.crop_size - 1).flip(-1)
+        sampled = F.grid_sample(image_map, grid[:, :, None, None, :].to(image_map.dtype), align_corners=False)
+        click_tokens = sampled.flatten(2).transpose(1, 2)
+        real = labels != PADDING
+        click_tokens = click_tokens + self.label_embed(labels.clamp(min=0)) * real[..., None]
+        image_tokens = image_map.flatten(2).transpose(1, 2)
+        for layer in self.layers:
+            image_tokens, click_tokens = layer(image_tokens, click_tokens, real)
+        return image_tokens.transpose(1, 2).reshape(image_map.shape)

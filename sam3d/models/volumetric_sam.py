@@ -1,0 +1,91 @@
+"""The volumetric SAM: image encoder, click prompt encoder and multi-level decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sam3d.models.config import VolumetricSamConfig
+from sam3d.models.image_encoder import ImageEncoder3D
+from sam3d.models.mask_decoder import MultiLevelDecoder3D
+from sam3d.models.prompt_encoder import NEGATIVE, PADDING, POSITIVE, ClickPromptEncoder
+
+
+class VolumetricSam(nn.Module):
+    """Promptable 3D segmentation network of 3DSAM-adapter.
+
+    ``net(image, points, labels)`` maps a crop and its clicks to two-class logits. The image encoding
+    can be computed once and reused for several click sets (:meth:`encode_image`, :meth:`segment`).
+    """
+
+    def __init__(self, config: VolumetricSamConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder3D(config)
+        self.prompt_encoder = ClickPromptEncoder(config)
+        self.mask_decoder = MultiLevelDecoder3D(config)
+
+    def forward(
+        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Segment crops from clicks.
+
+        Args:
+            image: ``(B, 1, D, H, W)`` float crops, already windowed and normalised.
+            points: ``(B, N, 3)`` click coordinates in voxels of the crop, in the image's axis order.
+            labels: ``(B, N)`` with 1 (positive), 0 (negative) or -1 (padding); None means all positive.
+
+        Returns:
+            Logits ``(B, num_classes, D, H, W)``.
+        """
+        return self.segment(self.encode_image(image), image, points, labels)
+
+    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The four multi-level feature maps of ``image`` (the expensive part)."""
+        self._check_image(image)
+        return self.image_encoder(image)
+
+    def segment(
+        self,
+        features: list[torch.Tensor],
+        image: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits from precomputed ``features`` of ``image`` and a set of clicks (see :meth:`forward`)."""
+        labels = self._check_clicks(image, points, labels)
+        conditioned = self.prompt_encoder(features[-1], points, labels)
+        return self.mask_decoder([*features[:-1], conditioned], image)
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        crop = tuple(self.config.crop_size)
+        if image.ndim != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != crop:
+            raise ValueError(
+                f"image must have shape (B, 1, {', '.join(map(str, crop))}) for the {self.config.variant} "
+                f"network built for {crop} crops, got {tuple(image.shape)}"
+            )
+        if not image.is_floating_point():
+            raise TypeError(f"image must be a float tensor, got {image.dtype}")
+
+    def _check_clicks(
+        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        b = image.shape[0]
+        if points.ndim != 3 or points.shape[0] != b or points.shape[2] != 3:
+            raise ValueError(f"points must have shape ({b}, N, 3), got {tuple(points.shape)}")
+        if labels is None:
+            labels = torch.full(points.shape[:2], POSITIVE, dtype=torch.long, device=points.device)
+        if labels.shape != points.shape[:2]:
+            raise ValueError(f"labels must have shape {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+        labels = labels.long()
+        if not torch.isin(labels, labels.new_tensor([POSITIVE, NEGATIVE, PADDING])).all():
+            raise ValueError("labels must be 1 (positive), 0 (negative) or -1 (padding)")
+        upper = points.new_tensor(self.config.crop_size) - 1
+        outside = ((points < 0) | (points > upper)).any(-1) & (labels != PADDING)
+        if outside.any():
+            sample, click = (int(i) for i in outside.nonzero()[0])
+            raise ValueError(
+                f"click {click} of sample {sample} at {points[sample, click].tolist()} lies outside the crop "
+                f"{tuple(self.config.crop_size)}; clicks are voxel coordinates inside the crop"
+            )
+        return labels
