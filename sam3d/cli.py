@@ -1,25 +1,128 @@
-"""The ``sam3d`` command line.
+"""The ``sam3d`` command: Lightning's ``fit``/``validate``/``test``/``predict`` plus dataset utilities.
 
-Utility subcommands (dataset tools) are plain typed functions exposed through jsonargparse;
-training, testing and prediction arrive through Lightning's CLI.
+sam3d fit --config configs/kits.yaml --data.root DIR --model.sam_checkpoint sam_vit_b_01ec64.pth
+sam3d fit --config configs/kits.yaml --ckpt_path last      # resume the newest run
+sam3d check-dataset --help                                 # utilities: see UTILITY_HELP
 """
 
 from __future__ import annotations
 
+import netrc
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+import torch
 from jsonargparse import CLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sam3d import __version__
+from sam3d.callbacks import RunConfig
+from sam3d.data import VolumeDataModule
+from sam3d.data.tools import UTILITIES as DATA_UTILITIES
+from sam3d.errors import Sam3dError
+from sam3d.models.checkpoints import CheckpointError, load_weights_file
+from sam3d.module import VolumetricSamModule
+from sam3d.reference_import import import_reference
 
-UTILITIES: dict[str, Callable[..., object]] = {}
+UTILITIES: dict[str, Callable[..., object]] = {**DATA_UTILITIES, "import-reference": import_reference}
+DESCRIPTION = (
+    "Promptable 3D tumour segmentation: SAM adapted to CT volumes. Training, evaluation and inference use "
+    "the subcommands below; dataset utilities are `sam3d " + " | ".join(UTILITIES) + "` (each with --help)."
+)
+
+
+def wandb_credentials_present() -> bool:
+    """Whether W&B could log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def newest_last_checkpoint(root: Path) -> Path | None:
+    """The most recently written ``last.ckpt`` under ``root``."""
+    candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+class Sam3dCLI(LightningCLI):
+    """LightningCLI with sam3d's links, checkpoint checks and run folders."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the patch size to the network's crop size; the TorchIO queue does its own DDP sharding."""
+        parser.link_arguments("data.patch_size", "model.crop_size")
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
+
+    def _subcommand_config(self) -> Any:
+        return self.config[self.config["subcommand"]]
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last`` to the newest run's last checkpoint and refuse non-sam3d files."""
+        if not self.config.get("subcommand"):
+            return
+        config = self._subcommand_config()
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            config.ckpt_path = str(self._resolve_last(config))
+        elif ckpt_path not in (None, "best", "hpc", "registry"):
+            checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
+            if not isinstance(checkpoint, dict) or "sam3d" not in checkpoint:
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path} is not a sam3d checkpoint; authors' 3DSAM-adapter checkpoints are "
+                    "converted with `sam3d import-reference --help`"
+                )
+        requested_sam = config.model.get("sam_checkpoint")
+        super()._parse_ckpt_path()
+        if requested_sam is not None:
+            # The checkpoint's hyperparameters replace the model config; a SAM file named on this command
+            # line still wins (its SHA-256 is checked against the one the checkpoint was trained from).
+            self._subcommand_config().model.sam_checkpoint = requested_sam
+
+    def _resolve_last(self, config: Any) -> Path:
+        logger = config.trainer.get("logger")
+        init_args = getattr(logger, "init_args", None)
+        save_dir = getattr(init_args, "save_dir", None) if init_args is not None else None
+        root = Path(save_dir or config.trainer.get("default_root_dir") or ".")
+        last = newest_last_checkpoint(root)
+        if last is None:
+            raise CheckpointError(
+                f"--ckpt_path last: no last.ckpt found under {root}; start without --ckpt_path"
+            )
+        if init_args is not None and hasattr(init_args, "id"):
+            init_args.id = last.parent.parent.name  # continue the same W&B run and run folder
+        print(f"resuming from {last}", file=sys.stderr)
+        return last
+
+    def before_instantiate_classes(self) -> None:
+        """Log to W&B offline when no credentials exist (``wandb sync`` uploads the run later)."""
+        if "WANDB_MODE" not in os.environ and not wandb_credentials_present():
+            os.environ["WANDB_MODE"] = "offline"
+            print(
+                "W&B: no credentials found, logging offline (upload later with `wandb sync`)", file=sys.stderr
+            )
 
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``sam3d`` console script (also ``python -m sam3d``)."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in ("--version", "-V"):
-        print(f"sam3d {__version__}")
-        return
-    CLI(UTILITIES, args=argv, version=f"sam3d {__version__}")
+    torch.set_float32_matmul_precision("high")
+    try:
+        if argv and argv[0] in UTILITIES:
+            CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
+            return
+        Sam3dCLI(
+            VolumetricSamModule,
+            VolumeDataModule,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"save_to_log_dir": False},
+            seed_everything_default=0,
+            parser_kwargs={"prog": "sam3d", "version": f"sam3d {__version__}", "description": DESCRIPTION},
+            args=args,
+        )
+    except Sam3dError as error:
+        sys.exit(f"sam3d: error: {error}")

@@ -25,3 +25,11 @@ def shared_ct_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real CT test data not found at {root} (only present beside the development checkout)")
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six small synthetic CT phantoms in the MSD layout (session-wide, read-only by convention)."""
+    from sam3d.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_cases=6, seed=0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sam3d.errors import Sam3dError
 from sam3d.models.config import VARIANTS
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from sam3d.models.volumetric_sam import VolumetricSam
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Sam3dError):
     """A weights file that cannot be used; the message names the file and what to do."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sam3d.errors import Sam3dError
+
 Variant = Literal["vit_b", "vit_l", "vit_h", "tiny"]
 
 
@@ -79,7 +81,7 @@ class VolumetricSamConfig:
             tokens = scaled / stride
             if scaled != int(scaled) or tokens != int(tokens) or int(tokens) % self.window_size:
                 valid = self.window_size * stride / self.input_scale
-                raise ValueError(
+                raise Sam3dError(
                     f"crop size {tuple(self.crop_size)} cannot be taken by the {self.variant} network: axis {axis} "
                     f"({size} voxels x {self.input_scale} upsampling / {stride}) must give a whole number of "
                     f"tokens divisible by the window size {self.window_size}; use a multiple of {valid:g} voxels"

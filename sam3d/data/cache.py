@@ -1,0 +1,228 @@
+"""Canonical, resampled volumes cached on disk so epochs after the first never resample again.
+
+An entry is a folder ``<cache_dir>/<key>/`` holding ``image.nii`` (HU, int16 when the source is
+integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16) and
+``meta.json``. The key hashes the source paths, sizes and modification times, the target spacing
+and the cache version, so editing a file or changing the spacing makes a new entry. Entries are
+written to a temporary folder and renamed into place: a killed run never leaves a half entry, and
+two processes caching the same case at once are harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+
+from sam3d.data.catalog import Case
+from sam3d.data.checks import check_headers
+from sam3d.data.errors import Problem
+
+__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir", "read_nifti"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# Foreground intensities kept per case, for window/statistics estimates without re-reading volumes.
+_FOREGROUND_SAMPLE = 4096
+_INT16 = (-32768, 32767)
+
+
+def default_cache_dir() -> Path:
+    """``$SAM3D_CACHE_DIR``, else ``$XDG_CACHE_HOME/sam3d/volumes`` (``~/.cache/sam3d/volumes``)."""
+    if "SAM3D_CACHE_DIR" in os.environ:
+        return Path(os.environ["SAM3D_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sam3d" / "volumes"
+
+
+def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader for NIfTI files through NiBabel, keeping the stored type.
+
+    Used for cache entries (faster than SimpleITK) and NIfTI sources, because SimpleITK's NIfTI
+    reader silently turns NaN voxels into 0 and the checks must see them.
+    """
+    image = nib.load(str(path))
+    array = np.asanyarray(image.dataobj)
+    array = array.transpose(3, 0, 1, 2) if array.ndim == 4 else array[None]
+    return torch.from_numpy(np.ascontiguousarray(array)), image.affine
+
+
+@dataclass(frozen=True)
+class CachedCase:
+    """A case whose canonical, resampled volumes are on disk.
+
+    Attributes:
+        case: The source case.
+        folder: The cache entry.
+        meta: Shapes, spacings, label values and counts, a foreground intensity sample.
+    """
+
+    case: Case
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def label_values(self) -> set[int]:
+        """Label values present in the label map."""
+        return {int(value) for value in self.meta["label_voxels"]}
+
+    def subject(self) -> tio.Subject:
+        """A lazily loaded TorchIO subject with ``image``, ``label`` and the case's attributes."""
+        return tio.Subject(
+            image=tio.ScalarImage(self.folder / "image.nii", reader=read_nifti),
+            label=tio.LabelMap(self.folder / "label.nii", reader=read_nifti),
+            case_id=self.case.case_id,
+            source_image=str(self.case.image),
+            source_label=str(self.case.label),
+        )
+
+
+class _ContentError(ValueError):
+    """Unusable voxel content in one file of a case."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _key(case: Case, spacing: tuple[float, float, float]) -> str:
+    parts: list[object] = [CACHE_VERSION, [round(s, 6) for s in spacing]]
+    for path in (case.image, case.label):
+        stat = path.stat()
+        parts += [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
+def _reader(path: Path) -> dict[str, object]:
+    return {"reader": read_nifti} if path.name.endswith((".nii", ".nii.gz")) else {}
+
+
+def _save_nifti(tensor: torch.Tensor, affine: np.ndarray, dtype: type, path: Path) -> None:
+    image = nib.Nifti1Image(tensor[0].numpy().astype(dtype), affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(path))
+
+
+def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -> dict[str, Any]:
+    """Load, check, reorient and resample one case into ``folder``; raise ValueError on bad content."""
+    subject = tio.Subject(
+        image=tio.ScalarImage(case.image, **_reader(case.image)),
+        label=tio.LabelMap(case.label, **_reader(case.label)),
+    )
+    subject.load()
+    image, label = subject["image"].data, subject["label"].data
+    bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
+    if bad:
+        raise _ContentError(
+            f"image has {bad} NaN/inf voxels; replace them (e.g. with -1024 HU) or drop the case", case.image
+        )
+    if label.is_floating_point() and not torch.equal(label, label.round()):
+        raise _ContentError("label has non-integer values; is it an image, or a probability map?", case.label)
+    integral = not image.is_floating_point() or torch.equal(image, image.round())
+    source_shape, source_spacing = tuple(image.shape[1:]), subject["image"].spacing
+    subject = tio.Compose([tio.ToCanonical(), tio.Resample(spacing)])(subject)
+    image, label = subject["image"].data, subject["label"].data.round().to(torch.int16)
+    integral = integral and _INT16[0] <= float(image.min()) and float(image.max()) <= _INT16[1]
+    image = image.round() if integral else image.float()
+    _save_nifti(image, subject["image"].affine, np.int16 if integral else np.float32, folder / "image.nii")
+    label_dtype = np.uint8 if int(label.min()) >= 0 and int(label.max()) <= 255 else np.int16
+    _save_nifti(label, subject["label"].affine, label_dtype, folder / "label.nii")
+    values, counts = torch.unique(label, return_counts=True)
+    foreground = image[label > 0].float()
+    generator = torch.Generator().manual_seed(zlib.crc32(case.case_id.encode()))
+    if len(foreground) > _FOREGROUND_SAMPLE:
+        foreground = foreground[torch.randperm(len(foreground), generator=generator)[:_FOREGROUND_SAMPLE]]
+    return {
+        "case_id": case.case_id,
+        "source_image": str(case.image),
+        "source_label": str(case.label),
+        "source_shape": list(source_shape),
+        "source_spacing": [float(s) for s in source_spacing],
+        "shape": list(image.shape[1:]),
+        "spacing": list(spacing),
+        "label_voxels": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)},
+        "foreground_sample": [round(float(v), 2) for v in foreground],
+    }
+
+
+def _entry_exists(case: Case, cache_dir: Path, spacing: tuple[float, float, float]) -> bool:
+    try:
+        return (cache_dir / _key(case, spacing) / "meta.json").exists()
+    except OSError:  # a missing source file
+        return False
+
+
+def cache_case(case: Case, cache_dir: Path, spacing: tuple[float, float, float]) -> CachedCase:
+    """Return the cache entry of a case, creating it if needed.
+
+    Args:
+        case: The source case.
+        cache_dir: Cache root folder.
+        spacing: Target voxel size in mm along X, Y, Z (RAS).
+
+    Returns:
+        The cached case.
+
+    Raises:
+        ValueError: If the case's content is unusable (NaN/inf voxels, non-integer labels); the
+            message says what and what to do.
+    """
+    folder = cache_dir / _key(case, spacing)
+    if not (folder / "meta.json").exists():
+        start = time.perf_counter()
+        temporary = cache_dir / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+        temporary.mkdir(parents=True)
+        try:
+            meta = _preprocess(case, spacing, temporary)
+            meta["seconds"] = round(time.perf_counter() - start, 3)
+            (temporary / "meta.json").write_text(json.dumps(meta))
+            try:
+                temporary.rename(folder)
+            except OSError:  # another process cached this case first
+                if not (folder / "meta.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        log.info("cached %s in %.1f s -> %s", case.case_id, meta["seconds"], folder)
+    return CachedCase(case, folder, json.loads((folder / "meta.json").read_text()))
+
+
+def cache_cases(
+    cases: list[Case], cache_dir: Path, spacing: tuple[float, float, float]
+) -> tuple[dict[str, CachedCase], list[Problem]]:
+    """Check and cache every case, collecting the problems of all unusable ones instead of stopping at the first.
+
+    Args:
+        cases: The cases to cache.
+        cache_dir: Cache root folder.
+        spacing: Target voxel size in mm.
+
+    Returns:
+        The cached cases by id, and one problem per case that could not be cached.
+    """
+    cached, problems = {}, []
+    for case in cases:
+        # A complete entry means the unchanged files passed every check before: skip re-reading headers.
+        header_problems = [] if _entry_exists(case, cache_dir, spacing) else check_headers(case)
+        if header_problems:
+            problems += header_problems
+            continue
+        try:
+            cached[case.case_id] = cache_case(case, cache_dir, spacing)
+        except (ValueError, RuntimeError, OSError, AssertionError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            problems.append(Problem(case.case_id, reason, getattr(error, "path", case.image)))
+    return cached, problems

@@ -1,0 +1,253 @@
+"""Dataset presets and discovery of (image, label) cases in the supported on-disk layouts.
+
+Layouts: KiTS21 (``case_XXXXX/imaging.nii.gz`` + ``aggregated_MAJ_seg.nii.gz``), the Medical
+Segmentation Decathlon (``imagesTr/``, ``labelsTr/``, ``dataset.json``), LiTS (``volume-N.nii`` +
+``segmentation-N.nii``, in any sub-folder), the 3DSAM-adapter authors' preprocessed layouts (the
+relative paths stored in the shipped split files) and a manifest (JSON or CSV) for any other data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sam3d.data.errors import DatasetError, Problem
+
+__all__ = [
+    "PRESETS",
+    "Case",
+    "Catalog",
+    "DatasetName",
+    "DatasetPreset",
+    "case_id_from_path",
+    "discover",
+    "resolve_split_cases",
+]
+
+DatasetName = Literal["kits", "pancreas", "lits", "colon", "msd", "manifest"]
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class DatasetPreset:
+    """Defaults of a named dataset, as the reference code sets them.
+
+    Attributes:
+        target_labels: Label values that form the target (binarised to 1).
+        window: Intensity clipping window in HU.
+        mean: Mean used for z-scoring, after clipping.
+        std: Standard deviation used for z-scoring.
+        in_plane_only: Restrict zoom and rotation augmentations to the axial plane.
+    """
+
+    target_labels: tuple[int, ...]
+    window: tuple[float, float]
+    mean: float
+    std: float
+    in_plane_only: bool
+
+
+PRESETS: dict[str, DatasetPreset] = {
+    "kits": DatasetPreset((2,), (-54.0, 247.0), 59.53867, 55.457336, False),
+    "pancreas": DatasetPreset((2,), (-39.0, 204.0), 68.45214, 63.422806, True),
+    "lits": DatasetPreset((2,), (-48.0, 163.0), 60.057533, 40.198017, False),
+    "colon": DatasetPreset((1,), (-57.0, 175.0), 65.175035, 32.651197, True),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan and its label map.
+
+    Attributes:
+        case_id: Unique identifier within the dataset.
+        image: Path of the image file.
+        label: Path of the label file.
+    """
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The cases found under a dataset root.
+
+    Attributes:
+        cases: Cases by id, in a stable order.
+        target_labels: Target label values the layout itself declares (manifest, or an MSD
+            ``dataset.json`` with a single foreground label), else None.
+    """
+
+    cases: dict[str, Case]
+    target_labels: tuple[int, ...] | None = None
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """The file name without its image suffix (``imagesTr/colon_001.nii.gz`` -> ``colon_001``)."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.endswith(IMAGE_SUFFIXES)
+
+
+def _first_existing(*paths: Path) -> Path:
+    return next((path for path in paths if path.exists()), paths[0])
+
+
+def _discover_kits(root: Path) -> dict[str, Case]:
+    cases = {}
+    for folder in sorted(root.glob("case_*")):
+        if (folder / "imaging.nii.gz").exists():
+            label = _first_existing(folder / "aggregated_MAJ_seg.nii.gz", folder / "segmentation.nii.gz")
+            cases[folder.name] = Case(folder.name, folder / "imaging.nii.gz", label)
+    return cases
+
+
+def _discover_msd(root: Path) -> dict[str, Case]:
+    cases = {}
+    listing = root / "dataset.json"
+    if listing.exists():
+        entries = json.loads(listing.read_text()).get("training", [])
+        pairs = [(root / entry["image"], root / entry["label"]) for entry in entries]
+    else:
+        pairs = [(path, root / "labelsTr" / path.name) for path in sorted((root / "imagesTr").glob("*"))]
+        pairs = [(image, label) for image, label in pairs if _is_image(image)]
+    for image, label in pairs:
+        case_id = case_id_from_path(image)
+        cases[case_id] = Case(case_id, image.resolve(), label.resolve())
+    # The authors' preprocessed pancreas/LiTS layout: Training/<case>/{image,segmentation}.nii.gz.
+    for folder in sorted((root / "Training").glob("*")):
+        if (folder / "image.nii.gz").exists():
+            cases.setdefault(
+                folder.name, Case(folder.name, folder / "image.nii.gz", folder / "segmentation.nii.gz")
+            )
+    return cases
+
+
+def _discover_lits(root: Path) -> dict[str, Case]:
+    cases = {}
+    for image in sorted(root.rglob("volume-*.nii*"), key=lambda p: str(p)):
+        match = re.fullmatch(r"volume-(\d+)\.nii(\.gz)?", image.name)
+        if match:
+            label = _first_existing(
+                *(image.with_name(f"segmentation-{match[1]}{ext}") for ext in (".nii", ".nii.gz"))
+            )
+            cases[f"volume-{match[1]}"] = Case(f"volume-{match[1]}", image, label)
+    return cases | _discover_msd(root)
+
+
+def _parse_labels(value: object, where: str) -> tuple[int, ...]:
+    items = value if isinstance(value, list) else str(value).replace(";", " ").replace(",", " ").split()
+    try:
+        return tuple(int(item) for item in items)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: target_label must be integers, got {value!r}") from None
+
+
+def _discover_manifest(path: Path) -> Catalog:
+    if not path.is_file():
+        raise DatasetError(
+            f"manifest {path} not found: with dataset='manifest', root must be a JSON or CSV file listing "
+            "image and label paths"
+        )
+    base = path.parent
+    target: tuple[int, ...] | None = None
+    if path.suffix.lower() == ".json":
+        content = json.loads(path.read_text())
+        rows = content.get("cases", []) if isinstance(content, dict) else content
+        if isinstance(content, dict) and "target_label" in content:
+            target = _parse_labels(content["target_label"], str(path))
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        values = {row.get("target_label", "").strip() for row in rows} - {""}
+        if len(values) > 1:
+            raise DatasetError(
+                f"{path}: the target_label column must hold one value for all rows, got {values}"
+            )
+        if values:
+            target = _parse_labels(values.pop(), str(path))
+    else:
+        raise DatasetError(f"manifest {path} must end in .json or .csv")
+    cases: dict[str, Case] = {}
+    problems = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("image") or not row.get("label"):
+            problems.append(Problem(f"row {number}", "needs non-empty 'image' and 'label' entries", path))
+            continue
+        case_id = str(row.get("case_id") or case_id_from_path(row["image"]))
+        if case_id in cases:
+            problems.append(Problem(case_id, "duplicate case id", path))
+        cases[case_id] = Case(case_id, (base / row["image"]).resolve(), (base / row["label"]).resolve())
+    if problems:
+        raise DatasetError(f"manifest {path} has invalid rows:", problems)
+    return Catalog(cases, target)
+
+
+def _msd_target(root: Path) -> tuple[int, ...] | None:
+    listing = root / "dataset.json"
+    if not listing.exists():
+        return None
+    labels = {int(key) for key in json.loads(listing.read_text()).get("labels", {})} - {0}
+    return tuple(labels) if len(labels) == 1 else None
+
+
+def discover(root: str | Path, dataset: DatasetName) -> Catalog:
+    """Find every case under ``root`` in the native layout of ``dataset``.
+
+    Args:
+        root: Dataset folder (or, for ``"manifest"``, the manifest file).
+        dataset: Which layout to read.
+
+    Returns:
+        The cases found (possibly none) and any target label the layout declares.
+    """
+    root = Path(root).expanduser()
+    if dataset == "manifest":
+        return _discover_manifest(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a folder: set data.root to the {dataset} data folder")
+    if dataset == "kits":
+        return Catalog(_discover_kits(root))
+    if dataset == "lits":
+        return Catalog(_discover_lits(root))
+    if dataset in ("pancreas", "colon", "msd"):
+        return Catalog(_discover_msd(root), _msd_target(root) if dataset == "msd" else None)
+    raise DatasetError(
+        f"unknown dataset {dataset!r}; choose one of kits, pancreas, lits, colon, msd, manifest"
+    )
+
+
+def resolve_split_cases(root: str | Path, entries: list[dict[str, str]], catalog: Catalog) -> list[Case]:
+    """Map split entries to files: the entry's relative paths if the image exists, else the native layout.
+
+    Missing files are not an error here; the set-up checks report them with every other problem.
+
+    Args:
+        root: Dataset root the entries' paths are relative to.
+        entries: Split entries with ``case_id``, ``image`` and ``label``.
+        catalog: Cases found in the native layout, used when the relative paths are absent.
+
+    Returns:
+        The resolved cases.
+    """
+    root = Path(root).expanduser()
+    cases = []
+    for entry in entries:
+        image = root / entry["image"]
+        if image.exists() or entry["case_id"] not in catalog.cases:
+            cases.append(Case(entry["case_id"], image, root / entry["label"]))
+        else:
+            cases.append(catalog.cases[entry["case_id"]])
+    return cases

@@ -1,0 +1,308 @@
+"""Training and validation patches with clicks, and their collation into network batches.
+
+Training work runs in the Queue's worker processes: :class:`TrainingPatches` is the subjects
+dataset's transform. Per volume it binarises the label, crops to the body, draws
+``samples_per_volume`` crops 1.2x the patch with :class:`torchio.LabelSampler` (positive:negative
+centres 2:1), augments each crop (intensity shift, zoom/rotation), crops the patch at random, flips
+and rotates it and simulates its clicks. It returns the patches stacked along the channel axis;
+:class:`StackedPatchSampler` then hands them to the Queue one by one, so the Queue's own process only
+slices tensors. Costly spatial transforms thus touch patch-sized arrays, never whole volumes.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import Dataset
+from torchio.data.sampler import PatchSampler
+
+from sam3d.data.cache import CachedCase
+from sam3d.data.clicks import ClickMode, pad_clicks, training_clicks
+from sam3d.data.layout import to_network_layout
+from sam3d.data.transforms import (
+    Normalize,
+    RandomIntensityShift,
+    orientation_augmentation,
+    spatial_augmentation,
+)
+
+__all__ = [
+    "PatchSettings",
+    "StackedPatchSampler",
+    "TrainingPatches",
+    "ValidationPatches",
+    "collate_patches",
+    "prepare_volume",
+]
+
+# Crop this much larger than the patch before zooming/rotating, as the reference does.
+CROP_MARGIN = 1.2
+# The reference shifts intensities by up to 20 HU with probability 0.5.
+INTENSITY_SHIFT_HU = 20.0
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """Everything the patch pipeline needs (picklable, for worker processes).
+
+    Attributes:
+        patch_size: Patch size along X, Y, Z (TorchIO order).
+        window: Intensity clipping window.
+        mean: Z-scoring mean.
+        std: Z-scoring standard deviation.
+        target_labels: Label values forming the target.
+        pos_neg_ratio: Relative frequency of positive and negative patch centres.
+        click_mode: ``"reference"`` or ``"labelled"`` clicks.
+        num_positive_clicks: Clicks drawn from the target.
+        num_context_clicks: Clicks drawn from the patch (reference) or background (labelled).
+        augment: Apply the reference's augmentations.
+        in_plane_only: Zoom/rotate only in the axial plane.
+    """
+
+    patch_size: tuple[int, int, int]
+    window: tuple[float, float]
+    mean: float
+    std: float
+    target_labels: tuple[int, ...]
+    pos_neg_ratio: tuple[float, float] = (2.0, 1.0)
+    click_mode: ClickMode = "reference"
+    num_positive_clicks: int = 10
+    num_context_clicks: int = 20
+    augment: bool = True
+    in_plane_only: bool = False
+
+
+def _shifted_affine(affine: np.ndarray, offset: Sequence[int]) -> np.ndarray:
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, :3] @ np.asarray(offset, dtype=float)
+    return shifted
+
+
+def prepare_volume(
+    subject: tio.Subject,
+    target_labels: Sequence[int],
+    background: float,
+    min_shape: Sequence[int],
+    crop_body: bool = True,
+) -> tio.Subject:
+    """Binarise the label, crop to the body (and target), pad to at least ``min_shape``.
+
+    Args:
+        subject: Cached subject with raw ``image`` and ``label``.
+        target_labels: Label values forming the target.
+        background: Intensities at or below this (the window's low end) are outside the body; padding
+            uses it.
+        min_shape: Smallest spatial shape to return (X, Y, Z); smaller volumes are padded evenly.
+        crop_body: Crop to the bounding box of body and target voxels.
+
+    Returns:
+        A new subject (image in its stored dtype, uint8 label) with the case's attributes.
+    """
+    image, affine = subject["image"].data, subject["image"].affine
+    label = torch.isin(
+        subject["label"].data, torch.tensor(list(target_labels), dtype=subject["label"].data.dtype)
+    )
+    start = [0, 0, 0]
+    if crop_body:
+        keep = (image[0] > background) | label[0]
+        if keep.any():
+            bounds = []
+            for axis in range(3):
+                present = torch.nonzero(keep.any(dim=tuple(a for a in range(3) if a != axis)))[:, 0]
+                bounds.append((int(present[0]), int(present[-1]) + 1))
+            start = [low for low, _ in bounds]
+            image = image[
+                :, bounds[0][0] : bounds[0][1], bounds[1][0] : bounds[1][1], bounds[2][0] : bounds[2][1]
+            ]
+            label = label[
+                :, bounds[0][0] : bounds[0][1], bounds[1][0] : bounds[1][1], bounds[2][0] : bounds[2][1]
+            ]
+    missing = [max(0, int(size) - n) for size, n in zip(min_shape, image.shape[1:], strict=True)]
+    if any(missing):
+        before = [m // 2 for m in missing]
+        padding = [p for axis in (2, 1, 0) for p in (before[axis], missing[axis] - before[axis])]
+        image = torch.nn.functional.pad(image.float(), padding, value=float(background))
+        label = torch.nn.functional.pad(label, padding, value=False)
+        start = [s - b for s, b in zip(start, before, strict=True)]
+    attributes = {key: value for key, value in subject.items() if not isinstance(value, tio.Image)}
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=image.contiguous(), affine=_shifted_affine(affine, start)),
+        label=tio.LabelMap(tensor=label.to(torch.uint8).contiguous(), affine=_shifted_affine(affine, start)),
+        **attributes,
+    )
+
+
+def _clicks(label: torch.Tensor, settings: PatchSettings, num_positive: int, num_context: int) -> tuple:
+    generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    mask = to_network_layout(label[0])
+    return training_clicks(mask, num_positive, num_context, settings.click_mode, generator)
+
+
+class TrainingPatches:
+    """Subject transform turning one cached volume into ``num_patches`` augmented patches with clicks.
+
+    Randomness comes from torch's global generator, which the data loader seeds per worker.
+
+    Args:
+        settings: Patch settings.
+        num_patches: Patches per volume (the Queue's ``samples_per_volume``).
+    """
+
+    def __init__(self, settings: PatchSettings, num_patches: int) -> None:
+        self.settings, self.num_patches = settings, num_patches
+        margin = CROP_MARGIN if settings.augment else 1.0
+        self.crop_size = tuple(math.ceil(margin * n) for n in settings.patch_size)
+        negative, positive = settings.pos_neg_ratio[1], settings.pos_neg_ratio[0]
+        self.sampler = tio.LabelSampler(self.crop_size, "label", {0: negative, 1: positive})
+        self.normalize = Normalize(settings.window, settings.mean, settings.std, copy=False)
+        self.shift = RandomIntensityShift(INTENSITY_SHIFT_HU / settings.std, p=0.5, copy=False)
+        self.spatial = spatial_augmentation(settings.in_plane_only)
+        self.orientation = orientation_augmentation(settings.patch_size, settings.in_plane_only)
+
+    def _augment(self, crop: tio.Subject) -> tio.Subject:
+        crop = self.spatial(self.shift(crop))
+        sizes = zip(self.crop_size, self.settings.patch_size, strict=True)
+        window = (
+            slice(None),
+            *(slice(o, o + p) for o, p in ((int(torch.randint(c - p + 1, ())), p) for c, p in sizes)),
+        )
+        patch = tio.Subject(
+            image=tio.ScalarImage(tensor=crop["image"].data[window].contiguous()),
+            label=tio.LabelMap(tensor=crop["label"].data[window].contiguous()),
+        )
+        return self.orientation(patch)
+
+    def __call__(self, subject: tio.Subject) -> tio.Subject:
+        """Return the stacked patches of one volume, with ``points``/``point_labels`` per patch."""
+        settings = self.settings
+        volume = prepare_volume(subject, settings.target_labels, settings.window[0], self.crop_size)
+        images, labels, clicks = [], [], []
+        for crop in self.sampler(volume, self.num_patches):
+            patch = self.normalize(crop)
+            if settings.augment:
+                patch = self._augment(patch)
+            images.append(patch["image"].data)
+            labels.append(patch["label"].data)
+            clicks.append(
+                _clicks(labels[-1], settings, settings.num_positive_clicks, settings.num_context_clicks)
+            )
+        points, point_labels = pad_clicks(clicks)
+        return tio.Subject(
+            image=tio.ScalarImage(tensor=torch.cat(images)),
+            label=tio.LabelMap(tensor=torch.cat(labels).to(torch.uint8)),
+            points=points,
+            point_labels=point_labels,
+            case_id=subject["case_id"],
+        )
+
+
+class StackedPatchSampler(PatchSampler):
+    """Queue sampler yielding, one at a time, the patches :class:`TrainingPatches` stacked per volume.
+
+    A cursor stored on the subject makes a volume the Queue splits across two fills continue where it
+    stopped instead of repeating patches.
+
+    Args:
+        patch_size: Patch size along X, Y, Z.
+    """
+
+    def _generate_patches(
+        self, subject: tio.Subject, num_patches: int | None = None
+    ) -> Iterator[tio.Subject]:
+        total = subject["image"].num_channels
+        start = int(subject.get("patch_cursor", 0))
+        stop = total if num_patches is None else min(total, start + num_patches)
+        for index in range(start, stop):
+            subject["patch_cursor"] = index + 1
+            yield tio.Subject(
+                image=tio.ScalarImage(tensor=subject["image"].data[index : index + 1]),
+                label=tio.LabelMap(tensor=subject["label"].data[index : index + 1]),
+                points=subject["points"][index],
+                point_labels=subject["point_labels"][index],
+                case_id=subject["case_id"],
+            )
+
+
+class ValidationPatches(Dataset):
+    """One fixed positive-centred patch per case, with clicks drawn from the target.
+
+    The centre (a target voxel) and the clicks depend only on ``seed`` and the case id.
+
+    Args:
+        cases: Cached validation cases.
+        settings: Patch settings (augmentation is never applied).
+        seed: Seed of the centres and clicks.
+    """
+
+    def __init__(self, cases: Sequence[CachedCase], settings: PatchSettings, seed: int) -> None:
+        self.cases, self.settings, self.seed = list(cases), settings, seed
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> tio.Subject:
+        settings, case = self.settings, self.cases[index]
+        generator = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + zlib.crc32(case.case.case_id.encode())
+        )
+        volume = prepare_volume(
+            case.subject(), settings.target_labels, settings.window[0], settings.patch_size, False
+        )
+        label, shape = volume["label"].data, volume.spatial_shape
+        target = torch.nonzero(label[0])
+        centre = (
+            target[int(torch.randint(len(target), (), generator=generator))].tolist()
+            if len(target)
+            else [n // 2 for n in shape]
+        )
+        start = [
+            min(max(c - p // 2, 0), n - p) for c, p, n in zip(centre, settings.patch_size, shape, strict=True)
+        ]
+        window = (slice(None), *(slice(s, s + p) for s, p in zip(start, settings.patch_size, strict=True)))
+        patch = self.normalize(volume["image"].data[window])
+        label = label[window].contiguous()
+        mask = to_network_layout(label[0]).bool()
+        count = settings.num_positive_clicks
+        points, labels = training_clicks(
+            mask, count, 0 if mask.any() else count, settings.click_mode, generator
+        )
+        return tio.Subject(
+            image=tio.ScalarImage(tensor=patch),
+            label=tio.LabelMap(tensor=label),
+            points=points,
+            point_labels=labels,
+            case_id=case.case.case_id,
+        )
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Clip and z-score an image tensor with the settings' statistics."""
+        subject = tio.Subject(image=tio.ScalarImage(tensor=image.contiguous()))
+        transform = Normalize(self.settings.window, self.settings.mean, self.settings.std, copy=False)
+        return transform(subject)["image"].data
+
+
+def collate_patches(batch: Sequence[tio.Subject]) -> dict[str, Any]:
+    """Collate patches into the network batch.
+
+    Returns ``image``/``label`` ``(B, 1, D, H, W)`` float32, ``points`` ``(B, N, 3)`` float32
+    ``(d, h, w)``, ``point_labels`` ``(B, N)`` int64 (-1 pads) and ``case_id`` (list of str).
+    """
+    clicks = []
+    for subject in batch:
+        keep = subject["point_labels"] >= 0
+        clicks.append((subject["points"][keep], subject["point_labels"][keep]))
+    points, point_labels = pad_clicks(clicks)
+    return {
+        "image": torch.stack([to_network_layout(s["image"].data) for s in batch]).float(),
+        "label": torch.stack([to_network_layout(s["label"].data) for s in batch]).float(),
+        "points": points,
+        "point_labels": point_labels,
+        "case_id": [str(s["case_id"]) for s in batch],
+    }

@@ -1,0 +1,34 @@
+"""Intensity window and z-scoring statistics of a dataset's foreground voxels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["intensity_statistics"]
+
+# nnU-Net's CT recipe, which the reference values follow: foreground 0.5/99.5 percentiles.
+PERCENTILES = (0.5, 99.5)
+
+
+def intensity_statistics(samples: Sequence[Sequence[float]]) -> tuple[tuple[float, float], float, float]:
+    """Window and statistics from per-case samples of foreground intensities.
+
+    Args:
+        samples: Per case, intensities drawn from its foreground (label > 0) voxels.
+
+    Returns:
+        ``((low, high), mean, std)``: the pooled 0.5/99.5 percentiles, and the mean and standard
+        deviation of the pooled values clipped to that window.
+
+    Raises:
+        ValueError: If no case has foreground voxels.
+    """
+    pooled = torch.tensor([value for case in samples for value in case], dtype=torch.float64)
+    if pooled.numel() == 0:
+        raise ValueError("no foreground voxels to compute intensity statistics from")
+    low, high = (float(torch.quantile(pooled, q / 100)) for q in PERCENTILES)
+    clipped = pooled.clamp(low, high)
+    std = float(clipped.std()) if pooled.numel() > 1 else 0.0
+    return (round(low, 2), round(high, 2)), round(float(clipped.mean()), 4), round(max(std, 1e-3), 4)

@@ -1,0 +1,159 @@
+"""Dataset utilities behind the ``sam3d`` sub-commands (plain typed functions; see :data:`UTILITIES`)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from sam3d.data.cache import cache_cases
+from sam3d.data.catalog import PRESETS, DatasetName, discover
+from sam3d.data.errors import DatasetError, Problem, format_problems
+from sam3d.data.splits import folds_from_catalog, save_splits
+from sam3d.data.stats import intensity_statistics
+from sam3d.data.synthetic import make_synthetic_dataset
+
+__all__ = ["UTILITIES", "check_dataset", "dataset_stats", "make_splits", "make_synthetic"]
+
+
+def make_splits(
+    root: str,
+    output: str,
+    dataset: DatasetName = "msd",
+    num_folds: int = 5,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> str:
+    """Make seeded k-fold train/val/test splits of a dataset and write them as a sam3d split file.
+
+    Args:
+        root: Dataset folder (the manifest file for dataset=manifest).
+        output: Split file to write (JSON).
+        dataset: Layout of the dataset.
+        num_folds: Number of folds; every case is in the test part of exactly one.
+        val_fraction: Share of each fold's non-test cases used for validation (at least one).
+        seed: Shuffling seed.
+
+    Returns:
+        The path written.
+    """
+    catalog = discover(root, dataset)
+    if not catalog.cases:
+        raise DatasetError(f"no cases found under {root} in the {dataset} layout")
+    base = Path(root).parent if Path(root).is_file() else Path(root)
+    folds = folds_from_catalog(catalog, base.expanduser(), num_folds, val_fraction, seed)
+    path = save_splits(output, dataset, f"sam3d make-splits (seed {seed}, {num_folds} folds)", folds)
+    sizes = ", ".join(f"{len(f['train'])}/{len(f['val'])}/{len(f['test'])}" for f in folds)
+    print(f"wrote {num_folds} folds of {len(catalog.cases)} cases (train/val/test: {sizes}) to {path}")
+    return str(path)
+
+
+def _cached(
+    root: str, dataset: DatasetName, spacing: float, cache_dir: str | None
+) -> tuple[dict, list[Problem], int]:
+    catalog = discover(root, dataset)
+    if not catalog.cases:
+        raise DatasetError(f"no cases found under {root} in the {dataset} layout")
+    cases = list(catalog.cases.values())
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="sam3d-check-") as folder:
+            cached, problems = cache_cases(cases, Path(folder), (spacing,) * 3)
+    else:
+        cached, problems = cache_cases(cases, Path(cache_dir).expanduser(), (spacing,) * 3)
+    return cached, problems, len(cases)
+
+
+def check_dataset(
+    root: str,
+    dataset: DatasetName = "msd",
+    target_label: list[int] | None = None,
+    spacing: float = 1.0,
+    cache_dir: str | None = None,
+) -> int:
+    """Check every case of a dataset before training and list all problem cases.
+
+    Reads every header and every voxel: missing or unreadable files, non-3D or multi-channel images,
+    image/label shape or geometry mismatch, absurd spacing, NaN/inf voxels, labels without the target.
+
+    Args:
+        root: Dataset folder (the manifest file for dataset=manifest).
+        dataset: Layout of the dataset.
+        target_label: Label value(s) to segment; default: the dataset's.
+        spacing: Resampling voxel size in mm used for the check (and the cache, if kept).
+        cache_dir: Keep the resampled volumes in this cache folder (else a temporary one is used).
+
+    Returns:
+        The number of problem cases (0 when the dataset is usable).
+    """
+    cached, problems, total = _cached(root, dataset, spacing, cache_dir)
+    targets = set(target_label or (PRESETS[dataset].target_labels if dataset in PRESETS else ()))
+    if not targets:
+        targets = set(discover(root, dataset).target_labels or ())
+    for case in cached.values():
+        if targets and not targets & case.label_values:
+            values = sorted(case.label_values)
+            problems.append(
+                Problem(
+                    case.case.case_id,
+                    f"label has no target {sorted(targets)} (values {values})",
+                    case.case.label,
+                )
+            )
+    bad = len({problem.case_id for problem in problems})
+    if problems:
+        print(f"{bad} of {total} cases have problems:\n{format_problems(problems)}")
+    else:
+        print(f"all {total} cases are usable")
+    return bad
+
+
+def dataset_stats(
+    root: str,
+    dataset: DatasetName = "msd",
+    spacing: float = 1.0,
+    cache_dir: str | None = None,
+) -> dict[str, object]:
+    """Compute a dataset's intensity window (foreground 0.5/99.5 percentiles), mean and std.
+
+    The foreground is every labelled (non-zero) voxel, after resampling to ``spacing``. Prints the
+    values as data-module settings.
+
+    Args:
+        root: Dataset folder (the manifest file for dataset=manifest).
+        dataset: Layout of the dataset.
+        spacing: Resampling voxel size in mm.
+        cache_dir: Keep the resampled volumes in this cache folder (else a temporary one is used).
+
+    Returns:
+        ``{"intensity_window": [low, high], "mean": ..., "std": ..., "num_cases": ...}``.
+    """
+    cached, problems, _ = _cached(root, dataset, spacing, cache_dir)
+    if problems:
+        raise DatasetError("cannot compute statistics; these cases are unusable:", problems)
+    window, mean, std = intensity_statistics([case.meta["foreground_sample"] for case in cached.values()])
+    print(f"intensity_window: [{window[0]}, {window[1]}]\nmean: {mean}\nstd: {std}")
+    return {"intensity_window": list(window), "mean": mean, "std": std, "num_cases": len(cached)}
+
+
+def make_synthetic(root: str, num_cases: int = 8, seed: int = 0) -> str:
+    """Write a seeded synthetic CT dataset (phantoms with small low-contrast lesions) in the MSD layout.
+
+    Args:
+        root: Output folder.
+        num_cases: Number of cases.
+        seed: Seed; the same seed writes the same files.
+
+    Returns:
+        The dataset folder.
+    """
+    path = make_synthetic_dataset(root, num_cases, seed)
+    print(f"wrote {num_cases} synthetic cases to {path} (use dataset: msd, target label 1)")
+    return str(path)
+
+
+UTILITIES: dict[str, Callable[..., object]] = {
+    "make-splits": make_splits,
+    "dataset-stats": dataset_stats,
+    "check-dataset": check_dataset,
+    "make-synthetic": make_synthetic,
+}

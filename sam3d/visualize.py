@@ -1,0 +1,64 @@
+"""Pictures of volumes: axial, coronal and sagittal slices through a click, with label and prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_VIEWS = ("axial", "coronal", "sagittal")
+
+
+def _slices(volume: np.ndarray, point: Sequence[int]) -> list[np.ndarray]:
+    d, h, w = point
+    # Network layout (D, H, W) = (inferior->superior, posterior->anterior, left->right).
+    return [volume[d], volume[:, h], volume[:, :, w]]
+
+
+def orthogonal_slices(
+    image: torch.Tensor,
+    label: torch.Tensor | None,
+    prediction: torch.Tensor,
+    point: Sequence[float],
+    title: str = "",
+) -> np.ndarray:
+    """An RGB picture ``(height, width, 3)`` uint8: rows are views, columns image / ground truth / prediction.
+
+    Args:
+        image: ``(D, H, W)`` intensities.
+        label: ``(D, H, W)`` ground-truth mask, or None (column left empty).
+        prediction: ``(D, H, W)`` predicted mask.
+        point: The click ``(d, h, w)`` the slices pass through.
+        title: Figure title.
+    """
+    index = [round(float(c)) for c in point]
+    arrays = [t.detach().float().cpu().numpy() if t is not None else None for t in (image, label, prediction)]
+    columns = ("image", "ground truth", "prediction")
+    figure = Figure(figsize=(9, 9))
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.subplots(3, 3, squeeze=False)
+    for row, view in enumerate(_VIEWS):
+        image_slice = _slices(arrays[0], index)[row]
+        for col, (name, mask) in enumerate(zip(columns, (None, arrays[1], arrays[2]), strict=True)):
+            axis = axes[row][col]
+            axis.imshow(image_slice, cmap="gray", origin="lower" if row else "upper")
+            if mask is not None:
+                overlay = np.ma.masked_equal(_slices(mask, index)[row], 0)
+                axis.imshow(
+                    overlay,
+                    cmap="autumn" if col == 2 else "summer",
+                    alpha=0.5,
+                    origin="lower" if row else "upper",
+                )
+            if col == 0:
+                marker = [(index[2], index[1]), (index[2], index[0]), (index[1], index[0])][row]
+                axis.plot(*marker, "c+", markersize=12)
+            axis.set_title(f"{view}: {name}", fontsize=9)
+            axis.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

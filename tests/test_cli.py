@@ -1,0 +1,182 @@
+"""The ``sam3d`` command: configs, bad input, fit/validate, resume after a crash, bf16."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam3d.cli import main
+from sam3d.module import VolumetricSamModule
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def _fit_args(root: Path, workdir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "synthetic.yaml"),
+        "--data.root",
+        str(root),
+        "--data.cache_dir",
+        str(workdir / "cache"),
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_volume",
+        "1",
+        "--data.batch_size",
+        "1",
+        "--trainer.default_root_dir",
+        str(workdir),
+        "--trainer.logger.init_args.save_dir",
+        str(workdir / "runs"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        *extra,
+    ]
+
+
+def _error_of(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code != 0
+    captured = capsys.readouterr()
+    return f"{exit_info.value.code}\n{captured.err}\n{captured.out}"
+
+
+@pytest.mark.parametrize("config", DATASET_CONFIGS)
+def test_every_config_parses(config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / config), "--data.root", str(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "data:" in capsys.readouterr().out
+
+
+def test_ddp_bf16_overlay_composes(tmp_path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "kits.yaml"), "-c", str(CONFIGS / "trainer" / "ddp_bf16.yaml")]
+    with pytest.raises(SystemExit):
+        main([*args, "--data.root", str(tmp_path), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "precision: bf16-mixed" in printed
+    assert "strategy: ddp" in printed
+    assert "use_distributed_sampler: false" in printed
+    assert "variant: vit_b" in printed
+
+
+def test_help_and_version_from_a_subprocess():
+    result = subprocess.run(
+        [sys.executable, "-m", "sam3d", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "fit" in result.stdout
+    assert "check-dataset" in result.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "sam3d", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.strip().endswith("0.1.0")
+
+
+def test_missing_data_root(capsys):
+    assert "data.root" in _error_of(["fit", "-c", str(CONFIGS / "kits.yaml")], capsys)
+
+
+def test_misspelled_config_key(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("model:\n  varaint: tiny\n")
+    message = _error_of(
+        ["fit", "-c", str(CONFIGS / "kits.yaml"), "-c", str(config), "--data.root", "x"], capsys
+    )
+    assert "varaint" in message
+
+
+def test_value_of_the_wrong_type(capsys):
+    message = _error_of(
+        ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--data.fold", "first"], capsys
+    )
+    assert "fold" in message
+
+
+def test_unknown_variant(capsys):
+    message = _error_of(
+        ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--model.variant", "vit_s"], capsys
+    )
+    assert "vit_s" in message
+
+
+def test_sam_checkpoint_that_does_not_exist(synthetic_root, tmp_path, capsys):
+    message = _error_of(
+        _fit_args(synthetic_root, tmp_path, "--model.sam_checkpoint", str(tmp_path / "sam.pth")), capsys
+    )
+    assert f"SAM checkpoint {tmp_path / 'sam.pth'} does not exist" in message
+    assert "Traceback" not in message
+
+
+def test_sam_checkpoint_of_another_size(synthetic_root, tmp_path, capsys):
+    from sam3d.models import build_sam_2d
+    from sam3d.models.config import VARIANTS
+
+    torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), tmp_path / "sam_tiny.pth")
+    args = _fit_args(
+        synthetic_root,
+        tmp_path,
+        "--model.variant",
+        "vit_b",
+        "--model.sam_checkpoint",
+        str(tmp_path / "sam_tiny.pth"),
+    )
+    assert "is a SAM tiny checkpoint" in _error_of(args, capsys)
+
+
+def test_crop_size_the_network_cannot_take(synthetic_root, tmp_path, capsys):
+    message = _error_of(_fit_args(synthetic_root, tmp_path, "--data.patch_size", "[60, 64, 64]"), capsys)
+    assert "crop size (60, 64, 64) cannot be taken by the tiny network" in message
+
+
+def test_ckpt_path_to_a_foreign_file(synthetic_root, tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    message = _error_of(
+        _fit_args(synthetic_root, tmp_path, "--ckpt_path", str(tmp_path / "foreign.ckpt")), capsys
+    )
+    assert "is not a sam3d checkpoint" in message
+
+
+def test_ckpt_path_last_without_any_run(synthetic_root, tmp_path, capsys):
+    message = _error_of(_fit_args(synthetic_root, tmp_path, "--ckpt_path", "last"), capsys)
+    assert "no last.ckpt found" in message
+
+
+def test_resume_after_a_crash_continues_exactly(synthetic_root, tmp_path, monkeypatch):
+    original_step = VolumetricSamModule.training_step
+
+    def dies_in_the_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise RuntimeError("simulated crash")  # stands in for a killed process
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(VolumetricSamModule, "training_step", dies_in_the_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "3"))
+    last = next(tmp_path.glob("**/checkpoints/last.ckpt"))
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 0
+    steps_per_epoch = saved["global_step"]
+    monkeypatch.undo()
+
+    main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last"))
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 2
+    assert final["global_step"] == 3 * steps_per_epoch
+    assert final["lr_schedulers"][0]["last_epoch"] == 3
+    assert len(final["optimizer_states"][0]["state"]) > 0
+
+
+def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path):
+    main(_fit_args(synthetic_root, tmp_path, "--trainer.precision", "bf16-mixed"))
+    best = next(tmp_path.glob("**/checkpoints/best-*.ckpt"))
+    main(["validate", *_fit_args(synthetic_root, tmp_path, "--ckpt_path", str(best))[1:]])

@@ -1,0 +1,120 @@
+"""The LightningModule's training recipe: optimiser groups, schedule, per-part clipping, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam3d.models import CheckpointError
+from sam3d.module import VolumetricSamModule
+
+
+class _Trainer:
+    max_epochs = 500
+
+
+def _optimizer_and_scheduler(module):
+    module.trainer = _Trainer()  # type: ignore[assignment]
+    config = module.configure_optimizers()
+    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+@pytest.fixture
+def module(monkeypatch):
+    monkeypatch.setattr(VolumetricSamModule, "trainer", None, raising=False)
+    return VolumetricSamModule(variant="tiny")
+
+
+def test_adamw_groups_hold_exactly_the_trainable_parameters(module):
+    optimizer, _ = _optimizer_and_scheduler(module)
+    assert [group["name"] for group in optimizer.param_groups] == ["encoder", "prompt_encoder", "decoder"]
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    assert in_optimizer == trainable
+    assert all(group["lr"] == 4e-4 and group["weight_decay"] == 0.0 for group in optimizer.param_groups)
+
+
+def test_learning_rate_decays_linearly_to_one_percent(module):
+    optimizer, scheduler = _optimizer_and_scheduler(module)
+    rates = []
+    for _ in range(500):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(4e-4)
+    assert rates[250] == pytest.approx(4e-4 * (1 - 0.99 * 250 / 500))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(4e-6)
+
+
+def test_gradients_are_clipped_per_part(module):
+    optimizer, _ = _optimizer_and_scheduler(module)
+    encoder, prompt, decoder = (group["params"] for group in optimizer.param_groups)
+    for params, value in ((encoder, 10.0), (prompt, 1e-4), (decoder, 10.0)):
+        for p in params:
+            p.grad = torch.full_like(p, value)
+    small_before = torch.cat([p.grad.flatten() for p in prompt]).norm()
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0)
+    norms = [torch.cat([p.grad.flatten() for p in params]).norm() for params in (encoder, prompt, decoder)]
+    assert norms[0] == pytest.approx(1.0, rel=1e-4)
+    assert norms[2] == pytest.approx(1.0, rel=1e-4)
+    assert norms[1] == pytest.approx(small_before.item())  # a global clip would have shrunk it too
+
+
+def test_bad_optimiser_settings_are_refused():
+    with pytest.raises(ValueError, match="final_lr_factor"):
+        VolumetricSamModule(variant="tiny", final_lr_factor=0.0)
+
+
+def test_training_step_gives_a_finite_loss_that_backpropagates(module):
+    batch = {
+        "image": torch.randn(2, 1, 64, 64, 64),
+        "label": (torch.rand(2, 1, 64, 64, 64) > 0.95).float(),
+        "points": torch.tensor(
+            [[[10.0, 10.0, 10.0], [0.0, 0.0, 0.0]], [[30.0, 31.0, 32.0], [1.0, 2.0, 3.0]]]
+        ),
+        "point_labels": torch.tensor([[1, -1], [1, 0]]),
+        "case_id": ["a", "b"],
+    }
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert module.net.mask_decoder.fuse[-1].weight.grad is not None
+
+
+def test_checkpoints_leave_out_frozen_sam_weights_and_check_the_sam_file(tmp_path):
+    from sam3d.models import build_sam_2d
+    from sam3d.models.config import VARIANTS
+
+    first, second = tmp_path / "sam_a.pth", tmp_path / "sam_b.pth"
+    torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), first)
+    torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), second)
+    module = VolumetricSamModule(variant="tiny", sam_checkpoint=str(first))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert "net.image_encoder.patch_embed.proj.weight" not in checkpoint["state_dict"]
+    assert "net.image_encoder.blocks.0.adapter.down.weight" in checkpoint["state_dict"]
+    assert checkpoint["sam3d"]["sam"]["path"] == str(first)
+    assert len(checkpoint["sam3d"]["sam"]["sha256"]) == 64
+
+    restored = VolumetricSamModule(variant="tiny", sam_checkpoint=str(first))
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])  # strict: the frozen weights came back
+    torch.testing.assert_close(restored.state_dict(), module.state_dict())
+
+    other = VolumetricSamModule(variant="tiny", sam_checkpoint=str(second))
+    with pytest.raises(
+        CheckpointError, match=r"trained from SAM checkpoint .*sam_a\.pth .* this run uses .*sam_b\.pth"
+    ):
+        other.on_load_checkpoint(dict(checkpoint, state_dict=dict(checkpoint["state_dict"])))
+
+
+def test_random_sam_weights_stay_in_the_checkpoint(module):
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert "net.image_encoder.patch_embed.proj.weight" in checkpoint["state_dict"]
+
+
+def test_foreign_checkpoint_is_refused(module):
+    with pytest.raises(CheckpointError, match="not written by sam3d"):
+        module.on_load_checkpoint({"state_dict": {}})
