@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP) ## create or refresh .venv with sam3d and its dev tools
 
-demo: $(STAMP) ## the main job on built-in synthetic data (CPU, minutes)
-	$(BIN)/python -m sam3d.demo
+DEMO ?= demo_output
+DEMO_ARGS = -c configs/synthetic.yaml --data.root $(DEMO)/data --data.cache_dir $(DEMO)/cache \
+	--trainer.logger.init_args.save_dir $(DEMO)/runs
+
+demo: $(STAMP) ## the main job on built-in synthetic data: make data, train the tiny network, test it (CPU)
+	rm -rf $(DEMO)
+	$(BIN)/sam3d make-synthetic $(DEMO)/data --num_cases 24 --seed 0
+	$(BIN)/sam3d fit $(DEMO_ARGS)
+	$(BIN)/sam3d test $(DEMO_ARGS) --ckpt_path best --evaluation.first_click center
 
 test: $(STAMP) ## the default test suite (slow tests excluded)
 	WANDB_MODE=disabled $(BIN)/python -m pytest

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from sam3d.data.scans import to_source_grid, write_like
+from sam3d.data.test_cases import SkippedCase
+from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
 
 
@@ -63,3 +71,121 @@ class RunConfig(SaveConfigCallback):
         )
         if trainer.logger is not None:
             trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
+
+
+class TestReport(L.Callback):
+    """After ``sam3d test``: per-case CSV, summary JSON and best/median/worst pictures in the run folder.
+
+    Rows and pictures are gathered from every rank; rank 0 writes them, prints a per-case table and
+    sends the summary, the table and the pictures to W&B.
+    """
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Gather, write and log the evaluation of the test cases."""
+        rows, pictures, skipped = pl_module.test_rows, pl_module.test_pictures, pl_module.test_skipped
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (rows, pictures, skipped))
+            rows = [row for part, _, _ in gathered for row in part]
+            pictures = {case: png for _, part, _ in gathered for case, png in part.items()}
+            skipped = {case: why for _, _, part in gathered for case, why in part.items()}
+        if not trainer.is_global_zero:
+            return
+        rows = sorted(_unique_rows(rows), key=lambda r: (r["case"], r["repeat"], r["clicks"]))
+        folder = run_directory(trainer) / "test"
+        result = write_report(rows, pictures, skipped, pl_module.evaluation, folder)
+        for case, reason in skipped.items():
+            print(f"skipped {case}: {reason}")
+        _print_table(rows, result, folder)
+        if isinstance(trainer.logger, WandbLogger):
+            trainer.logger.log_table(
+                "test/cases", columns=list(rows[0]) if rows else [], data=[list(r.values()) for r in rows]
+            )
+            trainer.logger.log_metrics(
+                {
+                    f"test/{metric}_{stat}": value
+                    for metric, stats in result["final"].items()
+                    for stat, value in stats.items()
+                }
+            )
+            ranked = ranked_cases(rows)
+            images = [
+                np.asarray(Image.open(io.BytesIO(pictures[case])))
+                for case in ranked.values()
+                if case in pictures
+            ]
+            if images:
+                trainer.logger.log_image(
+                    "test/cases", images, caption=[f"{k}: {v}" for k, v in ranked.items()]
+                )
+
+
+def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the duplicates a DistributedSampler adds to even out the ranks."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault((row["case"], row["repeat"], row["clicks"]), row)
+    return list(seen.values())
+
+
+def _print_table(rows: list[dict[str, Any]], result: dict[str, Any], folder: Path) -> None:
+    final = {(r["case"], r["repeat"]): r for r in rows}
+    print(f"{'case':<24} {'repeat':>6} {'clicks':>6} {'Dice':>7} {'NSD':>7} {'HD95 mm':>8} {'s':>6}")
+    for row in final.values():
+        print(
+            f"{row['case']:<24} {row['repeat']:>6} {row['clicks']:>6} {row['dice']:>7.4f} {row['nsd']:>7.4f} "
+            f"{row['hd95']:>8.2f} {row['seconds']:>6.2f}"
+        )
+    stats = result["final"]
+    print(
+        f"mean over {result['cases']} cases: Dice {stats['dice']['mean']:.4f} +- {stats['dice']['std']:.4f}, "
+        f"NSD {stats['nsd']['mean']:.4f}, HD95 {stats['hd95']['mean']:.2f} mm; report in {folder}"
+    )
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes each predicted mask (and optionally the probability map) as NIfTI in the input scan's geometry.
+
+    Args:
+        output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``).
+        probabilities: Also write the foreground probability map.
+        threshold: Foreground probability threshold of the mask.
+    """
+
+    def __init__(
+        self, output_dir: str = "predictions", probabilities: bool = False, threshold: float = 0.5
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir, self.probabilities, self.threshold = Path(output_dir), probabilities, threshold
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Map the probability back to the scan's own grid and write it; a line per case."""
+        case = prediction["case"]
+        if isinstance(case, SkippedCase):
+            print(f"{case.case_id}: skipped: {case.reason}")
+            return
+        start = time.perf_counter()
+        probability = to_source_grid(case.scan, prediction["probability"], interpolation="linear")
+        mask = (probability > self.threshold).numpy().astype(np.uint8)
+        written = write_like(case.scan.path, mask, self.output_dir / f"{case.case_id}_mask.nii.gz")
+        if self.probabilities:
+            write_like(
+                case.scan.path,
+                probability.numpy().astype(np.float32),
+                self.output_dir / f"{case.case_id}_probability.nii.gz",
+                dtype=np.float32,
+            )
+        volume_ml = mask.sum() * float(np.prod(case.scan.source_spacing)) / 1000
+        seconds = prediction["seconds"] + time.perf_counter() - start
+        print(
+            f"{case.case_id}: {len(case.points)} click(s), {volume_ml:.1f} ml, {seconds:.1f} s -> {written}"
+        )

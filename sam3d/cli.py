@@ -19,10 +19,11 @@ from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sam3d import __version__
-from sam3d.callbacks import RunConfig
+from sam3d.callbacks import PredictionWriter, RunConfig, TestReport
 from sam3d.data import VolumeDataModule
 from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
+from sam3d.evaluation import EvaluationSettings
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
@@ -44,37 +45,77 @@ def wandb_credentials_present() -> bool:
         return False
 
 
-def newest_last_checkpoint(root: Path) -> Path | None:
-    """The most recently written ``last.ckpt`` under ``root``."""
-    candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see the configs' callbacks).
+NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
+
+
+def newest_checkpoint(root: Path, name: str) -> Path | None:
+    """The ``best`` or ``last`` checkpoint of the most recently written run under ``root``."""
+    candidates = sorted(
+        root.glob(f"**/checkpoints/{NAMED_CHECKPOINTS[name]}"), key=lambda p: p.stat().st_mtime
+    )
     return candidates[-1] if candidates else None
 
 
 class Sam3dCLI(LightningCLI):
     """LightningCLI with sam3d's links, checkpoint checks and run folders."""
 
+    checkpoint_record: dict[str, Any] | None = None  # the `sam3d` record of --ckpt_path's file
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link the patch size to the network's crop size; the TorchIO queue does its own DDP sharding."""
         parser.link_arguments("data.patch_size", "model.crop_size")
         parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.add_class_arguments(EvaluationSettings, "evaluation")
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+        if any(action.dest == "return_predictions" for action in parser._actions):
+            parser.set_defaults({"return_predictions": False})  # outputs are written, not kept in memory
+
+    def before_test(self) -> None:
+        """Hand the `evaluation` settings to the module (they are not checkpoint hyperparameters)."""
+        self.model.evaluation = self._get(self.config_init, "evaluation")
+        self._fill_preprocessing()
+
+    def before_predict(self) -> None:
+        """Take the training's intensity settings from the checkpoint where the config leaves them open."""
+        self._fill_preprocessing()
+
+    def _fill_preprocessing(self) -> None:
+        ckpt_path = self._subcommand_config().get("ckpt_path")
+        if not ckpt_path:
+            raise CheckpointError(
+                f"sam3d {self.subcommand} needs --ckpt_path (a checkpoint file, best or last)"
+            )
+        record = load_weights_file(ckpt_path, "--ckpt_path").get("sam3d", {}).get("preprocessing")
+        if record:
+            for name in ("intensity_window", "mean", "std"):
+                if getattr(self.datamodule, name) is None:
+                    setattr(self.datamodule, name, record[name])
 
     def _subcommand_config(self) -> Any:
         return self.config[self.config["subcommand"]]
 
     def _parse_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path last`` to the newest run's last checkpoint and refuse non-sam3d files."""
+        """Resolve ``--ckpt_path last|best`` to the newest run's checkpoint and refuse non-sam3d files."""
         if not self.config.get("subcommand"):
             return
         config = self._subcommand_config()
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            config.ckpt_path = str(self._resolve_last(config))
-        elif ckpt_path not in (None, "best", "hpc", "registry"):
+        if ckpt_path in NAMED_CHECKPOINTS:
+            config.ckpt_path = ckpt_path = str(self._resolve_named(config, ckpt_path))
+        if ckpt_path not in (None, "hpc", "registry"):
             checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
             if not isinstance(checkpoint, dict) or "sam3d" not in checkpoint:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} is not a sam3d checkpoint; authors' 3DSAM-adapter checkpoints are "
                     "converted with `sam3d import-reference --help`"
+                )
+            self.checkpoint_record = checkpoint["sam3d"]
+            trained, requested = checkpoint["sam3d"]["variant"], config.model.get("variant")
+            if requested != trained:
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
+                    f"use a config of the {trained} network or pass --model.variant {trained}"
                 )
         requested_sam = config.model.get("sam_checkpoint")
         super()._parse_ckpt_path()
@@ -83,20 +124,20 @@ class Sam3dCLI(LightningCLI):
             # line still wins (its SHA-256 is checked against the one the checkpoint was trained from).
             self._subcommand_config().model.sam_checkpoint = requested_sam
 
-    def _resolve_last(self, config: Any) -> Path:
+    def _resolve_named(self, config: Any, name: str) -> Path:
         logger = config.trainer.get("logger")
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None) if init_args is not None else None
         root = Path(save_dir or config.trainer.get("default_root_dir") or ".")
-        last = newest_last_checkpoint(root)
-        if last is None:
+        found = newest_checkpoint(root, name)
+        if found is None:
             raise CheckpointError(
-                f"--ckpt_path last: no last.ckpt found under {root}; start without --ckpt_path"
+                f"--ckpt_path {name}: no {NAMED_CHECKPOINTS[name]} found under {root}; pass a checkpoint file"
             )
         if init_args is not None and hasattr(init_args, "id"):
-            init_args.id = last.parent.parent.name  # continue the same W&B run and run folder
-        print(f"resuming from {last}", file=sys.stderr)
-        return last
+            init_args.id = found.parent.parent.name  # continue in the same W&B run and run folder
+        print(f"using checkpoint {found}", file=sys.stderr)
+        return found
 
     def before_instantiate_classes(self) -> None:
         """Log to W&B offline when no credentials exist (``wandb sync`` uploads the run later)."""
@@ -120,6 +161,7 @@ def main(args: Sequence[str] | None = None) -> None:
             VolumeDataModule,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
+            trainer_defaults={"callbacks": [TestReport()]},
             seed_everything_default=0,
             parser_kwargs={"prog": "sam3d", "version": f"sam3d {__version__}", "description": DESCRIPTION},
             args=args,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,13 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LinearLR
 
 from sam3d import __version__
+from sam3d.data.prediction_cases import PredictionCase
+from sam3d.data.test_cases import EvaluationCase, SkippedCase
+from sam3d.errors import Sam3dError
+from sam3d.evaluation import EvaluationSettings, evaluate_case
+from sam3d.inference import segment_around_clicks
 from sam3d.models import CheckpointError, Variant, build_volumetric_sam, trainable_parameter_groups
+from sam3d.visualize import orthogonal_slices, png_bytes
 
 Batch = dict[str, Any]
 
@@ -50,6 +58,8 @@ class VolumetricSamModule(L.LightningModule):
         dice_weight: Weight of the Dice term of the loss.
         ce_weight: Weight of the cross-entropy term of the loss.
         store_frozen_weights: Keep the frozen SAM weights in checkpoints even when ``sam_checkpoint`` is given.
+        freeze_sam: Freeze SAM's weights as the paper does. Turn off only without pretrained SAM weights
+            (e.g. the tiny network), where nothing is gained by freezing random weights.
     """
 
     def __init__(
@@ -63,15 +73,18 @@ class VolumetricSamModule(L.LightningModule):
         dice_weight: float = 0.5,
         ce_weight: float = 0.5,
         store_frozen_weights: bool = False,
+        freeze_sam: bool = True,
     ) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or not 0 < final_lr_factor <= 1:
-            raise ValueError(
+            raise Sam3dError(
                 f"need lr > 0, weight_decay >= 0 and 0 < final_lr_factor <= 1; got lr={lr}, "
                 f"weight_decay={weight_decay}, final_lr_factor={final_lr_factor}"
             )
         self.save_hyperparameters()
-        self.net = build_volumetric_sam(variant, sam_checkpoint=sam_checkpoint, crop_size=crop_size)
+        self.net = build_volumetric_sam(
+            variant, sam_checkpoint=sam_checkpoint, crop_size=crop_size, freeze=freeze_sam
+        )
         self.loss = DiceCELoss(
             include_background=False,
             softmax=True,
@@ -80,6 +93,12 @@ class VolumetricSamModule(L.LightningModule):
             lambda_ce=ce_weight,
         )
         self.val_dice = DiceMetric(include_background=False)
+        # Set by the CLI from the `evaluation` config group (not a hyperparameter: a checkpoint's
+        # hyperparameters override the model config, and evaluation choices must not be overridden).
+        self.evaluation = EvaluationSettings()
+        self.test_rows: list[dict[str, Any]] = []
+        self.test_pictures: dict[str, bytes] = {}
+        self.test_skipped: dict[str, str] = {}
 
     def forward(
         self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
@@ -126,6 +145,45 @@ class VolumetricSamModule(L.LightningModule):
             prog_bar=True,
             sync_dist=False,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Whole test volumes stay on the CPU; their crops move to the device one at a time."""
+        if isinstance(batch, EvaluationCase | PredictionCase | SkippedCase):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_test_epoch_start(self) -> None:
+        """Start collecting per-case rows and pictures."""
+        self.test_rows, self.test_pictures, self.test_skipped = [], {}, {}
+
+    def test_step(self, case: EvaluationCase | SkippedCase, batch_idx: int) -> None:
+        """Evaluate one whole case with the configured protocol."""
+        if isinstance(case, SkippedCase):
+            warnings.warn(f"test case {case.case_id} skipped: {case.reason}", stacklevel=1)
+            self.test_skipped[case.case_id] = case.reason
+            return
+        rows, prediction, points = evaluate_case(self.net, case, self.evaluation)
+        if not rows:
+            self.test_skipped[case.case_id] = "the label has no target voxel to click"
+            return
+        self.test_rows += rows
+        if rows:
+            final = rows[-1]
+            title = f"{case.case_id}: Dice {final['dice']:.3f} with {final['clicks']} click(s)"
+            self.test_pictures[case.case_id] = png_bytes(
+                orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
+            )
+            self.log(
+                "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True
+            )
+
+    def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
+        """Foreground probability of a new scan from its clicks (one crop centred on the clicks)."""
+        if isinstance(case, SkippedCase):
+            return {"case": case}
+        start = time.perf_counter()
+        probability = segment_around_clicks(self.net, case.scan.image, case.points, case.labels)
+        return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with one parameter group per part, linear decay to ``final_lr_factor`` over the run."""
@@ -175,6 +233,14 @@ class VolumetricSamModule(L.LightningModule):
         if self.hparams["sam_checkpoint"] and not self.hparams["store_frozen_weights"]:
             for key in self._frozen_keys():
                 checkpoint["state_dict"].pop(key, None)
+
+    def _preprocessing_record(self) -> dict[str, Any] | None:
+        """The intensity window and statistics the data module resolved (needed to predict new scans)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = ("intensity_window", "mean", "std", "spacing", "target_labels")
+        if datamodule is None or any(getattr(datamodule, name, None) is None for name in names):
+            return None
+        return {name: getattr(datamodule, name) for name in names}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of other programs or trained from another SAM file; restore dropped frozen weights."""

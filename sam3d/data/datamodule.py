@@ -24,8 +24,10 @@ from sam3d.data.patches import (
     ValidationPatches,
     collate_patches,
 )
+from sam3d.data.prediction_cases import PredictionCases
 from sam3d.data.splits import PARTS, SHIPPED_SPLITS, SplitFile, folds_from_catalog, load_splits
 from sam3d.data.stats import intensity_statistics
+from sam3d.data.test_cases import EvaluationCases
 from sam3d.data.transforms import BinarizeLabel, Normalize
 
 __all__ = ["VolumeDataModule"]
@@ -85,7 +87,7 @@ class VolumeDataModule(L.LightningDataModule):
     Tuples are in network order ``(D, H, W)``, i.e. (superior-inferior, anterior-posterior, left-right).
 
     Args:
-        root: Dataset folder, or the manifest file for ``dataset="manifest"``.
+        root: Dataset folder, or the manifest file for ``dataset="manifest"`` (not needed by ``predict``).
         dataset: Layout and defaults: ``kits``, ``pancreas``, ``lits``, ``colon`` (reference presets,
             folds and layouts), ``msd`` (any Medical Segmentation Decathlon layout) or ``manifest``.
         fold: Fold of the split file to use.
@@ -112,11 +114,13 @@ class VolumeDataModule(L.LightningDataModule):
         num_positive_clicks: Clicks drawn from the target (training and validation).
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled).
         seed: Seed of on-the-fly folds, validation patches and subject shuffling under DDP.
+        predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
+        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
     """
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None = None,
         dataset: DatasetName = "msd",
         fold: int = 0,
         split_file: str | None = None,
@@ -139,6 +143,8 @@ class VolumeDataModule(L.LightningDataModule):
         num_positive_clicks: int = 10,
         num_context_clicks: int = 20,
         seed: int = 0,
+        predict_scans: list[str] | None = None,
+        predict_clicks: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -169,7 +175,9 @@ class VolumeDataModule(L.LightningDataModule):
             )
         if click_mode not in ("reference", "labelled"):
             raise ValueError(f"click_mode must be 'reference' or 'labelled', got {click_mode!r}")
-        self.root, self.dataset, self.fold = Path(root).expanduser(), dataset, fold
+        self.root = Path(root).expanduser() if root is not None else None
+        self.dataset, self.fold = dataset, fold
+        self.predict_scans, self.predict_clicks = predict_scans, predict_clicks
         self.split_file = split_file
         self.num_folds = num_folds
         self.patch_size = tuple(patch_size)
@@ -215,6 +223,8 @@ class VolumeDataModule(L.LightningDataModule):
     def cases(self, part: Part) -> list[Case]:
         """The cases of one part of the selected fold, with their files located (not yet checked)."""
         if self._cases is None:
+            if self.root is None:
+                raise DatasetError("data.root is not set: pass --data.root with the dataset folder")
             catalog = discover(self.root, self.dataset)
             if self.target_labels is None:
                 self.target_labels = catalog.target_labels
@@ -315,12 +325,28 @@ class VolumeDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Check and cache the training and validation volumes (once per node, before DDP set-up)."""
-        self._cache(("train", "val"))
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.state.fn in ("fit", "validate"):
+            self._cache(("train", "val"))
 
     def setup(self, stage: str | None = None) -> None:
-        """Check and cache the volumes the stage needs (cache hits only when ``prepare_data`` ran)."""
-        parts: tuple[Part, ...] = ("test",) if stage in ("test", "predict") else ("train", "val")
-        self._cache(parts)
+        """Check and cache the volumes the stage needs (cache hits only when ``prepare_data`` ran).
+
+        Testing reads whole test volumes one at a time instead (see :meth:`test_dataloader`), so a bad
+        test case is reported and skipped while the others are evaluated.
+        """
+        if stage == "predict":
+            if not self.predict_scans or not self.predict_clicks:
+                raise DatasetError(
+                    "sam3d predict needs --data.predict_scans (files or folders) and --data.predict_clicks"
+                )
+            return
+        if stage == "test":
+            if not self.cases("test"):
+                raise DatasetError(f"fold {self.fold} has an empty test split")
+            self._resolve_intensity()
+            return
+        self._cache(("train", "val"))
         self._resolve_intensity()
         distributed = dist.is_available() and dist.is_initialized()
         if stage in (None, "fit") and distributed and len(self._cached["train"]) < dist.get_world_size():
@@ -396,6 +422,44 @@ class VolumeDataModule(L.LightningDataModule):
             collate_fn=collate_patches,
             persistent_workers=self.num_workers > 0,
         )
+
+    def test_dataloader(self) -> DataLoader:
+        """Whole test volumes, one :class:`EvaluationCase` (or :class:`SkippedCase`) per step."""
+        settings = self.patch_settings
+        dataset = EvaluationCases(
+            self.cases("test"),
+            self.spacing,
+            settings.window,
+            settings.mean,
+            settings.std,
+            settings.target_labels,
+        )
+        distributed = dist.is_available() and dist.is_initialized()
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=min(self.num_workers, 1),
+            sampler=DistributedSampler(dataset, shuffle=False) if distributed else None,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        """New scans with their clicks, one :class:`PredictionCase` (or :class:`SkippedCase`) per step."""
+        if self.intensity_window is None or self.mean is None or self.std is None:
+            raise DatasetError(
+                "the intensity window, mean and std are unknown: set data.intensity_window, data.mean and "
+                "data.std to the values of training (the run's config.yaml or checkpoint records them)"
+            )
+        dataset = PredictionCases(
+            self.predict_scans or [],
+            self.predict_clicks or "",
+            self.spacing,
+            (float(self.intensity_window[0]), float(self.intensity_window[1])),
+            float(self.mean),
+            float(self.std),
+        )
+        if dataset.problems:
+            warnings.warn(f"inputs skipped:\n{format_problems(dataset.problems)}", stacklevel=2)
+        return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, 1))
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle the per-rank subject partition for ``epoch`` (Lightning does this automatically)."""

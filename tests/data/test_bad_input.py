@@ -108,10 +108,11 @@ def test_target_label_absent_everywhere_is_an_error_and_in_some_cases_a_warning(
     ):
         datamodule(root, tmp_path, target_label=2).prepare_data()
     _, label = v.blob_case()
-    v.write_nifti(root / "labelsTr" / "case_0.nii.gz", np.zeros_like(label))
     dm = datamodule(root, tmp_path, target_label=1)
+    empty = dm.cases("train")[0].case_id
+    v.write_nifti(root / "labelsTr" / f"{empty}.nii.gz", np.zeros_like(label))
     with pytest.warns(
-        UserWarning, match=r"(?s)have no target label \[1\].*case_0: label has no target voxels"
+        UserWarning, match=rf"(?s)have no target label \[1\].*{empty}: label has no target voxels"
     ):
         set_up_every_part(dm)
 

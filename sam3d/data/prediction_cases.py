@@ -1,0 +1,92 @@
+"""New scans and their clicks for ``sam3d predict`` (no labels), loaded one at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from sam3d.data.click_files import Click, clicks_to_network, match_clicks, read_clicks
+from sam3d.data.errors import DatasetError, Problem
+from sam3d.data.scans import SCAN_SUFFIXES, Scan, load_scan, scan_id
+from sam3d.data.test_cases import SkippedCase
+
+
+@dataclass
+class PredictionCase:
+    """A preprocessed scan and its clicks on the network grid (``(N, 3)`` points, ``(N,)`` labels)."""
+
+    scan: Scan
+    points: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def case_id(self) -> str:
+        """The scan's file name without extension."""
+        return self.scan.case_id
+
+
+def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """The scan files named by ``inputs`` (files, or folders searched for NIfTI/NRRD/MHA files)."""
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES))
+            if not found:
+                problems.append(Problem("-", "folder holds no NIfTI, NRRD or MHA scan", path))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(Problem(scan_id(path), "scan file does not exist", path))
+    return files, problems
+
+
+class PredictionCases(Dataset):
+    """Scans with their clicks; a scan that cannot be used becomes a :class:`SkippedCase`.
+
+    Args:
+        scans: Scan files or folders of scans.
+        clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
+        spacing: Target voxel size in mm, network order ``(D, H, W)``.
+        window: Intensity window in HU.
+        mean: Intensity mean for z-scoring.
+        std: Intensity standard deviation for z-scoring.
+
+    Attributes:
+        problems: Inputs that name no usable scan (missing files, clicks for unknown scans), to report.
+    """
+
+    def __init__(
+        self,
+        scans: Sequence[str | Path],
+        clicks_file: str | Path,
+        spacing: tuple[float, float, float],
+        window: tuple[float, float],
+        mean: float,
+        std: float,
+    ) -> None:
+        files, self.problems = scan_files(scans)
+        matched, unmatched = match_clicks(read_clicks(clicks_file), files, clicks_file)
+        self.problems += unmatched
+        self.items: list[tuple[Path, list[Click]]] = [(path, matched.get(path, [])) for path in files]
+        self.spacing, self.window, self.mean, self.std = spacing, window, mean, std
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PredictionCase | SkippedCase:
+        path, clicks = self.items[index]
+        if not clicks:
+            return SkippedCase(scan_id(path), f"the clicks file has no click for {path}")
+        try:
+            scan = load_scan(path, self.spacing, window=self.window, mean=self.mean, std=self.std)
+            points, labels = clicks_to_network(clicks, scan)
+        except DatasetError as error:
+            return SkippedCase(scan_id(path), str(error))
+        return PredictionCase(scan, points, labels)

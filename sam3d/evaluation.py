@@ -1,0 +1,106 @@
+"""Evaluation protocols on whole volumes (pure torch): clicks, crops, correction clicks and metrics.
+
+A case is evaluated ``repeats`` times with seeded clicks. Each repeat starts from ``num_clicks`` clicks
+and adds ``refinement_clicks`` correction clicks, recording the metrics after every click (a
+clicks-vs-Dice curve).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from sam3d.data.clicks import correction_click, first_click, training_clicks
+from sam3d.data.test_cases import EvaluationCase
+from sam3d.errors import Sam3dError
+from sam3d.inference import segment_around_clicks
+from sam3d.metrics import case_metrics
+from sam3d.models import VolumetricSam
+
+Protocol = Literal["paper"]
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How test cases are clicked and scored.
+
+    Args:
+        protocol: ``paper``: one crop centred on the clicks' bounding box, zero elsewhere (the authors' test).
+        num_clicks: Initial clicks.
+        first_click: ``random``: drawn uniformly from the tumour (the paper); ``center``: the deepest
+            interior point of the largest component (later initial clicks are random).
+        refinement_clicks: Correction clicks added one by one after the initial ones.
+        repeats: Repeats with different seeds (mean and standard deviation across repeats).
+        seed: Base seed of the clicks.
+        tolerance_mm: Normalised surface Dice tolerance.
+        threshold: Foreground probability threshold.
+    """
+
+    protocol: Protocol = "paper"
+    num_clicks: int = 1
+    first_click: Literal["random", "center"] = "random"
+    refinement_clicks: int = 0
+    repeats: int = 1
+    seed: int = 0
+    tolerance_mm: float = 5.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_clicks < 1 or self.refinement_clicks < 0 or self.repeats < 1:
+            raise Sam3dError(
+                f"need num_clicks >= 1, refinement_clicks >= 0 and repeats >= 1, got {self.num_clicks}, "
+                f"{self.refinement_clicks} and {self.repeats}"
+            )
+
+
+def initial_clicks(
+    label: torch.Tensor, settings: EvaluationSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``num_clicks`` positive clicks of a repeat."""
+    if settings.first_click == "center":
+        points, labels = first_click(label, "center")
+        extra = settings.num_clicks - 1
+    else:
+        points, labels = torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
+        extra = settings.num_clicks
+    if extra:
+        more, more_labels = training_clicks(label, num_positive=extra, num_context=0, generator=generator)
+        points, labels = torch.cat([points, more]), torch.cat([labels, more_labels])
+    return points, labels
+
+
+def case_seed(settings: EvaluationSettings, case_id: str, repeat: int) -> int:
+    """Seed of one repeat of one case: independent of case order, batch and rank."""
+    return (settings.seed * 1_000_003 + zlib.crc32(case_id.encode()) * 1_009 + repeat) % 2**63
+
+
+def evaluate_case(
+    net: VolumetricSam, case: EvaluationCase, settings: EvaluationSettings
+) -> tuple[list[dict[str, float | int | str]], torch.Tensor, torch.Tensor]:
+    """Score one case; returns a row per (repeat, click count), and the last prediction and clicks."""
+    rows: list[dict[str, float | int | str]] = []
+    prediction = torch.zeros_like(case.label, dtype=torch.bool)
+    points = torch.zeros(0, 3)
+    for repeat in range(settings.repeats):
+        generator = torch.Generator().manual_seed(case_seed(settings, case.case_id, repeat))
+        points, labels = initial_clicks(case.label, settings, generator)
+        if not len(points):
+            break  # no tumour to click: metrics follow the empty-case convention of sam3d.metrics
+        for step in range(settings.refinement_clicks + 1):
+            start = time.perf_counter()
+            probability = segment_around_clicks(net, case.image, points, labels)
+            prediction = probability > settings.threshold
+            on_grid = case.to_label_grid(probability) > settings.threshold
+            seconds = time.perf_counter() - start
+            metrics = case_metrics(on_grid, case.label_on_grid, case.label_spacing, settings.tolerance_mm)
+            rows.append(
+                {"case": case.case_id, "repeat": repeat, "clicks": len(points), **metrics, "seconds": seconds}
+            )
+            if step < settings.refinement_clicks:
+                extra, extra_label = correction_click(prediction, case.label, case.spacing)
+                points, labels = torch.cat([points, extra]), torch.cat([labels, extra_label])
+    return rows, prediction, points

@@ -1,0 +1,94 @@
+"""Test-run outputs: per-case CSV, summary JSON and pictures of the best, median and worst cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sam3d.evaluation import EvaluationSettings
+from sam3d.metrics import summarize
+
+METRICS = ("dice", "nsd", "hd95")
+Row = Mapping[str, Any]
+
+
+def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]:
+    """Mean, std and median of every metric per click count, and the spread across repeats."""
+    by_clicks: dict[int, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_clicks[int(row["clicks"])].append(row)
+    result: dict[str, Any] = {
+        "settings": asdict(settings),
+        "cases": len({row["case"] for row in rows}),
+        "by_clicks": {
+            str(clicks): {metric: summarize([float(r[metric]) for r in group]) for metric in METRICS}
+            for clicks, group in sorted(by_clicks.items())
+        },
+    }
+    final = _final_rows(rows)
+    per_repeat: dict[int, list[Row]] = defaultdict(list)
+    for row in final:
+        per_repeat[int(row["repeat"])].append(row)
+    repeat_means = {
+        metric: [summarize([float(r[metric]) for r in group])["mean"] for group in per_repeat.values()]
+        for metric in METRICS
+    }
+    result["final"] = {metric: summarize([float(r[metric]) for r in final]) for metric in METRICS}
+    result["across_repeats"] = {
+        metric: {
+            "mean": statistics.fmean(finite) if (finite := [v for v in values if v is not None]) else None,
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "repeats": len(values),
+        }
+        for metric, values in repeat_means.items()
+    }
+    return result
+
+
+def _final_rows(rows: Sequence[Row]) -> list[Row]:
+    """The row after the last click of every (case, repeat)."""
+    last: dict[tuple[str, int], Row] = {}
+    for row in rows:
+        key = (str(row["case"]), int(row["repeat"]))
+        if key not in last or int(row["clicks"]) >= int(last[key]["clicks"]):
+            last[key] = row
+    return list(last.values())
+
+
+def ranked_cases(rows: Sequence[Row]) -> dict[str, str]:
+    """The best, median and worst case by final Dice (mean over repeats)."""
+    dice: dict[str, list[float]] = defaultdict(list)
+    for row in _final_rows(rows):
+        dice[str(row["case"])].append(float(row["dice"]))
+    order = sorted(dice, key=lambda case: statistics.fmean(dice[case]))
+    if not order:
+        return {}
+    return {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
+
+
+def write_report(
+    rows: Sequence[Row],
+    pictures: Mapping[str, bytes],
+    skipped: Mapping[str, str],
+    settings: EvaluationSettings,
+    folder: Path,
+) -> dict[str, Any]:
+    """Write ``cases.csv``, ``summary.json`` and ``{best,median,worst}_<case>.png`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cases.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["case", "repeat", "clicks", *METRICS, "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    result = summary(rows, settings)
+    result["skipped"] = dict(skipped)
+    (folder / "summary.json").write_text(json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
+    for rank, case in ranked_cases(rows).items():
+        if case in pictures:
+            (folder / f"{rank}_{case}.png").write_bytes(pictures[case])
+    return result

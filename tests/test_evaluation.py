@@ -1,0 +1,186 @@
+"""`sam3d test` and `sam3d predict` end to end: reports, determinism, bad cases, output geometry."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from sam3d.cli import main
+from sam3d.data import VolumeDataModule
+from sam3d.data.synthetic import make_synthetic_dataset
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+
+
+def _args(subcommand: str, root: Path, workdir: Path, *extra: str) -> list[str]:
+    return [
+        subcommand,
+        "--config",
+        str(CONFIG),
+        "--data.root",
+        str(root),
+        "--data.cache_dir",
+        str(workdir / "cache"),
+        "--data.num_workers",
+        "0",
+        "--data.samples_per_volume",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(workdir / "runs"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    """A tiny network trained for one epoch, and its working folder."""
+    workdir = tmp_path_factory.mktemp("trained")
+    main(_args("fit", synthetic_root, workdir))
+    return workdir, next(workdir.glob("runs/**/checkpoints/best-*.ckpt"))
+
+
+def _test(root, workdir, checkpoint, *extra):
+    main(_args("test", root, workdir, "--ckpt_path", str(checkpoint), *extra))
+    folder = next(workdir.glob("runs/**/test"))
+    with open(folder / "cases.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    return rows, json.loads((folder / "summary.json").read_text()), folder
+
+
+def test_report_with_refinement_and_repeats_is_reproducible(synthetic_root, trained, tmp_path):
+    _, checkpoint = trained
+    extra = ("--evaluation.refinement_clicks", "2", "--evaluation.repeats", "2", "--evaluation.seed", "7")
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    rows, summary, folder = _test(synthetic_root, first_dir, checkpoint, *extra)
+    again, _, _ = _test(synthetic_root, second_dir, checkpoint, *extra)
+    test_cases = {
+        case.case_id for case in VolumeDataModule(root=synthetic_root, target_label=1).cases("test")
+    }
+    assert {row["case"] for row in rows} == test_cases
+    assert sorted({int(row["clicks"]) for row in rows}) == [1, 2, 3]
+    assert len(rows) == len(test_cases) * 2 * 3
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in again]
+    assert set(summary["by_clicks"]) == {"1", "2", "3"}
+    assert summary["across_repeats"]["dice"]["repeats"] == 2
+    assert summary["settings"]["seed"] == 7
+    assert len(list(folder.glob("best_*.png"))) == 1
+    assert len(list(folder.glob("worst_*.png"))) == 1
+
+
+def test_case_without_label_or_with_another_grid_is_skipped(trained, tmp_path):
+    _, checkpoint = trained
+    root = make_synthetic_dataset(tmp_path / "data", num_cases=9, seed=1)
+    test_cases = VolumeDataModule(root=root, target_label=1, num_folds=3).cases("test")
+    assert len(test_cases) >= 3
+    first, second = sorted(case.case_id for case in test_cases)[:2]
+    (root / "labelsTr" / f"{first}.nii.gz").unlink()
+    label = nib.load(root / "labelsTr" / f"{second}.nii.gz")
+    shifted = label.affine.copy()
+    shifted[:3, 3] += 7.0
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), root / "labelsTr" / f"{second}.nii.gz")
+    with pytest.warns(UserWarning, match=f"test case {first} skipped"):
+        rows, summary, _ = _test(root, tmp_path / "work", checkpoint, "--data.num_folds", "3")
+    assert set(summary["skipped"]) == {first, second}
+    assert "no label file" in summary["skipped"][first]
+    assert "origin" in summary["skipped"][second]
+    assert rows
+    assert {row["case"] for row in rows}.isdisjoint({first, second})
+
+
+def test_checkpoint_of_another_network_size(synthetic_root, trained, tmp_path, capsys):
+    _, checkpoint = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            _args(
+                "test", synthetic_root, tmp_path, "--ckpt_path", str(checkpoint), "--model.variant", "vit_b"
+            )
+        )
+    assert "holds a tiny network but the config asks for vit_b" in str(exit_info.value.code)
+
+
+def _write_clicks(path: Path, rows: list[tuple]) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["scan", "x", "y", "z", "space", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def test_predict_writes_masks_in_each_scans_own_geometry(shared_ct_root, trained, tmp_path, capsys):
+    _, checkpoint = trained
+    scans = sorted((shared_ct_root / "imagesTr").glob("*.nii.gz"))[:2]
+    rows = []
+    for scan in scans:
+        label = np.asarray(nib.load(shared_ct_root / "labelsTr" / scan.name).dataobj)
+        i, j, k = np.argwhere(label > 0)[len(np.argwhere(label > 0)) // 2]
+        rows.append((scan.name, i, j, k, "voxel", "positive"))
+    rows.append(("missing_scan.nii.gz", 1, 1, 1, "voxel", "positive"))
+    rows.append((scans[1].name, 10_000, 1, 1, "voxel", "negative"))  # outside the second scan
+    clicks = _write_clicks(tmp_path / "clicks.csv", rows)
+    output = tmp_path / "masks"
+    with pytest.warns(UserWarning, match="missing_scan"):
+        main(
+            [
+                "predict",
+                "--config",
+                str(CONFIG),
+                "--ckpt_path",
+                str(checkpoint),
+                "--data.predict_scans",
+                json.dumps([str(s) for s in scans]),
+                "--data.predict_clicks",
+                str(clicks),
+                "--prediction.output_dir",
+                str(output),
+                "--prediction.probabilities",
+                "true",
+                "--trainer.logger",
+                "false",
+            ]
+        )
+    printed = capsys.readouterr().out
+    assert f"{scans[1].name.removesuffix('.nii.gz')}: skipped" in printed
+    assert "outside" in printed
+    source = nib.load(scans[0])
+    mask = nib.load(output / scans[0].name.replace(".nii.gz", "_mask.nii.gz"))
+    assert mask.shape == source.shape
+    np.testing.assert_allclose(mask.affine, source.affine)
+    assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(source.affine)
+    probability = nib.load(output / scans[0].name.replace(".nii.gz", "_probability.nii.gz"))
+    assert probability.shape == source.shape
+    assert np.isfinite(np.asarray(probability.dataobj)).all()
+    assert not (output / scans[1].name.replace(".nii.gz", "_mask.nii.gz")).exists()
+
+
+def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
+    _, checkpoint = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["predict", "--config", str(CONFIG), "--ckpt_path", str(checkpoint), "--trainer.logger", "false"]
+        )
+    assert "--data.predict_scans" in str(exit_info.value.code)
+
+
+def test_segment_around_clicks_pastes_the_crop_at_the_clicks():
+    from sam3d.inference import segment_around_clicks
+    from sam3d.models import build_volumetric_sam
+
+    net = build_volumetric_sam("tiny").eval()
+    image = torch.randn(70, 90, 100)
+    probability = segment_around_clicks(net, image, torch.tensor([[5.0, 80.0, 50.0]]))
+    inside = probability > 0
+    indices = inside.nonzero()
+    # crop of 64^3 centred on the click, clipped to the volume
+    assert indices.min(0).values.tolist() == [0, 48, 18]
+    assert indices.max(0).values.tolist() == [36, 89, 81]
