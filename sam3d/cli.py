@@ -27,8 +27,13 @@ from sam3d.evaluation import EvaluationSettings
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
+from sam3d.reporting import aggregate_folds
 
-UTILITIES: dict[str, Callable[..., object]] = {**DATA_UTILITIES, "import-reference": import_reference}
+UTILITIES: dict[str, Callable[..., object]] = {
+    **DATA_UTILITIES,
+    "import-reference": import_reference,
+    "aggregate-folds": aggregate_folds,
+}
 DESCRIPTION = (
     "Promptable 3D tumour segmentation: SAM adapted to CT volumes. Training, evaluation and inference use "
     "the subcommands below; dataset utilities are `sam3d " + " | ".join(UTILITIES) + "` (each with --help)."

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from sam3d.errors import Sam3dError
 from sam3d.models import load_reference_checkpoint
 from sam3d.module import VolumetricSamModule
 
@@ -25,7 +26,7 @@ def import_reference(checkpoint: str, output: str) -> str:
     """
     target = Path(output)
     if target.exists():
-        raise FileExistsError(f"{target} already exists; choose another --output or remove it")
+        raise Sam3dError(f"{target} already exists; choose another --output or remove it")
     module = VolumetricSamModule(variant="vit_b", store_frozen_weights=True)
     module.net.load_state_dict(load_reference_checkpoint(checkpoint).state_dict())
     state = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import statistics
 from collections import defaultdict
@@ -11,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
 from sam3d.metrics import summarize
 
@@ -92,3 +94,53 @@ def write_report(
         if case in pictures:
             (folder / f"{rank}_{case}.png").write_bytes(pictures[case])
     return result
+
+
+def aggregate_folds(summaries: list[str], output: str | None = None) -> str:
+    """Aggregate the ``summary.json`` of several folds into one table (mean +- std across folds), as papers report.
+
+    Example: ``sam3d aggregate-folds "[runs/sam3d/*/test/summary.json]" --output table.md``
+
+    Args:
+        summaries: The folds' ``summary.json`` files (from ``sam3d test``) as a list; glob patterns allowed.
+        output: Also write the table (Markdown) to this file.
+
+    Returns:
+        The table.
+    """
+    files = [match for pattern in summaries for match in (sorted(glob.glob(pattern)) or [pattern])]
+    if not files:
+        raise Sam3dError("give the summary.json files of the folds to aggregate")
+    fold_means: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in files:
+        file = Path(path)
+        if not file.is_file():
+            raise Sam3dError(f"{file} does not exist; pass the summary.json files that `sam3d test` wrote")
+        try:
+            result = json.loads(file.read_text())
+            by_clicks = result["by_clicks"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise Sam3dError(f"{file} is not a sam3d test summary: {error}") from error
+        for clicks, metrics in by_clicks.items():
+            for metric in METRICS:
+                if metrics[metric]["mean"] is not None:
+                    fold_means[clicks][metric].append(float(metrics[metric]["mean"]))
+    lines = [
+        f"| clicks | folds | {' | '.join(name.upper() if name != 'hd95' else 'HD95 (mm)' for name in METRICS)} |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    for clicks in sorted(fold_means, key=int):
+        cells = []
+        for metric in METRICS:
+            values = fold_means[clicks][metric]
+            scale = 1.0 if metric == "hd95" else 100.0  # Dice and NSD in percent, as the paper
+            mean = statistics.fmean(values) * scale if values else float("nan")
+            std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+            cells.append(f"{mean:.2f} +- {std:.2f}")
+        folds = max(len(v) for v in fold_means[clicks].values())
+        lines.append(f"| {clicks} | {folds} | {' | '.join(cells)} |")
+    table = "\n".join(lines)
+    print(table)
+    if output:
+        Path(output).write_text(table + "\n")
+    return table

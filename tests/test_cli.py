@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule
@@ -19,30 +20,7 @@ DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
 
 def _fit_args(root: Path, workdir: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(CONFIGS / "synthetic.yaml"),
-        "--data.root",
-        str(root),
-        "--data.cache_dir",
-        str(workdir / "cache"),
-        "--data.num_workers",
-        "0",
-        "--data.samples_per_volume",
-        "1",
-        "--data.batch_size",
-        "1",
-        "--trainer.default_root_dir",
-        str(workdir),
-        "--trainer.logger.init_args.save_dir",
-        str(workdir / "runs"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.check_val_every_n_epoch",
-        "1",
-        *extra,
-    ]
+    return synthetic_cli_args("fit", root, workdir, *extra)
 
 
 def _error_of(args: list[str], capsys) -> str:

@@ -10,35 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule
 from sam3d.data.synthetic import make_synthetic_dataset
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
-
-
-def _args(subcommand: str, root: Path, workdir: Path, *extra: str) -> list[str]:
-    return [
-        subcommand,
-        "--config",
-        str(CONFIG),
-        "--data.root",
-        str(root),
-        "--data.cache_dir",
-        str(workdir / "cache"),
-        "--data.num_workers",
-        "0",
-        "--data.samples_per_volume",
-        "1",
-        "--trainer.logger.init_args.save_dir",
-        str(workdir / "runs"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.check_val_every_n_epoch",
-        "1",
-        *extra,
-    ]
+CONFIG = SYNTHETIC_CONFIG
+_args = synthetic_cli_args
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +163,38 @@ def test_segment_around_clicks_pastes_the_crop_at_the_clicks():
     # crop of 64^3 centred on the click, clipped to the volume
     assert indices.min(0).values.tolist() == [0, 48, 18]
     assert indices.max(0).values.tolist() == [36, 89, 81]
+
+
+def test_aggregate_folds_reports_mean_and_std_across_folds(tmp_path, capsys):
+    from sam3d.evaluation import EvaluationSettings
+    from sam3d.reporting import summary
+
+    paths = []
+    for fold, dice in enumerate((0.6, 0.8)):
+        rows = [
+            {
+                "case": f"c{i}",
+                "repeat": 0,
+                "clicks": 1,
+                "dice": dice,
+                "nsd": 0.9,
+                "hd95": 4.0 + fold,
+                "seconds": 1.0,
+            }
+            for i in range(3)
+        ]
+        path = tmp_path / f"fold{fold}.json"
+        path.write_text(json.dumps(summary(rows, EvaluationSettings())))
+        paths.append(str(path))
+    main(
+        [
+            "aggregate-folds",
+            json.dumps([str(tmp_path / "fold*.json")]),
+            "--output",
+            str(tmp_path / "table.md"),
+        ]
+    )
+    table = (tmp_path / "table.md").read_text()
+    assert "| 1 | 2 | 70.00 +- 14.14 | 90.00 +- 0.00 | 4.50 +- 0.71 |" in table
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["aggregate-folds", json.dumps([str(tmp_path / "nope.json")])])
