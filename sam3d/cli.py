@@ -7,6 +7,7 @@ sam3d check-dataset --help                                 # utilities: see UTIL
 
 from __future__ import annotations
 
+import errno
 import netrc
 import os
 import sys
@@ -82,20 +83,19 @@ class Sam3dCLI(LightningCLI):
         self._fill_preprocessing()
 
     def before_predict(self) -> None:
-        """Take the training's intensity settings from the checkpoint where the config leaves them open."""
+        """Protocol and threshold from `evaluation`; the training's intensity settings from the checkpoint."""
+        self.model.evaluation = self._get(self.config_init, "evaluation")
         self._fill_preprocessing()
 
     def _fill_preprocessing(self) -> None:
-        ckpt_path = self._subcommand_config().get("ckpt_path")
-        if not ckpt_path:
+        if self.checkpoint_record is None:
             raise CheckpointError(
                 f"sam3d {self.subcommand} needs --ckpt_path (a checkpoint file, best or last)"
             )
-        record = load_weights_file(ckpt_path, "--ckpt_path").get("sam3d", {}).get("preprocessing")
-        if record:
-            for name in ("intensity_window", "mean", "std"):
-                if getattr(self.datamodule, name) is None:
-                    setattr(self.datamodule, name, record[name])
+        record = self.checkpoint_record.get("preprocessing") or {}
+        for name in ("intensity_window", "mean", "std"):
+            if getattr(self.datamodule, name) is None and name in record:
+                setattr(self.datamodule, name, record[name])
 
     def _subcommand_config(self) -> Any:
         return self.config[self.config["subcommand"]]
@@ -168,8 +168,15 @@ def main(args: Sequence[str] | None = None) -> None:
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"callbacks": [TestReport()]},
             seed_everything_default=0,
-            parser_kwargs={"prog": "sam3d", "version": f"sam3d {__version__}", "description": DESCRIPTION},
+            parser_kwargs={"prog": "sam3d", "version": __version__, "description": DESCRIPTION},
             args=args,
         )
     except Sam3dError as error:
         sys.exit(f"sam3d: error: {error}")
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        sys.exit(
+            f"sam3d: error: the disk is full ({error}); the last complete checkpoint is untouched: free space, "
+            "then resume with --ckpt_path last"
+        )

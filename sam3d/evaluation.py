@@ -17,11 +17,9 @@ import torch
 from sam3d.data.clicks import correction_click, first_click, training_clicks
 from sam3d.data.test_cases import EvaluationCase
 from sam3d.errors import Sam3dError
-from sam3d.inference import segment_around_clicks
+from sam3d.inference import Protocol, segment
 from sam3d.metrics import case_metrics
 from sam3d.models import VolumetricSam
-
-Protocol = Literal["paper"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,9 @@ class EvaluationSettings:
     """How test cases are clicked and scored.
 
     Args:
-        protocol: ``paper``: one crop centred on the clicks' bounding box, zero elsewhere (the authors' test).
+        protocol: ``paper``: one crop centred on the clicks' bounding box, zero elsewhere (the authors' test);
+            ``full``: crops follow the object so tumours larger than a crop are covered (see
+            :mod:`sam3d.inference`). Also used by ``sam3d predict``.
         num_clicks: Initial clicks.
         first_click: ``random``: drawn uniformly from the tumour (the paper); ``center``: the deepest
             interior point of the largest component (later initial clicks are random).
@@ -92,7 +92,7 @@ def evaluate_case(
             break  # no tumour to click: metrics follow the empty-case convention of sam3d.metrics
         for step in range(settings.refinement_clicks + 1):
             start = time.perf_counter()
-            probability = segment_around_clicks(net, case.image, points, labels)
+            probability = segment(net, case.image, points, labels, settings.protocol, settings.threshold)
             prediction = probability > settings.threshold
             on_grid = case.to_label_grid(probability) > settings.threshold
             seconds = time.perf_counter() - start

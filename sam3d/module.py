@@ -21,7 +21,7 @@ from sam3d.data.prediction_cases import PredictionCase
 from sam3d.data.test_cases import EvaluationCase, SkippedCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings, evaluate_case
-from sam3d.inference import segment_around_clicks
+from sam3d.inference import segment
 from sam3d.models import CheckpointError, Variant, build_volumetric_sam, trainable_parameter_groups
 from sam3d.visualize import orthogonal_slices, png_bytes
 
@@ -178,11 +178,14 @@ class VolumetricSamModule(L.LightningModule):
             )
 
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
-        """Foreground probability of a new scan from its clicks (one crop centred on the clicks)."""
+        """Foreground probability of a new scan from its clicks, with the `evaluation` settings' protocol."""
         if isinstance(case, SkippedCase):
             return {"case": case}
         start = time.perf_counter()
-        probability = segment_around_clicks(self.net, case.scan.image, case.points, case.labels)
+        settings = self.evaluation
+        probability = segment(
+            self.net, case.scan.image, case.points, case.labels, settings.protocol, settings.threshold
+        )
         return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}
 
     def configure_optimizers(self) -> dict[str, Any]:

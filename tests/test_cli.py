@@ -189,3 +189,27 @@ def test_two_process_ddp_fit_on_cpu(synthetic_root, tmp_path):
     # each rank trains on its own half of the subjects: an epoch has half as many steps as on one process
     train_cases = len(VolumeDataModule(root=synthetic_root, target_label=1).cases("train"))
     assert last["global_step"] == 2 * (train_cases // 2)
+
+
+def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch):
+    import errno
+
+    from lightning.fabric.plugins.io import torch_io
+
+    original_save = torch_io._atomic_save
+    saves = []
+
+    def fills_the_disk(checkpoint, path):
+        saves.append(path)
+        if checkpoint["epoch"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original_save(checkpoint, path)
+
+    monkeypatch.setattr(torch_io, "_atomic_save", fills_the_disk)
+    with pytest.raises(SystemExit, match=r"disk is full .* resume with --ckpt_path last"):
+        main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "2"))
+    last = next(tmp_path.glob("**/checkpoints/last.ckpt"))
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    monkeypatch.undo()
+    main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    assert torch.load(last, weights_only=True)["epoch"] == 1

@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
 
 from sam3d.cli import main
@@ -149,20 +148,6 @@ def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
             ["predict", "--config", str(CONFIG), "--ckpt_path", str(checkpoint), "--trainer.logger", "false"]
         )
     assert "--data.predict_scans" in str(exit_info.value.code)
-
-
-def test_segment_around_clicks_pastes_the_crop_at_the_clicks():
-    from sam3d.inference import segment_around_clicks
-    from sam3d.models import build_volumetric_sam
-
-    net = build_volumetric_sam("tiny").eval()
-    image = torch.randn(70, 90, 100)
-    probability = segment_around_clicks(net, image, torch.tensor([[5.0, 80.0, 50.0]]))
-    inside = probability > 0
-    indices = inside.nonzero()
-    # crop of 64^3 centred on the click, clipped to the volume
-    assert indices.min(0).values.tolist() == [0, 48, 18]
-    assert indices.max(0).values.tolist() == [36, 89, 81]
 
 
 def test_aggregate_folds_reports_mean_and_std_across_folds(tmp_path, capsys):

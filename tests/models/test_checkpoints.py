@@ -179,3 +179,20 @@ def test_reference_checkpoint_with_missing_parts(tmp_path, reference_file):
     torch.save(broken, tmp_path / "broken.pth.tar")
     with pytest.raises(CheckpointError, match=r"broken\.pth\.tar do not fit the network \(missing: fuse"):
         load_reference_checkpoint(tmp_path / "broken.pth.tar")
+
+
+@pytest.mark.slow
+def test_import_reference_writes_a_sam3d_checkpoint(reference_file, tmp_path):
+    from sam3d.module import VolumetricSamModule
+    from sam3d.reference_import import import_reference
+
+    path, expected, _ = reference_file
+    output = import_reference(str(path), str(tmp_path / "paper.ckpt"))
+    checkpoint = torch.load(output, weights_only=True)
+    assert checkpoint["sam3d"]["variant"] == "vit_b"
+    module = VolumetricSamModule.load_from_checkpoint(output, weights_only=True)
+    for key, value in expected.items():
+        if not key.startswith("prompt_encoder.label_embed"):
+            torch.testing.assert_close(module.net.state_dict()[key], value, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="already exists"):
+        import_reference(str(path), output)
