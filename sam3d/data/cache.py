@@ -186,7 +186,10 @@ def cache_case(case: Case, cache_dir: Path, spacing: tuple[float, float, float])
         temporary = cache_dir / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
         temporary.mkdir(parents=True)
         try:
-            meta = _preprocess(case, spacing, temporary)
+            # TorchIO draws a random number per transform call even for deterministic ones: keep the
+            # global stream untouched, so a run that fills the cache trains exactly as one that reuses it.
+            with torch.random.fork_rng():
+                meta = _preprocess(case, spacing, temporary)
             meta["seconds"] = round(time.perf_counter() - start, 3)
             (temporary / "meta.json").write_text(json.dumps(meta))
             try:
