@@ -89,7 +89,7 @@ def evaluate_case(
         generator = torch.Generator().manual_seed(case_seed(settings, case.case_id, repeat))
         points, labels = initial_clicks(case.label, settings, generator)
         if not len(points):
-            break  # no tumour to click: metrics follow the empty-case convention of sam3d.metrics
+            break  # no tumour to click: the caller reports the case as skipped
         for step in range(settings.refinement_clicks + 1):
             start = time.perf_counter()
             probability = segment(net, case.image, points, labels, settings.protocol, settings.threshold)

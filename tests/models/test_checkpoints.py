@@ -183,6 +183,7 @@ def test_reference_checkpoint_with_missing_parts(tmp_path, reference_file):
 
 @pytest.mark.slow
 def test_import_reference_writes_a_sam3d_checkpoint(reference_file, tmp_path):
+    from sam3d.errors import Sam3dError
     from sam3d.module import VolumetricSamModule
     from sam3d.reference_import import import_reference
 
@@ -194,5 +195,5 @@ def test_import_reference_writes_a_sam3d_checkpoint(reference_file, tmp_path):
     for key, value in expected.items():
         if not key.startswith("prompt_encoder.label_embed"):
             torch.testing.assert_close(module.net.state_dict()[key], value, rtol=0, atol=0)
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(Sam3dError, match="already exists"):
         import_reference(str(path), output)
