@@ -167,15 +167,14 @@ class VolumetricSamModule(L.LightningModule):
             self.test_skipped[case.case_id] = "the label has no target voxel to click"
             return
         self.test_rows += rows
-        if rows:
-            final = rows[-1]
-            title = f"{case.case_id}: Dice {final['dice']:.3f} with {final['clicks']} click(s)"
-            self.test_pictures[case.case_id] = png_bytes(
-                orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
-            )
-            self.log(
-                "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True
-            )
+        final = rows[-1]
+        title = f"{case.case_id}: Dice {final['dice']:.3f} with {final['clicks']} click(s)"
+        self.test_pictures[case.case_id] = png_bytes(
+            orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
+        )
+        self.log(
+            "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True
+        )
 
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
         """Foreground probability of a new scan from its clicks, with the `evaluation` settings' protocol."""
@@ -192,7 +191,7 @@ class VolumetricSamModule(L.LightningModule):
         """AdamW with one parameter group per part, linear decay to ``final_lr_factor`` over the run."""
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 1:
-            raise ValueError(
+            raise Sam3dError(
                 "trainer.max_epochs must be set (>= 1): the learning rate decays linearly over the epochs"
             )
         groups = [
@@ -214,7 +213,7 @@ class VolumetricSamModule(L.LightningModule):
         if gradient_clip_val is None:
             return
         if gradient_clip_algorithm not in (None, "norm"):
-            raise ValueError("only gradient_clip_algorithm 'norm' is supported (the paper clips norms)")
+            raise Sam3dError("only gradient_clip_algorithm 'norm' is supported (the paper clips norms)")
         for group in optimizer.param_groups:
             torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)
 
