@@ -58,7 +58,13 @@ def read_header(path: Path) -> Header:
     return Header(shape, affine, spacing)  # type: ignore[arg-type]
 
 
-def _check_file(case_id: str, path: Path, kind: str) -> tuple[Header | None, list[Problem]]:
+def same_affine(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two voxel-to-world matrices describe the same grid (within header rounding)."""
+    return bool(np.allclose(first, second, rtol=_GEOMETRY_RTOL, atol=_GEOMETRY_ATOL_MM))
+
+
+def check_file(case_id: str, path: Path, kind: str) -> tuple[Header | None, list[Problem]]:
+    """The header of an image or label file and its file-level problems (missing, unreadable, not 3D...)."""
     if not path.is_file():
         return None, [Problem(case_id, f"{kind} file not found (check data.root and the split file)", path)]
     try:
@@ -99,8 +105,8 @@ def check_headers(case: Case) -> list[Problem]:
     Returns:
         The problems found, empty if the case looks usable.
     """
-    image, problems = _check_file(case.case_id, case.image, "image")
-    label, label_problems = _check_file(case.case_id, case.label, "label")
+    image, problems = check_file(case.case_id, case.image, "image")
+    label, label_problems = check_file(case.case_id, case.label, "label")
     problems += label_problems
     if image is None or label is None:
         return problems
@@ -112,7 +118,7 @@ def check_headers(case: Case) -> list[Problem]:
                 case.label,
             )
         )
-    elif not np.allclose(image.affine, label.affine, rtol=_GEOMETRY_RTOL, atol=_GEOMETRY_ATOL_MM):
+    elif not same_affine(image.affine, label.affine):
         difference = float(np.abs(image.affine - label.affine).max())
         problems.append(
             Problem(

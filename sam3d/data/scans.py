@@ -25,7 +25,7 @@ import torch
 import torchio as tio
 
 from sam3d.data.cache import read_nifti
-from sam3d.data.checks import _GEOMETRY_ATOL_MM, _GEOMETRY_RTOL, _check_file, read_header
+from sam3d.data.checks import check_file, read_header, same_affine
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.layout import from_network_layout, to_network_layout
 from sam3d.data.transforms import BinarizeLabel, Normalize
@@ -93,7 +93,7 @@ def _error(path: Path, problems: Sequence[Problem], kind: str = "scan") -> Datas
 def _read(path: Path, image_class: type[tio.Image], kind: str) -> tio.Image:
     """Check the header (missing, unreadable, not single-channel 3D, absurd spacing) and load the voxels."""
     path = Path(path).expanduser()
-    _, problems = _check_file(scan_id(path), path, kind)
+    _, problems = check_file(scan_id(path), path, kind)
     if problems:
         raise _error(path, problems, kind)
     reader = {"reader": read_nifti} if path.name.lower().endswith((".nii", ".nii.gz")) else {}
@@ -261,9 +261,7 @@ def _read_label(path: Path, scan: Scan) -> tio.LabelMap:
     label = _read(path, tio.LabelMap, "label")
     data = label.data
     shape, affine = tuple(int(n) for n in data.shape[1:]), np.asarray(label.affine, dtype=float)
-    if shape != scan.source_shape or not np.allclose(
-        affine, scan.source_affine, rtol=_GEOMETRY_RTOL, atol=_GEOMETRY_ATOL_MM
-    ):
+    if shape != scan.source_shape or not same_affine(affine, scan.source_affine):
         raise DatasetError(
             f"label {path} is not on the grid of scan {scan.path}; resample the label onto the scan "
             "or fix its header:",

@@ -146,15 +146,13 @@ def test_lightning_fit_runs_and_calls_set_epoch_on_the_queue_sampler(tmp_path, s
 
     epochs = []
     monkeypatch.setattr(module._QueueEpochSampler, "set_epoch", lambda self, epoch: epochs.append(epoch))
-    dm = VolumeDataModule(
+    dm = make(
         synthetic_root,
-        dataset="msd",
-        num_folds=3,
+        tmp_path,
         patch_size=(16, 16, 16),
-        num_workers=0,
+        batch_size=1,
         samples_per_volume=1,
         queue_length=2,
-        cache_dir=str(tmp_path / "cache"),
         target_spacing=2.0,
     )
     trainer = L.Trainer(
