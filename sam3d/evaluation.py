@@ -2,7 +2,8 @@
 
 A case is evaluated ``repeats`` times with seeded clicks. Each repeat starts from ``num_clicks`` clicks
 and adds ``refinement_clicks`` correction clicks, recording the metrics after every click (a
-clicks-vs-Dice curve).
+clicks-vs-Dice curve). Correction clicks keep the crops of the first clicks, so they reuse those crops'
+encodings and cost only the decoding (see :class:`sam3d.inference.ClickSession`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from sam3d.data.clicks import correction_click, first_click, training_clicks
 from sam3d.data.test_cases import EvaluationCase
 from sam3d.errors import Sam3dError
-from sam3d.inference import Protocol, segment
+from sam3d.inference import ClickSession, CropEncoder, Protocol
 from sam3d.metrics import case_metrics
 from sam3d.models import VolumetricSam
 
@@ -38,6 +39,7 @@ class EvaluationSettings:
         seed: Base seed of the clicks.
         tolerance_mm: Normalised surface Dice tolerance.
         threshold: Foreground probability threshold.
+        cache_size: Crop encodings kept per case for correction clicks and repeats (0: none).
     """
 
     protocol: Protocol = "paper"
@@ -48,12 +50,13 @@ class EvaluationSettings:
     seed: int = 0
     tolerance_mm: float = 5.0
     threshold: float = 0.5
+    cache_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.num_clicks < 1 or self.refinement_clicks < 0 or self.repeats < 1:
+        if self.num_clicks < 1 or self.refinement_clicks < 0 or self.repeats < 1 or self.cache_size < 0:
             raise Sam3dError(
-                f"need num_clicks >= 1, refinement_clicks >= 0 and repeats >= 1, got {self.num_clicks}, "
-                f"{self.refinement_clicks} and {self.repeats}"
+                f"need num_clicks >= 1, refinement_clicks >= 0, repeats >= 1 and cache_size >= 0, got "
+                f"{self.num_clicks}, {self.refinement_clicks}, {self.repeats} and {self.cache_size}"
             )
 
 
@@ -85,22 +88,31 @@ def evaluate_case(
     rows: list[dict[str, float | int | str]] = []
     prediction = torch.zeros_like(case.label, dtype=torch.bool)
     points = torch.zeros(0, 3)
+    encoder = CropEncoder(net, settings.cache_size)
     for repeat in range(settings.repeats):
         generator = torch.Generator().manual_seed(case_seed(settings, case.case_id, repeat))
         points, labels = initial_clicks(case.label, settings, generator)
         if not len(points):
             break  # no tumour to click: the caller reports the case as skipped
+        session = ClickSession(net, case.image, settings.protocol, settings.threshold, encoder=encoder)
+        new_points, new_labels = points, labels
         for step in range(settings.refinement_clicks + 1):
             start = time.perf_counter()
-            probability = segment(net, case.image, points, labels, settings.protocol, settings.threshold)
+            probability = session.add_clicks(new_points, new_labels)
             prediction = probability > settings.threshold
             on_grid = case.to_label_grid(probability) > settings.threshold
             seconds = time.perf_counter() - start
             metrics = case_metrics(on_grid, case.label_on_grid, case.label_spacing, settings.tolerance_mm)
             rows.append(
-                {"case": case.case_id, "repeat": repeat, "clicks": len(points), **metrics, "seconds": seconds}
+                {
+                    "case": case.case_id,
+                    "repeat": repeat,
+                    "clicks": len(session.points),
+                    **metrics,
+                    "seconds": seconds,
+                }
             )
             if step < settings.refinement_clicks:
-                extra, extra_label = correction_click(prediction, case.label, case.spacing)
-                points, labels = torch.cat([points, extra]), torch.cat([labels, extra_label])
+                new_points, new_labels = correction_click(prediction, case.label, case.spacing)
+        points = session.points
     return rows, prediction, points

@@ -9,21 +9,72 @@ Two protocols:
   predictions are blended with a smooth weight. Crops without a click get a positive click at the
   deepest point of the object predicted so far inside them. The final object is the part of the
   prediction connected to the positive clicks.
+
+Encoding a crop is the expensive part of the network; :class:`CropEncoder` keeps encodings for reuse, and
+:class:`ClickSession` uses it so that clicks added one by one (corrections) cost only the decoding.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from sam3d.models import VolumetricSam
-from sam3d.models.prompt_encoder import POSITIVE
+from sam3d.errors import Sam3dError
+from sam3d.models import CropEncoding, VolumetricSam
+from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
 
 Protocol = Literal["paper", "full"]
 Box = tuple[tuple[int, int], ...]
+
+
+class CropEncoder:
+    """Encodes crops with ``net`` and keeps the ``capacity`` most recently used encodings.
+
+    An encoding is reused only for a crop with exactly the same voxels, encoded by the network with the
+    same weights (no in-place update since), on the same device and under the same autocast setting;
+    anything else is encoded afresh. ``capacity=0`` keeps nothing.
+    """
+
+    def __init__(self, net: VolumetricSam, capacity: int = 8) -> None:
+        if capacity < 0:
+            raise Sam3dError(f"the crop encoding cache size must be >= 0, got {capacity}")
+        self.net, self.capacity = net, capacity
+        self.hits = self.misses = 0
+        self._encodings: OrderedDict[tuple[object, ...], CropEncoding] = OrderedDict()
+
+    def __call__(self, patch: torch.Tensor) -> CropEncoding:
+        """The encoding of one ``crop_size`` patch (on the CPU)."""
+        device = next(self.net.parameters()).device
+        key = self._key(patch, device)
+        encoding = self._encodings.get(key)
+        if encoding is not None:
+            self._encodings.move_to_end(key)
+            self.hits += 1
+            return encoding
+        self.misses += 1
+        encoding = self.net.encode_image(patch[None, None].to(device))
+        if self.capacity:
+            self._encodings[key] = encoding
+            while len(self._encodings) > self.capacity:
+                self._encodings.popitem(last=False)
+        return encoding
+
+    def clear(self) -> None:
+        """Forget every encoding."""
+        self._encodings.clear()
+
+    def _key(self, patch: torch.Tensor, device: torch.device) -> tuple[object, ...]:
+        voxels = patch.detach().cpu().contiguous()
+        digest = hashlib.blake2b(voxels.view(torch.uint8).numpy(), digest_size=16).hexdigest()
+        weights = tuple(t._version for t in (*self.net.parameters(), *self.net.buffers()))
+        autocast = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+        return (digest, tuple(voxels.shape), voxels.dtype, id(self.net), weights, str(device), autocast)
 
 
 def crop_start(points: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
@@ -44,41 +95,55 @@ def _slices(box: Box) -> tuple[slice, ...]:
 
 
 def predict_crop(
-    net: VolumetricSam,
+    encoder: CropEncoder,
     image: torch.Tensor,
     start: torch.Tensor,
     points: torch.Tensor,
     labels: torch.Tensor | None,
 ) -> torch.Tensor:
     """Foreground probability ``crop_size`` of the crop at ``start`` (padded with the volume's minimum)."""
+    net = encoder.net
     crop = tuple(net.config.crop_size)
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
     patch = image.new_full(crop, float(image.min()))
     patch[_slices(in_crop)] = image[_slices(inside)]
-    device = next(net.parameters()).device
+    encoding = encoder(patch)
+    device = encoding.last_map.device
     batch_labels = None if labels is None else labels[None].to(device)
-    logits = net(patch[None, None].to(device), (points - start).float()[None].to(device), batch_labels)
+    logits = net.segment(encoding, (points - start).float()[None].to(device), batch_labels)
     return logits.float().softmax(1)[0, 1].cpu()
 
 
 @torch.no_grad()
 def segment_around_clicks(
-    net: VolumetricSam, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
+    encoder: CropEncoder,
+    image: torch.Tensor,
+    points: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``paper`` protocol: probability ``(D, H, W)`` from one crop centred on the clicks, zero elsewhere.
+    """``paper`` protocol: probability ``(D, H, W)`` from one crop, zero elsewhere.
 
     Args:
-        net: The network (its ``config.crop_size`` sets the crop).
+        encoder: The network's crop encoder (its ``config.crop_size`` sets the crop).
         image: ``(D, H, W)`` normalised volume.
         points: ``(N, 3)`` clicks in volume voxels ``(d, h, w)``.
         labels: ``(N,)`` click labels, None for all positive.
+        start: Crop start; default: centred on the clicks' bounding box. Clicks outside the crop are dropped.
     """
-    crop = tuple(net.config.crop_size)
-    start = crop_start(points, crop)
+    crop = tuple(encoder.net.config.crop_size)
+    start = crop_start(points, crop) if start is None else start
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
+    in_view = _inside_crop(points, start, crop)
     probability = image.new_zeros(image.shape)
-    probability[_slices(inside)] = predict_crop(net, image, start, points, labels)[_slices(in_crop)]
+    crop_labels = None if labels is None else labels[in_view]
+    crop_probability = predict_crop(encoder, image, start, points[in_view], crop_labels)
+    probability[_slices(inside)] = crop_probability[_slices(in_crop)]
     return probability
+
+
+def _inside_crop(points: torch.Tensor, start: torch.Tensor, crop: tuple[int, ...]) -> torch.Tensor:
+    return ((points >= start) & (points <= start + torch.tensor(crop) - 1)).all(1)
 
 
 def _blend_weight(crop: tuple[int, ...]) -> torch.Tensor:
@@ -89,22 +154,34 @@ def _blend_weight(crop: tuple[int, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def segment_object(
-    net: VolumetricSam,
+    encoder: CropEncoder,
     image: torch.Tensor,
     points: torch.Tensor,
     labels: torch.Tensor | None = None,
     threshold: float = 0.5,
     max_crops: int = 64,
+    anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``full`` protocol: probability ``(D, H, W)`` from crops that follow the object around the clicks."""
-    crop = tuple(net.config.crop_size)
+    """``full`` protocol: probability ``(D, H, W)`` from crops that follow the object around the clicks.
+
+    Crops lie on a lattice of half-crop steps through ``anchor`` (default: the paper's crop), so a later
+    call with more clicks and the same anchor revisits the same crops (and reuses their encodings).
+    """
+    crop = tuple(encoder.net.config.crop_size)
     shape = tuple(image.shape)
     labels = torch.full((len(points),), POSITIVE, dtype=torch.long) if labels is None else labels
     step = torch.tensor(crop) // 2
+    anchor = crop_start(points, crop) if anchor is None else anchor
     total, weights = image.new_zeros(shape), image.new_zeros(shape)
     blend = _blend_weight(crop)
-    queue, seen = [crop_start(points, crop)], set()
-    while queue and len(seen) < max_crops:
+    queue: list[torch.Tensor] = [anchor]
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < max_crops:
+        if not queue:  # a positive click no visited crop holds: start from its own crop
+            uncovered = [p for p in points[labels == POSITIVE] if not _covered(p, seen, crop)]
+            if not uncovered:
+                break
+            queue.append(anchor + torch.round((uncovered[0] - anchor - step) / step).long() * step)
         start = queue.pop(0)
         if tuple(start.tolist()) in seen:
             continue
@@ -113,12 +190,16 @@ def segment_object(
         crop_points, crop_labels = _clicks_in_crop(points, labels, start, crop, total, weights, threshold)
         if not len(crop_points):
             continue
-        probability = predict_crop(net, image, start, crop_points, crop_labels)
+        probability = predict_crop(encoder, image, start, crop_points, crop_labels)
         total[_slices(inside)] += (probability * blend)[_slices(in_crop)]
         weights[_slices(inside)] += blend[_slices(in_crop)]
         queue += _neighbours(start, probability > threshold, crop, shape, step)
     probability = torch.where(weights > 0, total / weights.clamp(min=1e-12), 0)
     return probability * _connected_to(probability > threshold, points[labels == POSITIVE])
+
+
+def _covered(point: torch.Tensor, starts: set[tuple[int, ...]], crop: tuple[int, ...]) -> bool:
+    return any(bool(_inside_crop(point[None], torch.tensor(start), crop)[0]) for start in starts)
 
 
 def _clicks_in_crop(
@@ -131,8 +212,7 @@ def _clicks_in_crop(
     threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The clicks inside the crop, or a positive click at the deepest predicted object voxel in it."""
-    upper = start + torch.tensor(crop) - 1
-    inside = ((points >= start) & (points <= upper)).all(1)
+    inside = _inside_crop(points, start, crop)
     if inside.any():
         return points[inside], labels[inside]
     box, _ = _ranges(start, crop, tuple(total.shape))
@@ -187,7 +267,109 @@ def segment(
     protocol: Protocol,
     threshold: float = 0.5,
 ) -> torch.Tensor:
-    """Whole-volume probability with the chosen protocol."""
-    if protocol == "full":
-        return segment_object(net, image, points, labels, threshold)
-    return segment_around_clicks(net, image, points, labels)
+    """Whole-volume probability of one set of clicks with the chosen protocol."""
+    return ClickSession(net, image, protocol, threshold, cache_size=0).add_clicks(points, labels)
+
+
+class ClickSession:
+    """Interactive segmentation of one volume: add clicks, get the updated foreground probability.
+
+    The crop encodings are kept (an LRU of ``cache_size`` crops, or a shared ``encoder``), so a click added
+    to a crop already seen costs only the prompt encoder and decoder. The crops stay where the first
+    clicks put them: ``paper`` keeps the first clicks' crop for every later click (later clicks outside
+    it are ignored), ``full`` keeps its lattice of crops through that crop.
+
+    Example::
+
+        session = ClickSession(net, image)  # image (D, H, W), normalised, on the network's grid
+        probability = session.add_click((40, 52, 60))
+        probability = session.add_click((44, 50, 71), positive=False)
+        probability = session.undo()
+
+    Args:
+        net: The network, on its device, in eval mode.
+        image: ``(D, H, W)`` normalised volume on the CPU.
+        protocol: ``paper`` or ``full`` (see :mod:`sam3d.inference`).
+        threshold: Foreground probability threshold (``full`` follows the object at this level).
+        cache_size: Crop encodings kept; ignored when ``encoder`` is given.
+        encoder: A crop encoder to share (e.g. across the repeats of one volume).
+    """
+
+    def __init__(
+        self,
+        net: VolumetricSam,
+        image: torch.Tensor,
+        protocol: Protocol = "paper",
+        threshold: float = 0.5,
+        cache_size: int = 8,
+        encoder: CropEncoder | None = None,
+    ) -> None:
+        if image.ndim != 3 or not image.is_floating_point():
+            raise Sam3dError(f"the volume must be a 3D float tensor (D, H, W), got {tuple(image.shape)}")
+        if protocol not in ("paper", "full"):
+            raise Sam3dError(f"unknown protocol {protocol!r}: use 'paper' or 'full'")
+        self.image, self.protocol, self.threshold = image, protocol, threshold
+        self.encoder = CropEncoder(net, cache_size) if encoder is None else encoder
+        self.points = torch.zeros(0, 3)
+        self.labels = torch.zeros(0, dtype=torch.long)
+        self._history: list[int] = []
+        self._anchor: torch.Tensor | None = None
+        self.probability = torch.zeros_like(image)
+
+    def add_click(self, point: Sequence[float] | torch.Tensor, positive: bool = True) -> torch.Tensor:
+        """Add one click ``(d, h, w)`` in voxels; returns the probability ``(D, H, W)``."""
+        label = torch.tensor([POSITIVE if positive else NEGATIVE])
+        return self.add_clicks(torch.as_tensor(point, dtype=torch.float32).reshape(1, 3), label)
+
+    def add_clicks(self, points: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Add ``(N, 3)`` clicks at once (labels 1 positive, 0 negative; default all positive)."""
+        points = points.float().reshape(-1, 3)
+        labels = torch.full((len(points),), POSITIVE) if labels is None else labels.long().reshape(-1)
+        self._check(points, labels)
+        self.points, self.labels = torch.cat([self.points, points]), torch.cat([self.labels, labels])
+        self._history.append(len(points))
+        return self._update()
+
+    def undo(self) -> torch.Tensor:
+        """Remove the clicks added last; returns the probability without them."""
+        if self._history:
+            removed = self._history.pop()
+            self.points, self.labels = self.points[:-removed], self.labels[:-removed]
+        if not self._history:
+            self._anchor = None
+        return self._update()
+
+    def reset(self) -> None:
+        """Remove every click (the crop encodings are kept)."""
+        self.points, self.labels, self._history, self._anchor = self.points[:0], self.labels[:0], [], None
+        self.probability = torch.zeros_like(self.image)
+
+    def _check(self, points: torch.Tensor, labels: torch.Tensor) -> None:
+        upper = torch.tensor(self.image.shape) - 1
+        outside = ((points < 0) | (points > upper)).any(1)
+        if outside.any():
+            raise Sam3dError(
+                f"click {points[outside][0].tolist()} lies outside the volume of shape {tuple(self.image.shape)}; "
+                "clicks are (d, h, w) voxel coordinates inside it"
+            )
+        if len(labels) != len(points) or not torch.isin(labels, torch.tensor([POSITIVE, NEGATIVE])).all():
+            raise Sam3dError("click labels must be 1 (positive) or 0 (negative), one per click")
+        if not self._history and not (labels == POSITIVE).any():
+            raise Sam3dError("the first clicks must include a positive click (inside the object)")
+
+    def _update(self) -> torch.Tensor:
+        if not len(self.points):
+            self.probability = torch.zeros_like(self.image)
+            return self.probability
+        crop = tuple(self.encoder.net.config.crop_size)
+        if self._anchor is None:
+            self._anchor = crop_start(self.points, crop)
+        if self.protocol == "full":
+            self.probability = segment_object(
+                self.encoder, self.image, self.points, self.labels, self.threshold, anchor=self._anchor
+            )
+        else:
+            self.probability = segment_around_clicks(
+                self.encoder, self.image, self.points, self.labels, start=self._anchor
+            )
+        return self.probability

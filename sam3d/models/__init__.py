@@ -9,11 +9,12 @@ from sam3d.models.build import (
 from sam3d.models.checkpoints import CheckpointError
 from sam3d.models.config import VARIANTS, Variant, VolumetricSamConfig
 from sam3d.models.reference import load_reference_checkpoint
-from sam3d.models.volumetric_sam import VolumetricSam
+from sam3d.models.volumetric_sam import CropEncoding, VolumetricSam
 
 __all__ = [
     "VARIANTS",
     "CheckpointError",
+    "CropEncoding",
     "Variant",
     "VolumetricSam",
     "VolumetricSamConfig",

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+def _layer_norm_float32(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the last axis computed in float32 (its statistics need it), in ``x``'s dtype."""
+    with torch.autocast(x.device.type, enabled=False):
+        weight = None if weight is None else weight.float()
+        bias = None if bias is None else bias.float()
+        return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis that keeps the input's dtype under mixed precision.
+
+    Autocast runs layer norms in float32 on some devices and returns float32, which would turn the
+    token stream into float32 from the first norm on; here only the normalisation itself is float32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x (..., C)`` over C."""
+        return _layer_norm_float32(x, self.weight, self.bias, self.eps)
+
+
 class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of a ``(B, C, D, H, W)`` map."""
+    """LayerNorm over the channel axis of a ``(B, C, D, H, W)`` map (float32 statistics, input dtype out)."""
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -17,10 +40,7 @@ class LayerNorm3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x (B, C, D, H, W)`` over C."""
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+        return _layer_norm_float32(x.movedim(1, -1), self.weight, self.bias, self.eps).movedim(-1, 1)
 
 
 def channels_last_3d(x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
+from sam3d.models.common import LayerNorm
 from sam3d.models.config import VolumetricSamConfig
 
 # Click labels: positive, negative, and padding for batches with unequal click counts.
@@ -53,12 +54,12 @@ class TwoWayQueryBlock(nn.Module):
         super().__init__()
         self.global_queries = nn.Parameter(0.1 * torch.randn(1, num_queries, dim))
         self.self_attn = QueryAttention(dim, num_heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
         self.cross_attn_image_to_token = QueryAttention(dim, num_heads, attention_downsample_rate)
-        self.norm4 = nn.LayerNorm(dim)
+        self.norm4 = LayerNorm(dim)
 
     def forward(
         self, image_tokens: torch.Tensor, click_tokens: torch.Tensor, click_mask: torch.Tensor
@@ -76,6 +77,28 @@ class TwoWayQueryBlock(nn.Module):
         return image_tokens, click_tokens
 
 
+class ClickSampler(nn.Module):
+    """Features of a map at clicks given in crop voxels, interpolated trilinearly.
+
+    Sampling runs in float32 under any autocast: bfloat16 grid coordinates would move a click by up to a
+    sixteenth of a token. Only the map is copied (the clicks' features are tiny).
+    """
+
+    crop_size: torch.Tensor
+
+    def __init__(self, crop_size: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.register_buffer("crop_size", torch.tensor(crop_size, dtype=torch.float32), persistent=False)
+
+    def forward(self, image_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W)`` map and ``(B, N, 3)`` clicks (d, h, w) -> ``(B, N, C)`` in the map's dtype."""
+        # Voxel centres to grid_sample's [-1, 1] (align_corners=False), axes reversed to (w, h, d).
+        grid = ((points.float() + 0.5) * 2 / self.crop_size - 1).flip(-1)
+        with torch.autocast(image_map.device.type, enabled=False):
+            sampled = F.grid_sample(image_map.float(), grid[:, :, None, None, :], align_corners=False)
+        return sampled.flatten(2).transpose(1, 2).to(image_map.dtype)
+
+
 class ClickPromptEncoder(nn.Module):
     """Turns clicks into an updated last feature map.
 
@@ -85,14 +108,10 @@ class ClickPromptEncoder(nn.Module):
     layers never read them; they are therefore not computed.
     """
 
-    crop_size: torch.Tensor
-
     def __init__(self, config: VolumetricSamConfig) -> None:
         super().__init__()
         dim = config.neck_dim
-        self.register_buffer(
-            "crop_size", torch.tensor(config.crop_size, dtype=torch.float32), persistent=False
-        )
+        self.sample_clicks = ClickSampler(config.crop_size)
         self.label_embed = nn.Embedding(2, dim)
         nn.init.zeros_(self.label_embed.weight)
         self.layers = nn.ModuleList(
@@ -108,12 +127,10 @@ class ClickPromptEncoder(nn.Module):
 
     def forward(self, image_map: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Condition ``image_map (B, C, D, H, W)`` on ``points (B, N, 3)`` (crop voxels, d/h/w) and ``labels``."""
-        # Voxel centres to grid_sample's [-1, 1] (align_corners=False), axes reversed to (w, h, d).
-        grid = ((points + 0.5) * 2 / self.crop_size - 1).flip(-1)
-        sampled = F.grid_sample(image_map, grid[:, :, None, None, :].to(image_map.dtype), align_corners=False)
-        click_tokens = sampled.flatten(2).transpose(1, 2)
+        click_tokens = self.sample_clicks(image_map, points)
         real = labels != PADDING
-        click_tokens = click_tokens + self.label_embed(labels.clamp(min=0)) * real[..., None]
+        label_embedding = self.label_embed(labels.clamp(min=0)).to(click_tokens.dtype)
+        click_tokens = click_tokens + label_embedding * real[..., None]
         image_tokens = image_map.flatten(2).transpose(1, 2)
         for layer in self.layers:
             image_tokens, click_tokens = layer(image_tokens, click_tokens, real)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -11,11 +13,25 @@ from sam3d.models.mask_decoder import MultiLevelDecoder3D
 from sam3d.models.prompt_encoder import NEGATIVE, PADDING, POSITIVE, ClickPromptEncoder
 
 
+@dataclass(frozen=True)
+class CropEncoding:
+    """Everything the clicks of a crop batch are decoded against (see :meth:`VolumetricSam.encode_image`).
+
+    Attributes:
+        last_map: ``(B, neck_dim, *token_grid)``: the encoder's last map, which the clicks condition.
+        decoder_context: ``(B, decoder_dim, *decoder_grid)``: the decoder's click-independent part.
+    """
+
+    last_map: torch.Tensor
+    decoder_context: torch.Tensor
+
+
 class VolumetricSam(nn.Module):
     """Promptable 3D segmentation network of 3DSAM-adapter.
 
-    ``net(image, points, labels)`` maps a crop and its clicks to two-class logits. The image encoding
-    can be computed once and reused for several click sets (:meth:`encode_image`, :meth:`segment`).
+    ``net(image, points, labels)`` maps a crop and its clicks to two-class logits. The expensive part,
+    :meth:`encode_image`, depends on the crop only; :meth:`segment` decodes one set of clicks against it,
+    so several click sets of one crop cost one encoding (``net(...)`` is exactly ``segment(encode_image)``).
     """
 
     def __init__(self, config: VolumetricSamConfig) -> None:
@@ -38,24 +54,21 @@ class VolumetricSam(nn.Module):
         Returns:
             Logits ``(B, num_classes, D, H, W)``.
         """
-        return self.segment(self.encode_image(image), image, points, labels)
+        return self.segment(self.encode_image(image), points, labels)
 
-    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """The four multi-level feature maps of ``image`` (the expensive part)."""
+    def encode_image(self, image: torch.Tensor) -> CropEncoding:
+        """The click-independent encoding of ``(B, 1, D, H, W)`` crops."""
         self._check_image(image)
-        return self.image_encoder(image)
+        features = self.image_encoder(image)
+        return CropEncoding(features[-1], self.mask_decoder.context(features[:-1], image))
 
     def segment(
-        self,
-        features: list[torch.Tensor],
-        image: torch.Tensor,
-        points: torch.Tensor,
-        labels: torch.Tensor | None = None,
+        self, encoding: CropEncoding, points: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits from precomputed ``features`` of ``image`` and a set of clicks (see :meth:`forward`)."""
-        labels = self._check_clicks(image, points, labels)
-        conditioned = self.prompt_encoder(features[-1], points, labels)
-        return self.mask_decoder([*features[:-1], conditioned], image)
+        """Logits of one set of clicks per crop against the crops' ``encoding`` (see :meth:`forward`)."""
+        labels = self._check_clicks(len(encoding.last_map), points, labels)
+        conditioned = self.prompt_encoder(encoding.last_map, points, labels)
+        return self.mask_decoder(encoding.decoder_context, conditioned)
 
     def _check_image(self, image: torch.Tensor) -> None:
         crop = tuple(self.config.crop_size)
@@ -67,10 +80,7 @@ class VolumetricSam(nn.Module):
         if not image.is_floating_point():
             raise TypeError(f"image must be a float tensor, got {image.dtype}")
 
-    def _check_clicks(
-        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None
-    ) -> torch.Tensor:
-        b = image.shape[0]
+    def _check_clicks(self, b: int, points: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if points.ndim != 3 or points.shape[0] != b or points.shape[2] != 3:
             raise ValueError(f"points must have shape ({b}, N, 3), got {tuple(points.shape)}")
         if labels is None:

@@ -7,7 +7,7 @@ import itertools
 import torch
 
 from sam3d.models import VARIANTS, VolumetricSam
-from sam3d.models.image_encoder import (
+from sam3d.models.window_attention import (
     decomposed_rel_pos_bias,
     resize_rel_pos,
     shifted_window_mask,
@@ -51,8 +51,8 @@ def test_relative_position_tables_have_sams_lengths():
         length = 127 if index in (2, 5, 8, 11) else 27
         for table in (block.attn.rel_pos_d, block.attn.rel_pos_h, block.attn.rel_pos_w):
             assert table.shape == (length, 64)
-        assert (block.attn_mask is not None) == (index % 2 == 0)
-    assert net.image_encoder.blocks[0].attn_mask.shape == (64, 512, 512)
+        assert block.shift == (4 if index % 2 == 0 else 0)
+    assert net.image_encoder.shift_mask.shape == (64, 512, 512)
 
 
 def test_decomposed_bias_matches_its_definition():
