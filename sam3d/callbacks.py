@@ -59,6 +59,45 @@ class ValidationSlices(L.Callback):
             Image.fromarray(picture).save(folder / f"val_epoch{trainer.current_epoch:04d}.png")
 
 
+class StepReport(L.Callback):
+    """At the end of ``fit``, print each rank's training-step time and peak memory.
+
+    Add it with ``--trainer.callbacks+=sam3d.callbacks.StepReport``; the first ``skip`` steps (warm-up,
+    kernel selection) are left out of the times.
+    """
+
+    def __init__(self, skip: int = 1) -> None:
+        self.skip, self.seconds, self._start = skip, [], 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        """Stop the clock (after the device finished the step)."""
+        if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        self.seconds.append(time.perf_counter() - self._start)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the median step time and the peak memory of this rank."""
+        timed = self.seconds[self.skip :] or self.seconds
+        if not timed:
+            return
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            peak = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+        else:
+            import resource  # POSIX only
+
+            peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        print(
+            f"rank {trainer.global_rank}: {len(timed)} training steps, median {float(np.median(timed)):.3f} s "
+            f"per step, {peak}",
+            flush=True,
+        )
+
+
 class RunConfig(SaveConfigCallback):
     """Save the resolved config into the run's own folder and send it to the logger."""
 

@@ -60,9 +60,9 @@ class VolumetricSamModule(L.LightningModule):
         store_frozen_weights: Keep the frozen SAM weights in checkpoints even when ``sam_checkpoint`` is given.
         freeze_sam: Freeze SAM's weights as the paper does. Turn off only without pretrained SAM weights
             (e.g. the tiny network), where nothing is gained by freezing random weights.
-        activation_checkpointing: Recompute each encoder block's activations in the backward pass instead
-            of keeping them (same gradients, a fraction of the memory, about a third more time per step);
-            None turns it on for SAM's ViT sizes and off for the tiny network.
+        activation_checkpointing: Recompute each encoder block's activations and the decoder's upsampled
+            maps in the backward pass instead of keeping them (same gradients, a fraction of the memory,
+            more time per step); None turns it on for SAM's ViT sizes and off for the tiny network.
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class VolumetricSamModule(L.LightningModule):
         )
         if activation_checkpointing is None:
             activation_checkpointing = variant != "tiny"
-        self.net.image_encoder.activation_checkpointing = activation_checkpointing
+        self.net.activation_checkpointing = activation_checkpointing
         self.loss = DiceCELoss(
             include_background=False,
             softmax=True,

@@ -28,7 +28,10 @@ class SpatialAdapter(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.down = nn.Linear(dim, hidden_dim)
-        self.conv = nn.Conv3d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
+        # Tokens are channels-last, so the convolution runs channels-last; its weight is stored that way too,
+        # so that its gradient has the weight's own strides (which DDP's gradient buckets expect).
+        conv = nn.Conv3d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
+        self.conv = conv.to(memory_format=torch.channels_last_3d)
         self.up = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

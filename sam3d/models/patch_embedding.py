@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3d.models.common import autocast_dtype
+
 
 def direct_patch_embedding(
     volume: torch.Tensor, patch_embed: nn.Conv2d, slice_embed: nn.Conv3d, scale: float
@@ -78,9 +80,8 @@ def folded_patch_embedding(
             bias = bias + patch_embed.bias * slice_kernel.sum(1)
         if slice_embed.bias is not None:
             bias = bias + slice_embed.bias
-    device = volume.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else volume.dtype
-    with torch.autocast(device, enabled=False):  # autocast would pad in float32 on the CPU
+    dtype = autocast_dtype(volume)
+    with torch.autocast(volume.device.type, enabled=False):  # autocast would pad in float32 on the CPU
         padded = F.pad(volume.to(dtype), pads, mode="replicate")
     return F.conv3d(padded, kernel[:, None], bias, stride=strides)
 

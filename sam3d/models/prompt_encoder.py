@@ -66,7 +66,10 @@ class TwoWayQueryBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update ``image_tokens (B, L, C)`` from ``click_tokens (B, N, C)``; ``click_mask (B, N)`` marks real clicks."""
         b, num_queries = image_tokens.shape[0], self.global_queries.shape[1]
-        tokens = torch.cat([self.global_queries.expand(b, -1, -1), click_tokens], dim=1)
+        # Indexed, not expanded: for one sample an expand would hand back a view of the concatenation's
+        # gradient, with strides other than the parameter's (which DDP's gradient buckets expect).
+        queries = self.global_queries[0].expand(b, -1, -1).to(click_tokens.dtype)
+        tokens = torch.cat([queries, click_tokens], dim=1)
         key_mask = torch.cat([click_mask.new_ones(b, num_queries), click_mask], dim=1)
         tokens = self.norm2(tokens + self.norm1(self.self_attn(tokens, tokens, tokens, key_mask)))
         queries, click_tokens = tokens[:, :num_queries], tokens[:, num_queries:]

@@ -41,6 +41,16 @@ class VolumetricSam(nn.Module):
         self.prompt_encoder = ClickPromptEncoder(config)
         self.mask_decoder = MultiLevelDecoder3D(config)
 
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether training recomputes encoder blocks and upsampled decoder maps in the backward pass."""
+        return self.image_encoder.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, enabled: bool) -> None:
+        self.image_encoder.activation_checkpointing = enabled
+        self.mask_decoder.activation_checkpointing = enabled
+
     def forward(
         self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:

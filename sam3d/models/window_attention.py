@@ -153,6 +153,9 @@ class WindowAttention3D(nn.Module):
     ) -> torch.Tensor:
         bw, heads, n, head_dim = q.shape
         window = self.window_size
+        # A copy: the relative-position terms keep their queries for the backward pass, and a view would
+        # keep the whole qkv projection alive with them.
+        q = q.contiguous()
         relative = torch.cat(relative_position_terms(q, self._tables(), window), dim=-1)
         query = torch.cat([q * head_dim**-0.5, self.rel_pos_scale * relative.view(bw, heads, n, -1)], dim=-1)
         positions = key_positions(window, q.device, k.dtype).expand(bw, heads, n, 3 * window)

@@ -130,7 +130,7 @@ def _tiny(crop: tuple[int, int, int] = (64, 48, 32), checkpointing: bool = False
         for name, parameter in net.named_parameters():
             if "rel_pos" in name or "label_embed" in name:
                 parameter.normal_(0, 0.1)
-    net.image_encoder.activation_checkpointing = checkpointing
+    net.activation_checkpointing = checkpointing
     return net.train()
 
 

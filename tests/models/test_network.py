@@ -174,3 +174,18 @@ def test_features_can_be_reused_across_click_sets(tiny_net):
     image, points = _image(), torch.tensor([[[12.0, 30.0, 50.0]]])
     encoding = tiny_net.encode_image(image)
     torch.testing.assert_close(tiny_net.segment(encoding, points), tiny_net(image, points), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradients_have_their_parameters_strides(fused):
+    """DDP copies gradients into buckets laid out like the parameters and warns (and slows) on a mismatch."""
+    net = build_volumetric_sam("tiny", freeze=False).train()
+    net.image_encoder.fused = fused
+    net.activation_checkpointing = True
+    net(_image(), torch.tensor([[[10.0, 20.0, 30.0]]])).mean().backward()
+    mismatched = {
+        name: (p.stride(), p.grad.stride())
+        for name, p in net.named_parameters()
+        if p.grad.stride() != p.stride()
+    }
+    assert mismatched == {}
