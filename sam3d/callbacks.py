@@ -15,8 +15,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from sam3d.data.scans import to_source_grid, write_like
-from sam3d.data.test_cases import SkippedCase
+from sam3d.data.scans.evaluation_cases import SkippedCase
+from sam3d.data.scans.writing import to_source_grid, write_like
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
 

@@ -17,8 +17,8 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LinearLR
 
 from sam3d import __version__
-from sam3d.data.prediction_cases import PredictionCase
-from sam3d.data.test_cases import EvaluationCase, SkippedCase
+from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
+from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings, evaluate_case
 from sam3d.inference import segment

@@ -13,22 +13,22 @@ import torch.distributed as dist
 import torchio as tio
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from sam3d.data.cache import CachedCase, cache_cases, default_cache_dir
 from sam3d.data.catalog import PRESETS, Case, DatasetName, discover, resolve_split_cases
 from sam3d.data.clicks import ClickMode
 from sam3d.data.errors import DatasetError, Problem, format_problems
-from sam3d.data.patches import (
+from sam3d.data.preprocessing import BinarizeLabel, Normalize
+from sam3d.data.scans.evaluation_cases import EvaluationCases
+from sam3d.data.scans.prediction_cases import PredictionCases
+from sam3d.data.splits import PARTS, SHIPPED_SPLITS, SplitFile, folds_from_catalog, load_splits
+from sam3d.data.stats import intensity_statistics
+from sam3d.data.training.cache import CachedCase, cache_cases, default_cache_dir
+from sam3d.data.training.patches import (
     PatchSettings,
     StackedPatchSampler,
     TrainingPatches,
     ValidationPatches,
     collate_patches,
 )
-from sam3d.data.prediction_cases import PredictionCases
-from sam3d.data.splits import PARTS, SHIPPED_SPLITS, SplitFile, folds_from_catalog, load_splits
-from sam3d.data.stats import intensity_statistics
-from sam3d.data.test_cases import EvaluationCases
-from sam3d.data.transforms import BinarizeLabel, Normalize
 
 __all__ = ["VolumeDataModule"]
 
@@ -115,7 +115,7 @@ class VolumeDataModule(L.LightningDataModule):
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled).
         seed: Seed of on-the-fly folds, validation patches and subject shuffling under DDP.
         predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
-        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
+        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
     """
 
     def __init__(

@@ -7,9 +7,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from sam3d.data.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.errors import DatasetError
-from sam3d.data.scans import load_label, load_scan
+from sam3d.data.scans import Click, clicks_to_network, load_label, load_scan, match_clicks, read_clicks
 
 
 def load(path):

@@ -6,8 +6,9 @@ import torch
 
 from sam3d.data import VolumeDataModule
 from sam3d.data.errors import DatasetError
+from sam3d.data.files import case_id
 from sam3d.data.layout import to_network_layout
-from sam3d.data.scans import label_on_source_grid, load_label, load_scan, scan_id, to_source_grid, write_like
+from sam3d.data.scans import label_on_source_grid, load_label, load_scan, to_source_grid, write_like
 from sam3d.metrics import case_metrics
 
 WINDOW, MEAN, STD = (-200.0, 300.0), 50.0, 100.0
@@ -210,7 +211,7 @@ def test_label_on_another_grid_names_both_files_and_what_differs(tmp_path):
         label_on_source_grid(fractional, scan)
 
 
-def test_scan_id():
-    assert scan_id("/a/case_001.nii.gz") == "case_001"
-    assert scan_id("b/case.2.mha") == "case.2"
-    assert scan_id("c.NRRD") == "c"
+def test_case_id():
+    assert case_id("/a/case_001.nii.gz") == "case_001"
+    assert case_id("b/case.2.mha") == "case.2"
+    assert case_id("c.NRRD") == "c"

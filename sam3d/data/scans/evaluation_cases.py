@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from sam3d.data.catalog import Case
 from sam3d.data.errors import DatasetError
-from sam3d.data.scans import label_on_source_grid, load_label, load_scan, to_source_grid
+from sam3d.data.scans.loading import label_on_source_grid, load_label, load_scan
+from sam3d.data.scans.writing import to_source_grid
 
 
 @dataclass

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from sam3d.data.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.scans import SCAN_SUFFIXES, Scan, load_scan, scan_id
-from sam3d.data.test_cases import SkippedCase
+from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
+from sam3d.data.scans.evaluation_cases import SkippedCase
+from sam3d.data.scans.loading import Scan, load_scan
 
 
 @dataclass
@@ -43,7 +44,7 @@ def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]
         elif path.is_file():
             files.append(path)
         else:
-            problems.append(Problem(scan_id(path), "scan file does not exist", path))
+            problems.append(Problem(case_id(path), "scan file does not exist", path))
     return files, problems
 
 
@@ -52,7 +53,7 @@ class PredictionCases(Dataset):
 
     Args:
         scans: Scan files or folders of scans.
-        clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
+        clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
         spacing: Target voxel size in mm, network order ``(D, H, W)``.
         window: Intensity window in HU.
         mean: Intensity mean for z-scoring.
@@ -83,10 +84,10 @@ class PredictionCases(Dataset):
     def __getitem__(self, index: int) -> PredictionCase | SkippedCase:
         path, clicks = self.items[index]
         if not clicks:
-            return SkippedCase(scan_id(path), f"the clicks file has no click for {path}")
+            return SkippedCase(case_id(path), f"the clicks file has no click for {path}")
         try:
             scan = load_scan(path, self.spacing, window=self.window, mean=self.mean, std=self.std)
             points, labels = clicks_to_network(clicks, scan)
         except DatasetError as error:
-            return SkippedCase(scan_id(path), str(error))
+            return SkippedCase(case_id(path), str(error))
         return PredictionCase(scan, points, labels)

@@ -23,15 +23,15 @@ import torchio as tio
 from torch.utils.data import Dataset
 from torchio.data.sampler import PatchSampler
 
-from sam3d.data.cache import CachedCase
 from sam3d.data.clicks import ClickMode, pad_clicks, training_clicks
 from sam3d.data.layout import to_network_layout
-from sam3d.data.transforms import (
-    Normalize,
+from sam3d.data.preprocessing import Normalize
+from sam3d.data.training.augmentation import (
     RandomIntensityShift,
     orientation_augmentation,
     spatial_augmentation,
 )
+from sam3d.data.training.cache import CachedCase
 
 __all__ = [
     "PatchSettings",

@@ -30,8 +30,9 @@ import torchio as tio
 from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
 from sam3d.data.errors import Problem
+from sam3d.data.files import read_nifti, reader_for
 
-__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir", "read_nifti"]
+__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,6 @@ def default_cache_dir() -> Path:
     if "SAM3D_CACHE_DIR" in os.environ:
         return Path(os.environ["SAM3D_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sam3d" / "volumes"
-
-
-def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader for NIfTI files through NiBabel, keeping the stored type.
-
-    Used for cache entries (faster than SimpleITK) and NIfTI sources, because SimpleITK's NIfTI
-    reader silently turns NaN voxels into 0 and the checks must see them.
-    """
-    image = nib.load(str(path))
-    array = np.asanyarray(image.dataobj)
-    array = array.transpose(3, 0, 1, 2) if array.ndim == 4 else array[None]
-    return torch.from_numpy(np.ascontiguousarray(array)), image.affine
 
 
 @dataclass(frozen=True)
@@ -106,10 +95,6 @@ def _key(case: Case, spacing: tuple[float, float, float]) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
-def _reader(path: Path) -> dict[str, object]:
-    return {"reader": read_nifti} if path.name.endswith((".nii", ".nii.gz")) else {}
-
-
 def _save_nifti(tensor: torch.Tensor, affine: np.ndarray, dtype: type, path: Path) -> None:
     image = nib.Nifti1Image(tensor[0].numpy().astype(dtype), affine)
     image.header.set_xyzt_units("mm")
@@ -119,8 +104,8 @@ def _save_nifti(tensor: torch.Tensor, affine: np.ndarray, dtype: type, path: Pat
 def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -> dict[str, Any]:
     """Load, check, reorient and resample one case into ``folder``; raise ValueError on bad content."""
     subject = tio.Subject(
-        image=tio.ScalarImage(case.image, **_reader(case.image)),
-        label=tio.LabelMap(case.label, **_reader(case.label)),
+        image=tio.ScalarImage(case.image, **reader_for(case.image)),
+        label=tio.LabelMap(case.label, **reader_for(case.label)),
     )
     subject.load()
     image, label = subject["image"].data, subject["label"].data

@@ -1,10 +1,9 @@
-"""Single scans for ``sam3d predict``/``sam3d test``: preprocessed for the network, and mapped back to the file's grid.
+"""Single scans for ``sam3d predict``/``sam3d test``, preprocessed for the network, and their labels.
 
 :func:`load_scan` reads a NIfTI, NRRD or MHA file through TorchIO and preprocesses it exactly as the
 cache does for training (canonical RAS+, resampled to the target spacing, integer-valued sources
-rounded after resampling), then clips and z-scores it. :func:`to_source_grid` resamples a network-
-layout volume back onto the file's own voxel grid, so that :func:`write_like` can save it as a
-NIfTI that overlays the input voxel for voxel, whatever the input's orientation, spacing or format.
+rounded after resampling), then clips and z-scores it. :mod:`sam3d.data.scans.writing` maps results
+back onto the file's grid.
 
 "Source grid" means the file's array as TorchIO reads it: NiBabel's ``get_fdata()[i, j, k]`` for
 NIfTI, SimpleITK's index ``(i, j, k)`` (``GetArrayFromImage(...)[k, j, i]``) for NRRD/MHA; its
@@ -17,41 +16,21 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 
-from sam3d.data.cache import read_nifti
-from sam3d.data.checks import check_file, read_header, same_affine
+from sam3d.data.checks import check_file, same_affine
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.layout import from_network_layout, to_network_layout
-from sam3d.data.transforms import BinarizeLabel, Normalize
+from sam3d.data.files import case_id, reader_for
+from sam3d.data.layout import to_network_layout
+from sam3d.data.preprocessing import BinarizeLabel, Normalize
 
-__all__ = [
-    "SCAN_SUFFIXES",
-    "Scan",
-    "label_on_source_grid",
-    "load_label",
-    "load_scan",
-    "scan_id",
-    "to_source_grid",
-    "write_like",
-]
+__all__ = ["Scan", "label_on_source_grid", "load_label", "load_scan"]
 
-SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _INT16 = (-32768, 32767)
-
-
-def scan_id(path: str | Path) -> str:
-    """The file name without its image extension (``case_001.nii.gz`` -> ``case_001``)."""
-    name = Path(path).name
-    for suffix in SCAN_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in step outputs
@@ -78,7 +57,7 @@ class Scan:
     @property
     def case_id(self) -> str:
         """The file name without extension."""
-        return scan_id(self.path)
+        return case_id(self.path)
 
     @property
     def source_spacing(self) -> tuple[float, float, float]:
@@ -93,11 +72,10 @@ def _error(path: Path, problems: Sequence[Problem], kind: str = "scan") -> Datas
 def _read(path: Path, image_class: type[tio.Image], kind: str) -> tio.Image:
     """Check the header (missing, unreadable, not single-channel 3D, absurd spacing) and load the voxels."""
     path = Path(path).expanduser()
-    _, problems = check_file(scan_id(path), path, kind)
+    _, problems = check_file(case_id(path), path, kind)
     if problems:
         raise _error(path, problems, kind)
-    reader = {"reader": read_nifti} if path.name.lower().endswith((".nii", ".nii.gz")) else {}
-    image = image_class(path, **reader)
+    image = image_class(path, **reader_for(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -105,7 +83,7 @@ def _read(path: Path, image_class: type[tio.Image], kind: str) -> tio.Image:
     except Exception as error:  # noqa: BLE001 (truncated files raise from gzip, NiBabel or SimpleITK)
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _error(
-            path, [Problem(scan_id(path), f"{kind} voxels are unreadable ({reason})", path)], kind
+            path, [Problem(case_id(path), f"{kind} voxels are unreadable ({reason})", path)], kind
         ) from None
     return image
 
@@ -143,7 +121,7 @@ def load_scan(
         bad = int((~torch.isfinite(data)).sum())
         if bad:
             message = f"scan has {bad} NaN/inf voxels; replace them (e.g. with -1024 HU)"
-            raise _error(path, [Problem(scan_id(path), message, path)])
+            raise _error(path, [Problem(case_id(path), message, path)])
     source_shape = tuple(int(n) for n in data.shape[1:])
     source_affine = np.array(image.affine, dtype=float)
     integral = not data.is_floating_point() or torch.equal(data, data.round())
@@ -163,90 +141,6 @@ def load_scan(
         source_shape=source_shape,  # type: ignore[arg-type]
         source_affine=source_affine,
     )
-
-
-def to_source_grid(
-    scan: Scan, volume: torch.Tensor, interpolation: Literal["nearest", "linear"] = "nearest"
-) -> torch.Tensor:
-    """Resample a network-layout volume on the scan's preprocessed grid onto the file's own grid.
-
-    Args:
-        scan: The scan ``volume`` was computed on.
-        volume: ``(D, H, W)`` tensor on the grid of ``scan.image`` (a mask or a probability map).
-        interpolation: ``"nearest"`` for masks (keeps the dtype), ``"linear"`` for probabilities
-            and intensities (float32).
-
-    Returns:
-        ``scan.source_shape`` tensor in the file's array order ``(i, j, k)``.
-    """
-    if tuple(volume.shape) != tuple(scan.image.shape):
-        raise ValueError(
-            f"volume shape {tuple(volume.shape)} differs from the scan's preprocessed shape "
-            f"{tuple(scan.image.shape)}"
-        )
-    if interpolation not in ("nearest", "linear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
-    dtype = volume.dtype
-    # SimpleITK resamples neither bool nor float16/bfloat16 tensors.
-    data = from_network_layout(volume.detach().cpu())[None]
-    data = (
-        data.float()
-        if dtype in (torch.bool, torch.float16, torch.bfloat16) or interpolation == "linear"
-        else data
-    )
-    image = tio.ScalarImage(tensor=data.contiguous(), affine=scan.affine)
-    resample = tio.Resample((scan.source_shape, scan.source_affine), image_interpolation=interpolation)
-    result = resample(image).data[0]
-    return result.to(dtype) if interpolation == "nearest" else result.float()
-
-
-def _nifti_geometry(reference: Path) -> tuple[tuple[int, int, int], nib.Nifti1Header | None, np.ndarray]:
-    """Spatial shape, NIfTI header (None for other formats) and RAS affine of a reference scan."""
-    if reference.name.lower().endswith((".nii", ".nii.gz")):
-        image = nib.load(str(reference))
-        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)  # type: ignore[return-value]
-    header = read_header(reference)
-    return header.shape[1:], None, header.affine  # type: ignore[return-value]
-
-
-def write_like(
-    reference_path: str | Path,
-    array: torch.Tensor | np.ndarray,
-    output_path: str | Path,
-    dtype: type | np.dtype = np.uint8,
-) -> Path:
-    """Write ``array`` as a NIfTI with exactly the reference scan's shape, affine and orientation.
-
-    For a NIfTI reference its qform and sform (with their codes) are copied; for NRRD/MHA the
-    written affine is TorchIO's RAS+ version of the file's LPS geometry (both codes "scanner").
-
-    Args:
-        reference_path: The input scan (NIfTI, NRRD or MHA).
-        array: Values on the reference's grid, its array order ``(i, j, k)`` (see :func:`to_source_grid`).
-        output_path: Where to write; must end in ``.nii`` or ``.nii.gz``. Folders are created.
-        dtype: Stored data type (``np.uint8`` for masks, ``np.float32`` for probabilities).
-
-    Returns:
-        The written path.
-    """
-    reference, output = Path(reference_path).expanduser(), Path(output_path).expanduser()
-    if not output.name.lower().endswith((".nii", ".nii.gz")):
-        raise ValueError(f"output path {output} must end in .nii or .nii.gz")
-    values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    shape, header, affine = _nifti_geometry(reference)
-    if values.shape != shape:
-        raise ValueError(f"array shape {values.shape} differs from the shape {shape} of {reference}")
-    image = nib.Nifti1Image(values.astype(dtype), affine)
-    if header is not None:
-        image.set_qform(header.get_qform(), code=int(header["qform_code"]))
-        image.set_sform(header.get_sform(), code=int(header["sform_code"]))
-    else:
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(output))
-    return output
 
 
 def _describe(shape: Sequence[int], affine: np.ndarray) -> str:
