@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch.distributed as dist
 import torchio as tio
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from sam3d.data.catalog import PRESETS, Case, DatasetName, discover, resolve_split_cases
+from sam3d.data.catalog import PRESETS, Case, DatasetName
+from sam3d.data.checks import check_targets
 from sam3d.data.clicks import ClickMode
-from sam3d.data.errors import DatasetError, Problem, format_problems
+from sam3d.data.errors import DatasetError, format_problems
+from sam3d.data.folds import FoldCases, Part, fold_cases
 from sam3d.data.preprocessing import BinarizeLabel, Normalize
 from sam3d.data.scans.evaluation_cases import EvaluationCases
 from sam3d.data.scans.prediction_cases import PredictionCases
-from sam3d.data.splits import PARTS, SHIPPED_SPLITS, SplitFile, folds_from_catalog, load_splits
-from sam3d.data.stats import intensity_statistics
-from sam3d.data.training.cache import CachedCase, cache_cases, default_cache_dir
+from sam3d.data.stats import fill_statistics
+from sam3d.data.training.cache import CachedCase, cache_usable, default_cache_dir
 from sam3d.data.training.patches import (
     PatchSettings,
     StackedPatchSampler,
@@ -31,10 +30,6 @@ from sam3d.data.training.patches import (
 )
 
 __all__ = ["VolumeDataModule"]
-
-log = logging.getLogger(__name__)
-
-Part = Literal["train", "val", "test"]
 
 
 class _QueueEpochSampler(Sampler[int]):
@@ -204,7 +199,7 @@ class VolumeDataModule(L.LightningDataModule):
         self.num_positive_clicks, self.num_context_clicks = num_positive_clicks, num_context_clicks
         self.seed = seed
         self.subject_sampler: DistributedSampler | None = None
-        self._cases: dict[str, list[Case]] | None = None
+        self._fold: FoldCases | None = None
         self._cached: dict[str, list[CachedCase]] = {}
 
     # ----------------------------------------------------------------------------- split and cache
@@ -213,38 +208,17 @@ class VolumeDataModule(L.LightningDataModule):
     def _xyz_spacing(self) -> tuple[float, float, float]:
         return self.spacing[::-1]
 
-    def _split(self) -> SplitFile | None:
-        if self.split_file is not None:
-            return load_splits(self.split_file)
-        if self.dataset in PRESETS:
-            return load_splits(SHIPPED_SPLITS / f"{self.dataset}.json")
-        return None
-
     def cases(self, part: Part) -> list[Case]:
         """The cases of one part of the selected fold, with their files located (not yet checked)."""
-        if self._cases is None:
+        if self._fold is None:
             if self.root is None:
                 raise DatasetError("data.root is not set: pass --data.root with the dataset folder")
-            catalog = discover(self.root, self.dataset)
+            self._fold = fold_cases(
+                self.root, self.dataset, self.fold, self.split_file, self.num_folds, self.seed
+            )
             if self.target_labels is None:
-                self.target_labels = catalog.target_labels
-            split = self._split()
-            base = self.root.parent if self.root.is_file() else self.root
-            if split is None:
-                if not catalog.cases:
-                    raise DatasetError(f"no cases found under {self.root} in the {self.dataset} layout")
-                folds = folds_from_catalog(catalog, base, self.num_folds, seed=self.seed)
-                if not 0 <= self.fold < len(folds):
-                    raise DatasetError(
-                        f"fold {self.fold} is out of range: set data.fold to 0..{len(folds) - 1}"
-                    )
-                fold = folds[self.fold]
-            else:
-                fold = split.fold(self.fold)
-            self._cases = {name: resolve_split_cases(base, fold[name], catalog) for name in PARTS}
-            if not self._cases["train"]:
-                raise DatasetError(f"fold {self.fold} has an empty training split")
-        return self._cases[part]
+                self.target_labels = self._fold.declared_labels
+        return self._fold.parts[part]
 
     def _cache(self, parts: tuple[Part, ...]) -> None:
         """Check and cache the cases of ``parts``, raising one error listing every problem case."""
@@ -257,70 +231,24 @@ class VolumeDataModule(L.LightningDataModule):
             raise DatasetError(
                 f"no target label for {self.root}: set data.target_label to the label value(s) to segment"
             )
-        problems: list[Problem] = []
+        cases = [case for part in todo for case in self.cases(part)]
+        cached = iter(cache_usable(cases, self.cache_dir, self._xyz_spacing))
         for part in todo:
-            cached, part_problems = cache_cases(self.cases(part), self.cache_dir, self._xyz_spacing)
-            self._cached[part] = [cached[case.case_id] for case in self.cases(part) if case.case_id in cached]
-            problems += part_problems
-        if problems:
-            raise DatasetError(
-                f"{len({p.case_id for p in problems})} cases cannot be used; fix or remove them "
-                "(`sam3d check-dataset` lists them all):",
-                problems,
-            )
-        self._check_targets(todo)
-
-    def _check_targets(self, parts: list[Part]) -> None:
-        targets = set(self.target_labels or ())
-        cases = [case for part in parts for case in self._cached[part]]
-        lacking = [case for case in cases if not targets & case.label_values]
-        if lacking and len(lacking) == len(cases):
-            present = sorted(set().union(*(case.label_values for case in cases)))
-            raise DatasetError(
-                f"target label(s) {sorted(targets)} occur in no label map (values present: {present}); "
-                "set data.target_label"
-            )
-        if lacking:
-            problems = [Problem(c.case.case_id, "label has no target voxels", c.case.label) for c in lacking]
-            warnings.warn(
-                f"{len(lacking)} cases have no target label {sorted(targets)}; they give negative-only "
-                f"training patches and a random validation patch:\n{format_problems(problems)}",
-                stacklevel=3,
-            )
-        patch = self.patch_size[::-1]
-        small = [c for c in cases if any(n < p for n, p in zip(c.meta["shape"], patch, strict=True))]
-        if small:
-            problems = [
-                Problem(c.case.case_id, f"shape {tuple(c.meta['shape'])} at {self.spacing} mm", c.case.image)
-                for c in small
-            ]
-            warnings.warn(
-                f"{len(small)} volumes are smaller than the patch {self.patch_size} and will be padded:\n"
-                f"{format_problems(problems)}",
-                stacklevel=3,
-            )
+            self._cached[part] = [next(cached) for _ in self.cases(part)]
+        check_targets(
+            [case for part in todo for case in self._cached[part]],
+            self.target_labels,
+            self.patch_size,
+            self.spacing,
+        )
 
     def _resolve_intensity(self) -> None:
         if self.intensity_window is not None and self.mean is not None and self.std is not None:
             return
         self._cache(("train",))
-        try:
-            window, mean, std = intensity_statistics(
-                [c.meta["foreground_sample"] for c in self._cached["train"]]
-            )
-        except ValueError:
-            raise DatasetError(
-                "cannot estimate the intensity window: no training label has foreground; set "
-                "data.intensity_window, data.mean and data.std"
-            ) from None
-        self.intensity_window = self.intensity_window or window
-        self.mean = self.mean if self.mean is not None else mean
-        self.std = self.std if self.std is not None else std
-        log.info(
-            "intensity window %s, mean %s, std %s (from the training cases)",
-            self.intensity_window,
-            self.mean,
-            self.std,
+        samples = [c.meta["foreground_sample"] for c in self._cached["train"]]
+        self.intensity_window, self.mean, self.std = fill_statistics(
+            self.intensity_window, self.mean, self.std, samples
         )
 
     def prepare_data(self) -> None:

@@ -29,10 +29,10 @@ import torchio as tio
 
 from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
-from sam3d.data.errors import Problem
+from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import read_nifti, reader_for
 
-__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir"]
+__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_usable", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +214,27 @@ def cache_cases(
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             problems.append(Problem(case.case_id, reason, getattr(error, "path", case.image)))
     return cached, problems
+
+
+def cache_usable(cases: list[Case], cache_dir: Path, spacing: tuple[float, float, float]) -> list[CachedCase]:
+    """Check and cache every case, or raise one error listing every case that cannot be used.
+
+    Args:
+        cases: The cases to cache.
+        cache_dir: Cache root folder.
+        spacing: Target voxel size in mm along X, Y, Z (RAS).
+
+    Returns:
+        The cached cases, in the order of ``cases``.
+
+    Raises:
+        DatasetError: If any case cannot be used; it lists all of them.
+    """
+    cached, problems = cache_cases(cases, cache_dir, spacing)
+    if problems:
+        raise DatasetError(
+            f"{len({p.case_id for p in problems})} cases cannot be used; fix or remove them "
+            "(`sam3d check-dataset` lists them all):",
+            problems,
+        )
+    return [cached[case.case_id] for case in cases]
