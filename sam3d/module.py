@@ -236,14 +236,6 @@ class VolumetricSamModule(L.LightningModule):
             for key in self._frozen_keys():
                 checkpoint["state_dict"].pop(key, None)
 
-    def _preprocessing_record(self) -> dict[str, Any] | None:
-        """The intensity window and statistics the data module resolved (needed to predict new scans)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = ("intensity_window", "mean", "std", "spacing", "target_labels")
-        if datamodule is None or any(getattr(datamodule, name, None) is None for name in names):
-            return None
-        return {name: getattr(datamodule, name) for name in names}
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of other programs or trained from another SAM file; restore dropped frozen weights."""
         record = checkpoint.get("sam3d")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch.distributed as dist
@@ -14,9 +16,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import check_targets
 from sam3d.data.clicks import ClickMode
-from sam3d.data.errors import DatasetError, format_problems
+from sam3d.data.errors import DatasetError, Problem, format_problems
 from sam3d.data.folds import FoldCases, Part, fold_cases
-from sam3d.data.preprocessing import BinarizeLabel, Normalize
+from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.evaluation_cases import EvaluationCases
 from sam3d.data.scans.prediction_cases import PredictionCases
 from sam3d.data.stats import fill_statistics
@@ -55,6 +57,23 @@ class _QueueEpochSampler(Sampler[int]):
             self.subject_sampler.set_epoch(epoch)
 
 
+# Data-module arguments that set a Preprocessing field.
+_ARGUMENTS = {
+    "target_spacing": "spacing",
+    "intensity_window": "window",
+    "mean": "mean",
+    "std": "std",
+    "target_label": "target_labels",
+}
+
+
+def _same(mine: Any, stored: Any) -> bool:
+    """Equal up to the rounding a number suffers in YAML."""
+    if isinstance(stored, tuple):
+        return len(tuple(mine)) == len(stored) and all(map(_same, mine, stored))
+    return math.isclose(float(mine), float(stored), rel_tol=1e-6, abs_tol=1e-9)
+
+
 def _triple(value: float | tuple[float, float, float], name: str) -> tuple[float, float, float]:
     triple = (value, value, value) if isinstance(value, int | float) else tuple(value)
     if len(triple) != 3 or not all(v > 0 for v in triple):
@@ -79,6 +98,10 @@ class VolumeDataModule(L.LightningDataModule):
     by hand). Validation is split across ranks with a non-shuffling ``DistributedSampler``, which
     repeats a few cases when their number is not a multiple of the world size.
 
+    Preprocessing (:attr:`preprocessing`: spacing, window, statistics, target labels) is resolved once
+    and saved in every checkpoint (:meth:`state_dict`); with ``--ckpt_path`` the checkpoint's applies
+    and the preprocessing arguments below may be left null (a value that contradicts it is refused).
+
     Tuples are in network order ``(D, H, W)``, i.e. (superior-inferior, anterior-posterior, left-right).
 
     Args:
@@ -94,12 +117,13 @@ class VolumeDataModule(L.LightningDataModule):
         num_workers: Worker processes loading and augmenting volumes (Queue) and validation patches.
         samples_per_volume: Patches drawn from each loaded volume.
         queue_length: Patches the Queue holds.
-        target_spacing: Voxel size in mm after resampling, one number or ``(D, H, W)``.
+        target_spacing: Voxel size in mm after resampling, one number or ``(D, H, W)``; None for 1 mm.
         intensity_window: Clipping window; None for the dataset's default (computed from the
             training cases' foreground for ``msd``/``manifest``).
         mean: Z-scoring mean after clipping; None as for the window.
         std: Z-scoring standard deviation; None as for the window.
-        target_label: Label value(s) forming the target; None for the dataset's default.
+        target_label: Label value(s) forming the target; None for the dataset's default (or the one its
+            ``dataset.json``/manifest declares).
         cache_dir: Folder of resampled volumes; None for ``$SAM3D_CACHE_DIR`` or ``~/.cache/sam3d/volumes``.
         augment: Apply the reference's augmentations to training patches.
         in_plane_augmentation: Zoom/rotate in the axial plane only; None for the dataset's default
@@ -125,7 +149,7 @@ class VolumeDataModule(L.LightningDataModule):
         num_workers: int = 2,
         samples_per_volume: int = 4,
         queue_length: int = 16,
-        target_spacing: float | tuple[float, float, float] = 1.0,
+        target_spacing: float | tuple[float, float, float] | None = None,
         intensity_window: tuple[float, float] | None = None,
         mean: float | None = None,
         std: float | None = None,
@@ -176,17 +200,18 @@ class VolumeDataModule(L.LightningDataModule):
         self.split_file = split_file
         self.num_folds = num_folds
         self.patch_size = tuple(patch_size)
-        self.spacing = _triple(target_spacing, "target_spacing")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
-        preset = PRESETS.get(dataset)
-        self.intensity_window = (
-            tuple(intensity_window) if intensity_window else (preset.window if preset else None)
-        )
-        self.mean = mean if mean is not None else (preset.mean if preset else None)
-        self.std = std if std is not None else (preset.std if preset else None)
         labels = [target_label] if isinstance(target_label, int) else target_label
-        self.target_labels = tuple(labels) if labels else (preset.target_labels if preset else None)
+        # The config's preprocessing values, by Preprocessing field (None: preset, statistics or checkpoint).
+        self._requested: dict[str, Any] = {
+            "spacing": _triple(target_spacing, "target_spacing") if target_spacing is not None else None,
+            "window": tuple(intensity_window) if intensity_window else None,
+            "mean": mean,
+            "std": std,
+            "target_labels": tuple(sorted(set(labels))) if labels else None,
+        }
+        preset = PRESETS.get(dataset)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.augment = augment
         self.in_plane_augmentation = (
@@ -201,12 +226,94 @@ class VolumeDataModule(L.LightningDataModule):
         self.subject_sampler: DistributedSampler | None = None
         self._fold: FoldCases | None = None
         self._cached: dict[str, list[CachedCase]] = {}
+        self._preprocessing: Preprocessing | None = None
 
-    # ----------------------------------------------------------------------------- split and cache
+    # ----------------------------------------------------------------------------- preprocessing
+
+    def _setting(self, field: str) -> Any:
+        """A preprocessing value known without statistics: the checkpoint's, the config's or the preset's."""
+        if self._preprocessing is not None:
+            return getattr(self._preprocessing, field)
+        value = self._requested[field]
+        return getattr(PRESETS.get(self.dataset), field, None) if value is None else value
 
     @property
-    def _xyz_spacing(self) -> tuple[float, float, float]:
-        return self.spacing[::-1]
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm after resampling, ``(D, H, W)`` (1 mm unless configured or checkpointed)."""
+        return self._setting("spacing") or (1.0, 1.0, 1.0)
+
+    @property
+    def target_labels(self) -> tuple[int, ...]:
+        """Label values forming the target: configured, the dataset's, or declared by its layout."""
+        labels = self._setting("target_labels")
+        if labels is None and self.root is not None:
+            self.cases("train")
+            labels = self._fold.declared_labels if self._fold is not None else None
+        if not labels:
+            raise DatasetError(
+                f"no target label for {self.root}: set data.target_label to the label value(s) to segment"
+            )
+        return tuple(labels)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The run's preprocessing, resolved once.
+
+        A checkpoint's (see :meth:`load_state_dict`), else the config's values, the dataset preset's, and
+        statistics of the training cases for what is still missing.
+        """
+        if self._preprocessing is None:
+            window, mean, std = (self._setting(field) for field in ("window", "mean", "std"))
+            if window is None or mean is None or std is None:
+                if self.root is None:
+                    raise DatasetError(
+                        "the intensity window, mean and std are unknown: pass the trained checkpoint with "
+                        "--ckpt_path (it records them), or set data.intensity_window, data.mean and data.std"
+                    )
+                self._cache(("train",))
+                samples = [case.meta["foreground_sample"] for case in self._cached["train"]]
+                window, mean, std = fill_statistics(window, mean, std, samples)
+            self._preprocessing = Preprocessing(self.spacing, window, mean, std, self.target_labels)
+        return self._preprocessing
+
+    def state_dict(self) -> dict[str, Any]:
+        """What every checkpoint holds of the data module: the preprocessing the network is trained for."""
+        return {"preprocessing": self._preprocessing.as_dict()} if self._preprocessing is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a checkpoint's preprocessing; config values that contradict it are refused, naming both.
+
+        Raises:
+            DatasetError: If the config sets a preprocessing value that differs from the checkpoint's.
+        """
+        if "preprocessing" not in state_dict:
+            return
+        stored = Preprocessing.from_dict(state_dict["preprocessing"])
+        contradictions = [
+            Problem(
+                f"data.{argument}", f"the config says {mine}, the checkpoint says {getattr(stored, field)}"
+            )
+            for argument, field in _ARGUMENTS.items()
+            if (mine := self._requested[field]) is not None and not _same(mine, getattr(stored, field))
+        ]
+        if contradictions:
+            raise DatasetError(
+                "the config contradicts the preprocessing the checkpoint's network was trained with; remove "
+                "these settings (the checkpoint's apply) or train anew:",
+                contradictions,
+            )
+        if self._preprocessing is not None and self._preprocessing.spacing != stored.spacing:
+            self._cached.clear()  # cached at another spacing
+        self._preprocessing = stored
+
+    def preprocessing_arguments(self) -> dict[str, Any]:
+        """The resolved preprocessing as this module's arguments (for the run's saved config); empty before."""
+        if self._preprocessing is None:
+            return {}
+        values = self._preprocessing.as_dict()
+        return {argument: values[field] for argument, field in _ARGUMENTS.items()}
+
+    # ----------------------------------------------------------------------------- split and cache
 
     def cases(self, part: Part) -> list[Case]:
         """The cases of one part of the selected fold, with their files located (not yet checked)."""
@@ -216,8 +323,6 @@ class VolumeDataModule(L.LightningDataModule):
             self._fold = fold_cases(
                 self.root, self.dataset, self.fold, self.split_file, self.num_folds, self.seed
             )
-            if self.target_labels is None:
-                self.target_labels = self._fold.declared_labels
         return self._fold.parts[part]
 
     def _cache(self, parts: tuple[Part, ...]) -> None:
@@ -225,30 +330,13 @@ class VolumeDataModule(L.LightningDataModule):
         todo = [part for part in parts if part not in self._cached]
         if not todo:
             return
-        if self.target_labels is None:
-            self.cases("train")
-        if self.target_labels is None:
-            raise DatasetError(
-                f"no target label for {self.root}: set data.target_label to the label value(s) to segment"
-            )
+        targets = self.target_labels
         cases = [case for part in todo for case in self.cases(part)]
-        cached = iter(cache_usable(cases, self.cache_dir, self._xyz_spacing))
+        cached = iter(cache_usable(cases, self.cache_dir, self.spacing[::-1]))
         for part in todo:
             self._cached[part] = [next(cached) for _ in self.cases(part)]
         check_targets(
-            [case for part in todo for case in self._cached[part]],
-            self.target_labels,
-            self.patch_size,
-            self.spacing,
-        )
-
-    def _resolve_intensity(self) -> None:
-        if self.intensity_window is not None and self.mean is not None and self.std is not None:
-            return
-        self._cache(("train",))
-        samples = [c.meta["foreground_sample"] for c in self._cached["train"]]
-        self.intensity_window, self.mean, self.std = fill_statistics(
-            self.intensity_window, self.mean, self.std, samples
+            [case for part in todo for case in self._cached[part]], targets, self.patch_size, self.spacing
         )
 
     def prepare_data(self) -> None:
@@ -272,10 +360,9 @@ class VolumeDataModule(L.LightningDataModule):
         if stage == "test":
             if not self.cases("test"):
                 raise DatasetError(f"fold {self.fold} has an empty test split")
-            self._resolve_intensity()
-            return
+            return  # resolved by the test loader, after Lightning restored a checkpoint's preprocessing
         self._cache(("train", "val"))
-        self._resolve_intensity()
+        self.preprocessing  # noqa: B018 (resolved now, so the run's config and checkpoints record it)
         distributed = dist.is_available() and dist.is_initialized()
         if stage in (None, "fit") and distributed and len(self._cached["train"]) < dist.get_world_size():
             raise DatasetError(
@@ -288,15 +375,10 @@ class VolumeDataModule(L.LightningDataModule):
 
     @property
     def patch_settings(self) -> PatchSettings:
-        """The settings of the patch pipeline (after :meth:`setup`)."""
-        if self.intensity_window is None or self.mean is None or self.std is None or not self.target_labels:
-            raise RuntimeError("call setup() first: intensity statistics and target labels are not resolved")
+        """The settings of the patch pipeline."""
         return PatchSettings(
             patch_size=self.patch_size[::-1],
-            window=(float(self.intensity_window[0]), float(self.intensity_window[1])),
-            mean=float(self.mean),
-            std=float(self.std),
-            target_labels=tuple(self.target_labels),
+            preprocessing=self.preprocessing,
             pos_neg_ratio=self.pos_neg_ratio,
             click_mode=self.click_mode,
             num_positive_clicks=self.num_positive_clicks,
@@ -353,15 +435,7 @@ class VolumeDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Whole test volumes, one :class:`EvaluationCase` (or :class:`SkippedCase`) per step."""
-        settings = self.patch_settings
-        dataset = EvaluationCases(
-            self.cases("test"),
-            self.spacing,
-            settings.window,
-            settings.mean,
-            settings.std,
-            settings.target_labels,
-        )
+        dataset = EvaluationCases(self.cases("test"), self.preprocessing)
         distributed = dist.is_available() and dist.is_initialized()
         return DataLoader(
             dataset,
@@ -372,45 +446,7 @@ class VolumeDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """New scans with their clicks, one :class:`PredictionCase` (or :class:`SkippedCase`) per step."""
-        if self.intensity_window is None or self.mean is None or self.std is None:
-            raise DatasetError(
-                "the intensity window, mean and std are unknown: set data.intensity_window, data.mean and "
-                "data.std to the values of training (the run's config.yaml or checkpoint records them)"
-            )
-        dataset = PredictionCases(
-            self.predict_scans or [],
-            self.predict_clicks or "",
-            self.spacing,
-            (float(self.intensity_window[0]), float(self.intensity_window[1])),
-            float(self.mean),
-            float(self.std),
-        )
+        dataset = PredictionCases(self.predict_scans or [], self.predict_clicks or "", self.preprocessing)
         if dataset.problems:
             warnings.warn(f"inputs skipped:\n{format_problems(dataset.problems)}", stacklevel=2)
         return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, 1))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle the per-rank subject partition for ``epoch`` (Lightning does this automatically)."""
-        if self.subject_sampler is not None:
-            self.subject_sampler.set_epoch(epoch)
-
-    def test_subjects(self, part: Part = "test") -> tio.SubjectsDataset:
-        """Whole preprocessed volumes for evaluation: canonical, resampled, clipped, z-scored, binary label.
-
-        Each subject has ``image`` and ``label`` (RAS+, ``(1, X, Y, Z)``; convert with
-        :func:`sam3d.data.layout.to_network_layout`), ``case_id``, and ``source_image`` /
-        ``source_label`` (the original files, to map predictions back to the label's own grid).
-
-        Args:
-            part: Which part of the fold.
-
-        Returns:
-            A lazily loading dataset of subjects.
-        """
-        self._cache((part,))
-        self._resolve_intensity()
-        settings = self.patch_settings
-        transform = tio.Compose(
-            [BinarizeLabel(settings.target_labels), Normalize(settings.window, settings.mean, settings.std)]
-        )
-        return tio.SubjectsDataset([case.subject() for case in self._cached[part]], transform=transform)

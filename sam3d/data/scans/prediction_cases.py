@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
@@ -54,10 +55,7 @@ class PredictionCases(Dataset):
     Args:
         scans: Scan files or folders of scans.
         clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
-        spacing: Target voxel size in mm, network order ``(D, H, W)``.
-        window: Intensity window in HU.
-        mean: Intensity mean for z-scoring.
-        std: Intensity standard deviation for z-scoring.
+        preprocessing: The network's preprocessing.
 
     Attributes:
         problems: Inputs that name no usable scan (missing files, clicks for unknown scans), to report.
@@ -67,16 +65,13 @@ class PredictionCases(Dataset):
         self,
         scans: Sequence[str | Path],
         clicks_file: str | Path,
-        spacing: tuple[float, float, float],
-        window: tuple[float, float],
-        mean: float,
-        std: float,
+        preprocessing: Preprocessing,
     ) -> None:
         files, self.problems = scan_files(scans)
         matched, unmatched = match_clicks(read_clicks(clicks_file), files, clicks_file)
         self.problems += unmatched
         self.items: list[tuple[Path, list[Click]]] = [(path, matched.get(path, [])) for path in files]
-        self.spacing, self.window, self.mean, self.std = spacing, window, mean, std
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,7 +81,7 @@ class PredictionCases(Dataset):
         if not clicks:
             return SkippedCase(case_id(path), f"the clicks file has no click for {path}")
         try:
-            scan = load_scan(path, self.spacing, window=self.window, mean=self.mean, std=self.std)
+            scan = load_scan(path, self.preprocessing)
             points, labels = clicks_to_network(clicks, scan)
         except DatasetError as error:
             return SkippedCase(case_id(path), str(error))
