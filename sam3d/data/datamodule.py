@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import math
+import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch.distributed as dist
-import torchio as tio
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import check_targets
 from sam3d.data.clicks import ClickMode
-from sam3d.data.errors import DatasetError, Problem, format_problems
+from sam3d.data.errors import DatasetError, format_problems
 from sam3d.data.folds import FoldCases, Part, fold_cases
-from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.preprocessing import Preprocessing, RequestedPreprocessing
 from sam3d.data.scans.evaluation_cases import EvaluationCases
 from sam3d.data.scans.prediction_cases import PredictionCases
 from sam3d.data.stats import fill_statistics
@@ -30,55 +28,20 @@ from sam3d.data.training.patches import (
     ValidationPatches,
     collate_patches,
 )
+from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
 
 __all__ = ["VolumeDataModule"]
 
 
-class _QueueEpochSampler(Sampler[int]):
-    """Index sampler of the outer training loader that forwards ``set_epoch`` to the Queue's subject sampler.
-
-    Lightning calls ``set_epoch`` on the training loader's sampler at every epoch start (also with
-    ``use_distributed_sampler=False``), so the per-rank partition of subjects reshuffles each epoch
-    without a callback.
-    """
-
-    def __init__(self, queue: tio.Queue, subject_sampler: DistributedSampler | None) -> None:
-        self.queue, self.subject_sampler = queue, subject_sampler
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self.queue)))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the subject partition of ``epoch`` (no effect without DDP)."""
-        if self.subject_sampler is not None:
-            self.subject_sampler.set_epoch(epoch)
+def _rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
-# Data-module arguments that set a Preprocessing field.
-_ARGUMENTS = {
-    "target_spacing": "spacing",
-    "intensity_window": "window",
-    "mean": "mean",
-    "std": "std",
-    "target_label": "target_labels",
-}
-
-
-def _same(mine: Any, stored: Any) -> bool:
-    """Equal up to the rounding a number suffers in YAML."""
-    if isinstance(stored, tuple):
-        return len(tuple(mine)) == len(stored) and all(map(_same, mine, stored))
-    return math.isclose(float(mine), float(stored), rel_tol=1e-6, abs_tol=1e-9)
-
-
-def _triple(value: float | tuple[float, float, float], name: str) -> tuple[float, float, float]:
-    triple = (value, value, value) if isinstance(value, int | float) else tuple(value)
-    if len(triple) != 3 or not all(v > 0 for v in triple):
-        raise ValueError(f"{name} must be a positive number or three positive numbers, got {value!r}")
-    return tuple(float(v) for v in triple)  # type: ignore[return-value]
+def _shared_out(dataset: Dataset) -> DistributedSampler | None:
+    """Under DDP, each rank's share of an evaluation dataset (in order; a few cases repeat)."""
+    return DistributedSampler(dataset, shuffle=False) if _rank_and_world_size()[1] > 1 else None
 
 
 class VolumeDataModule(L.LightningDataModule):
@@ -91,12 +54,17 @@ class VolumeDataModule(L.LightningDataModule):
     ``(d, h, w)`` voxel coordinates in the patch, ``point_labels`` ``(B, N)`` int64 (1 positive,
     0 negative, -1 padding) and ``case_id``.
 
+    Every training epoch is a pure function of (seed, epoch, rank): subject order, patch centres,
+    augmentations and clicks (:mod:`sam3d.data.training.queue`). The seed is the run's
+    (``seed_everything``) and is saved with the loader's position in every checkpoint, so a run
+    resumed from any checkpoint (``--ckpt_path last``) trains on exactly the patches of an
+    uninterrupted one.
+
     DDP: the trainer must run with ``use_distributed_sampler: false``. When ``torch.distributed`` is
-    initialised, each rank's Queue loads only its own subjects (a ``DistributedSampler`` over
-    subjects), and the training loader's sampler forwards Lightning's per-epoch ``set_epoch`` call
-    to it, so the partition reshuffles every epoch with no callback (:meth:`set_epoch` does the same
-    by hand). Validation is split across ranks with a non-shuffling ``DistributedSampler``, which
-    repeats a few cases when their number is not a multiple of the world size.
+    initialised, each rank's Queue loads only its own part of the epoch's subject permutation, which
+    changes every epoch (Lightning's ``set_epoch`` call). Validation is split across ranks with a
+    non-shuffling ``DistributedSampler``, which repeats a few cases when their number is not a
+    multiple of the world size.
 
     Preprocessing (:attr:`preprocessing`: spacing, window, statistics, target labels) is resolved once
     and saved in every checkpoint (:meth:`state_dict`); with ``--ckpt_path`` the checkpoint's applies
@@ -132,7 +100,8 @@ class VolumeDataModule(L.LightningDataModule):
         click_mode: ``"reference"`` (all clicks labelled 1, as the reference) or ``"labelled"``.
         num_positive_clicks: Clicks drawn from the target (training and validation).
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled).
-        seed: Seed of on-the-fly folds, validation patches and subject shuffling under DDP.
+        seed: Seed of on-the-fly folds and validation patches (and of training patches when the run
+            sets no seed with ``seed_everything``).
         predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
         predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
     """
@@ -202,15 +171,9 @@ class VolumeDataModule(L.LightningDataModule):
         self.patch_size = tuple(patch_size)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
-        labels = [target_label] if isinstance(target_label, int) else target_label
-        # The config's preprocessing values, by Preprocessing field (None: preset, statistics or checkpoint).
-        self._requested: dict[str, Any] = {
-            "spacing": _triple(target_spacing, "target_spacing") if target_spacing is not None else None,
-            "window": tuple(intensity_window) if intensity_window else None,
-            "mean": mean,
-            "std": std,
-            "target_labels": tuple(sorted(set(labels))) if labels else None,
-        }
+        self.requested = RequestedPreprocessing.from_arguments(
+            target_spacing, intensity_window, mean, std, target_label
+        )
         preset = PRESETS.get(dataset)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.augment = augment
@@ -223,7 +186,6 @@ class VolumeDataModule(L.LightningDataModule):
         self.click_mode: ClickMode = click_mode
         self.num_positive_clicks, self.num_context_clicks = num_positive_clicks, num_context_clicks
         self.seed = seed
-        self.subject_sampler: DistributedSampler | None = None
         self._fold: FoldCases | None = None
         self._cached: dict[str, list[CachedCase]] = {}
         self._preprocessing: Preprocessing | None = None
@@ -234,7 +196,7 @@ class VolumeDataModule(L.LightningDataModule):
         """A preprocessing value known without statistics: the checkpoint's, the config's or the preset's."""
         if self._preprocessing is not None:
             return getattr(self._preprocessing, field)
-        value = self._requested[field]
+        value = getattr(self.requested, field)
         return getattr(PRESETS.get(self.dataset), field, None) if value is None else value
 
     @property
@@ -289,14 +251,7 @@ class VolumeDataModule(L.LightningDataModule):
         if "preprocessing" not in state_dict:
             return
         stored = Preprocessing.from_dict(state_dict["preprocessing"])
-        contradictions = [
-            Problem(
-                f"data.{argument}", f"the config says {mine}, the checkpoint says {getattr(stored, field)}"
-            )
-            for argument, field in _ARGUMENTS.items()
-            if (mine := self._requested[field]) is not None and not _same(mine, getattr(stored, field))
-        ]
-        if contradictions:
+        if contradictions := self.requested.contradictions(stored):
             raise DatasetError(
                 "the config contradicts the preprocessing the checkpoint's network was trained with; remove "
                 "these settings (the checkpoint's apply) or train anew:",
@@ -308,10 +263,9 @@ class VolumeDataModule(L.LightningDataModule):
 
     def preprocessing_arguments(self) -> dict[str, Any]:
         """The resolved preprocessing as this module's arguments (for the run's saved config); empty before."""
-        if self._preprocessing is None:
-            return {}
-        values = self._preprocessing.as_dict()
-        return {argument: values[field] for argument, field in _ARGUMENTS.items()}
+        return (
+            RequestedPreprocessing.arguments(self._preprocessing) if self._preprocessing is not None else {}
+        )
 
     # ----------------------------------------------------------------------------- split and cache
 
@@ -363,10 +317,10 @@ class VolumeDataModule(L.LightningDataModule):
             return  # resolved by the test loader, after Lightning restored a checkpoint's preprocessing
         self._cache(("train", "val"))
         self.preprocessing  # noqa: B018 (resolved now, so the run's config and checkpoints record it)
-        distributed = dist.is_available() and dist.is_initialized()
-        if stage in (None, "fit") and distributed and len(self._cached["train"]) < dist.get_world_size():
+        world_size = _rank_and_world_size()[1]
+        if stage in (None, "fit") and len(self._cached["train"]) < world_size:
             raise DatasetError(
-                f"{len(self._cached['train'])} training cases cannot be split over {dist.get_world_size()} ranks"
+                f"{len(self._cached['train'])} training cases cannot be split over {world_size} ranks"
             )
         if not self._cached.get("val", True):
             warnings.warn(f"fold {self.fold} has no validation cases", stacklevel=2)
@@ -388,47 +342,45 @@ class VolumeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Patch batches from a TorchIO Queue (built here, after DDP initialisation)."""
+        """Patch batches from a TorchIO Queue, built here (after DDP initialisation)."""
         self._cache(("train",))
         transform = TrainingPatches(self.patch_settings, self.samples_per_volume)
-        subjects = tio.SubjectsDataset(
-            [case.subject() for case in self._cached["train"]], transform=transform
+        subjects = EpochSubjects(
+            [case.subject() for case in self._cached["train"]], transform, self._stream_seed()
         )
-        distributed = dist.is_available() and dist.is_initialized()
-        self.subject_sampler = (
-            DistributedSampler(subjects, shuffle=True, drop_last=True, seed=self.seed)
-            if distributed
-            else None
-        )
-        queue = tio.Queue(
+        rank, world_size = _rank_and_world_size()
+        queue = EpochQueue(
             subjects,
             max_length=self.queue_length,
             samples_per_volume=self.samples_per_volume,
             sampler=StackedPatchSampler(self.patch_size[::-1]),
-            subject_sampler=self.subject_sampler,
             num_workers=self.num_workers,
-            shuffle_subjects=self.subject_sampler is None,
-            shuffle_patches=True,
+            rank=rank,
+            world_size=world_size,
         )
-        # The Queue has its own workers; the outer loader must have none.
-        return tio.SubjectsLoader(
-            queue,
-            batch_size=self.batch_size,
-            num_workers=0,
-            sampler=_QueueEpochSampler(queue, self.subject_sampler),
-            collate_fn=collate_patches,
-        )
+        return PatchLoader(queue, self.batch_size, collate_patches, self._training_progress)
+
+    def _stream_seed(self) -> int:
+        """Seed of the training stream: the run's (``seed_everything``), else ``seed``."""
+        return int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+
+    def _training_progress(self) -> tuple[bool, int]:
+        """Whether this epoch's training is done, and the batches of it trained on (Lightning's counters)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return False, 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return progress.is_last_batch, progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         """One fixed positive-centred patch per validation case."""
         self._cache(("val",))
         dataset = ValidationPatches(self._cached["val"], self.patch_settings, self.seed)
-        distributed = dist.is_available() and dist.is_initialized()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            sampler=DistributedSampler(dataset, shuffle=False) if distributed else None,
+            sampler=_shared_out(dataset),
             collate_fn=collate_patches,
             persistent_workers=self.num_workers > 0,
         )
@@ -436,12 +388,11 @@ class VolumeDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Whole test volumes, one :class:`EvaluationCase` (or :class:`SkippedCase`) per step."""
         dataset = EvaluationCases(self.cases("test"), self.preprocessing)
-        distributed = dist.is_available() and dist.is_initialized()
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=min(self.num_workers, 1),
-            sampler=DistributedSampler(dataset, shuffle=False) if distributed else None,
+            sampler=_shared_out(dataset),
         )
 
     def predict_dataloader(self) -> DataLoader:

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torchio as tio
@@ -24,7 +24,15 @@ from sam3d.data.checks import check_file
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import reader_for
 
-__all__ = ["ORIENTATION", "BinarizeLabel", "Normalize", "Preprocessing", "read_volume", "to_grid"]
+__all__ = [
+    "ORIENTATION",
+    "BinarizeLabel",
+    "Normalize",
+    "Preprocessing",
+    "RequestedPreprocessing",
+    "read_volume",
+    "to_grid",
+]
 
 # Volumes are turned to TorchIO's canonical orientation (``tio.ToCanonical``): RAS+.
 ORIENTATION = "RAS"
@@ -84,6 +92,83 @@ class Preprocessing:
     def from_dict(cls, values: Mapping[str, Any]) -> Preprocessing:
         """The inverse of :meth:`as_dict`."""
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RequestedPreprocessing:
+    """The preprocessing values a config sets; None leaves a value to a checkpoint, a preset or statistics.
+
+    Attributes:
+        spacing: ``data.target_spacing``, ``(D, H, W)`` mm.
+        window: ``data.intensity_window``.
+        mean: ``data.mean``.
+        std: ``data.std``.
+        target_labels: ``data.target_label``, sorted.
+    """
+
+    spacing: tuple[float, float, float] | None = None
+    window: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+    target_labels: tuple[int, ...] | None = None
+
+    # The data module's argument setting each Preprocessing field.
+    ARGUMENTS: ClassVar[dict[str, str]] = {
+        "spacing": "target_spacing",
+        "window": "intensity_window",
+        "mean": "mean",
+        "std": "std",
+        "target_labels": "target_label",
+    }
+
+    @classmethod
+    def from_arguments(
+        cls,
+        target_spacing: float | Sequence[float] | None,
+        intensity_window: Sequence[float] | None,
+        mean: float | None,
+        std: float | None,
+        target_label: int | Sequence[int] | None,
+    ) -> RequestedPreprocessing:
+        """Parse the data module's arguments (one spacing for all axes, one label or several)."""
+        if isinstance(target_spacing, int | float):
+            target_spacing = (target_spacing,) * 3
+        if target_spacing is not None and (len(target_spacing) != 3 or min(target_spacing) <= 0):
+            raise ValueError(f"target_spacing must be one or three positive numbers, got {target_spacing!r}")
+        labels = [target_label] if isinstance(target_label, int) else target_label
+        return cls(
+            spacing=_floats(target_spacing) if target_spacing is not None else None,
+            window=_floats(intensity_window) if intensity_window else None,
+            mean=mean,
+            std=std,
+            target_labels=tuple(sorted(set(labels))) if labels else None,
+        )
+
+    def contradictions(self, stored: Preprocessing) -> list[Problem]:
+        """The set values that differ from ``stored`` (beyond YAML rounding), each naming both values."""
+        return [
+            Problem(
+                f"data.{argument}", f"the config says {mine}, the checkpoint says {getattr(stored, field)}"
+            )
+            for field, argument in self.ARGUMENTS.items()
+            if (mine := getattr(self, field)) is not None and not _same(mine, getattr(stored, field))
+        ]
+
+    @classmethod
+    def arguments(cls, preprocessing: Preprocessing) -> dict[str, Any]:
+        """``preprocessing`` as the data module's arguments, e.g. for a saved config."""
+        values = preprocessing.as_dict()
+        return {argument: values[field] for field, argument in cls.ARGUMENTS.items()}
+
+
+def _floats(values: Sequence[float]) -> Any:
+    return tuple(float(value) for value in values)
+
+
+def _same(mine: Any, stored: Any) -> bool:
+    if isinstance(stored, tuple):
+        return len(mine) == len(stored) and all(map(_same, mine, stored))
+    return math.isclose(float(mine), float(stored), rel_tol=1e-6, abs_tol=1e-9)
 
 
 def _unusable(path: Path, kind: str, problems: Sequence[Problem]) -> DatasetError:

@@ -4,6 +4,7 @@ import lightning as L
 import torch
 
 from sam3d.data import VolumeDataModule
+from sam3d.data.training.queue import EpochSampler
 
 
 def make(root, tmp_path, **kwargs):
@@ -131,10 +132,8 @@ class _Recorder(L.LightningModule):
 
 
 def test_lightning_fit_runs_and_calls_set_epoch_on_the_queue_sampler(tmp_path, synthetic_root, monkeypatch):
-    from sam3d.data import datamodule as module
-
     epochs = []
-    monkeypatch.setattr(module._QueueEpochSampler, "set_epoch", lambda self, epoch: epochs.append(epoch))
+    monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, epoch: epochs.append(epoch))
     dm = make(
         synthetic_root,
         tmp_path,

@@ -142,7 +142,8 @@ def _clicks(label: torch.Tensor, settings: PatchSettings, num_positive: int, num
 class TrainingPatches:
     """Subject transform turning one cached volume into ``num_patches`` augmented patches with clicks.
 
-    Randomness comes from torch's global generator, which the data loader seeds per worker.
+    Randomness comes from torch's global generator, which :class:`sam3d.data.training.queue.EpochSubjects`
+    seeds per (seed, epoch, subject).
 
     Args:
         settings: Patch settings.
