@@ -131,6 +131,12 @@ class Sam3dCLI(LightningCLI):
                     f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
                     f"use a config of the {trained} network or pass --model.variant {trained}"
                 )
+            crop = checkpoint.get("hyper_parameters", {}).get("crop_size")
+            if crop is not None and tuple(crop) != tuple(config.data.patch_size):
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
+                    f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
+                )
         requested_sam = config.model.get("sam_checkpoint")
         super()._parse_ckpt_path()
         if requested_sam is not None:

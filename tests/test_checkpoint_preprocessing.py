@@ -114,3 +114,13 @@ def test_test_from_the_checkpoint_alone_computes_no_statistics(synthetic_root, f
     assert next(tmp_path.glob("runs/**/test/summary.json")).is_file()
     # Test cases are read directly; only computing statistics would have cached the training cases.
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_patch_size_the_checkpoint_was_not_trained_for_is_refused(synthetic_root, fitted, tmp_path):
+    _, checkpoint, _ = fitted
+    args = synthetic_cli_args("test", synthetic_root, tmp_path, "--ckpt_path", str(checkpoint))
+    with pytest.raises(SystemExit) as error:
+        main([*args, "--data.patch_size", "[96, 96, 96]"])
+    assert "holds a network for (64, 64, 64) crops but data.patch_size is (96, 96, 96)" in str(
+        error.value.code
+    )

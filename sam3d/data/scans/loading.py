@@ -1,8 +1,8 @@
 """Single scans for ``sam3d predict``/``sam3d test``, preprocessed for the network, and their labels.
 
 :func:`load_scan` reads a NIfTI, NRRD or MHA file through TorchIO and preprocesses it exactly as the
-cache does for training (:func:`sam3d.data.preprocessing.to_grid`), then clips and z-scores it. :mod:`sam3d.data.scans.writing` maps results
-back onto the file's grid.
+cache does for training (:func:`sam3d.data.preprocessing.to_grid`), then clips and z-scores it;
+:mod:`sam3d.data.scans.writing` maps results back onto the file's grid.
 
 "Source grid" means the file's array as TorchIO reads it: NiBabel's ``get_fdata()[i, j, k]`` for
 NIfTI, SimpleITK's index ``(i, j, k)`` (``GetArrayFromImage(...)[k, j, i]``) for NRRD/MHA; its

@@ -135,7 +135,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         self.queue.start_epoch(self.epoch)
-        skip, self.skip = self.skip, 0
+        skip, self.skip = min(self.skip, len(self.queue)), 0
         for _ in range(skip):  # patches trained on before the checkpoint: drawn again, not trained on
             self.queue[0]
         return iter(range(skip, len(self.queue)))
