@@ -39,7 +39,7 @@ def _rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def _shared_out(dataset: Dataset) -> DistributedSampler | None:
+def _rank_share(dataset: Dataset) -> DistributedSampler | None:
     """Under DDP, each rank's share of an evaluation dataset (in order; a few cases repeat)."""
     return DistributedSampler(dataset, shuffle=False) if _rank_and_world_size()[1] > 1 else None
 
@@ -380,7 +380,7 @@ class VolumeDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            sampler=_shared_out(dataset),
+            sampler=_rank_share(dataset),
             collate_fn=collate_patches,
             persistent_workers=self.num_workers > 0,
         )
@@ -392,7 +392,7 @@ class VolumeDataModule(L.LightningDataModule):
             dataset,
             batch_size=None,
             num_workers=min(self.num_workers, 1),
-            sampler=_shared_out(dataset),
+            sampler=_rank_share(dataset),
         )
 
     def predict_dataloader(self) -> DataLoader:
