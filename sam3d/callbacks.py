@@ -15,8 +15,9 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from sam3d.data.scans import to_source_grid, write_like
-from sam3d.data.test_cases import SkippedCase
+from sam3d.data.datamodule import VolumeDataModule
+from sam3d.data.scans.evaluation_cases import SkippedCase
+from sam3d.data.scans.writing import to_source_grid, write_like
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
 
@@ -99,17 +100,25 @@ class StepReport(L.Callback):
 
 
 class RunConfig(SaveConfigCallback):
-    """Save the resolved config into the run's own folder and send it to the logger."""
+    """Save the resolved config into the run's own folder and send it to the logger.
+
+    The data module's preprocessing arguments are written as the values that ran (dataset presets and
+    statistics computed on the training cases included), so the saved config reproduces the run.
+    """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Write ``config.yaml`` beside the run's checkpoints (rank 0 only, no collectives)."""
         folder = run_directory(trainer)
         folder.mkdir(parents=True, exist_ok=True)
+        config = self.config.clone()
+        if isinstance(trainer.datamodule, VolumeDataModule):  # the preprocessing that ran, not null/preset
+            for name, value in trainer.datamodule.preprocessing_arguments().items():
+                config[f"data.{name}"] = value
         self.parser.save(
-            self.config, folder / self.config_filename, skip_none=False, overwrite=True, multifile=False
+            config, folder / self.config_filename, skip_none=False, overwrite=True, multifile=False
         )
         if trainer.logger is not None:
-            trainer.logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False)})
+            trainer.logger.log_hyperparams({"config": self.parser.dump(config, skip_none=False)})
 
 
 class TestReport(L.Callback):

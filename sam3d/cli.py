@@ -67,6 +67,7 @@ class Sam3dCLI(LightningCLI):
     """LightningCLI with sam3d's links, checkpoint checks and run folders."""
 
     checkpoint_record: dict[str, Any] | None = None  # the `sam3d` record of --ckpt_path's file
+    checkpoint_data: dict[str, Any] | None = None  # the data module's state in --ckpt_path's file
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link the patch size to the network's crop size; the TorchIO queue does its own DDP sharding."""
@@ -77,25 +78,32 @@ class Sam3dCLI(LightningCLI):
         if any(action.dest == "return_predictions" for action in parser._actions):
             parser.set_defaults({"return_predictions": False})  # outputs are written, not kept in memory
 
+    def before_fit(self) -> None:
+        """A resumed run keeps the preprocessing it started with."""
+        self._restore_preprocessing()
+
+    def before_validate(self) -> None:
+        """Validate a checkpoint with the preprocessing it was trained with."""
+        self._restore_preprocessing()
+
     def before_test(self) -> None:
         """Hand the `evaluation` settings to the module (they are not checkpoint hyperparameters)."""
         self.model.evaluation = self._get(self.config_init, "evaluation")
-        self._fill_preprocessing()
+        self._restore_preprocessing(required=True)
 
     def before_predict(self) -> None:
-        """Protocol and threshold from `evaluation`; the training's intensity settings from the checkpoint."""
+        """Protocol and threshold from `evaluation`; the training's preprocessing from the checkpoint."""
         self.model.evaluation = self._get(self.config_init, "evaluation")
-        self._fill_preprocessing()
+        self._restore_preprocessing(required=True)
 
-    def _fill_preprocessing(self) -> None:
-        if self.checkpoint_record is None:
+    def _restore_preprocessing(self, required: bool = False) -> None:
+        """Give the data module the checkpoint's preprocessing before it caches or computes anything."""
+        if required and self.checkpoint_record is None:
             raise CheckpointError(
                 f"sam3d {self.subcommand} needs --ckpt_path (a checkpoint file, best or last)"
             )
-        record = self.checkpoint_record.get("preprocessing") or {}
-        for name in ("intensity_window", "mean", "std"):
-            if getattr(self.datamodule, name) is None and name in record:
-                setattr(self.datamodule, name, record[name])
+        if self.checkpoint_data:
+            self.datamodule.load_state_dict(self.checkpoint_data)
 
     def _subcommand_config(self) -> Any:
         return self.config[self.config["subcommand"]]
@@ -116,11 +124,18 @@ class Sam3dCLI(LightningCLI):
                     "converted with `sam3d import-reference --help`"
                 )
             self.checkpoint_record = checkpoint["sam3d"]
+            self.checkpoint_data = checkpoint.get(VolumeDataModule.__qualname__)
             trained, requested = checkpoint["sam3d"]["variant"], config.model.get("variant")
             if requested != trained:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
                     f"use a config of the {trained} network or pass --model.variant {trained}"
+                )
+            crop = checkpoint.get("hyper_parameters", {}).get("crop_size")
+            if crop is not None and tuple(crop) != tuple(config.data.patch_size):
+                raise CheckpointError(
+                    f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
+                    f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
                 )
         requested_sam = config.model.get("sam_checkpoint")
         super()._parse_ckpt_path()

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from sam3d.data.clicks import correction_click, first_click, training_clicks
-from sam3d.data.test_cases import EvaluationCase
+from sam3d.data.scans.evaluation_cases import EvaluationCase
 from sam3d.errors import Sam3dError
 from sam3d.inference import ClickSession, CropEncoder, Protocol
 from sam3d.metrics import case_metrics

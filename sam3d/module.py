@@ -17,8 +17,8 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LinearLR
 
 from sam3d import __version__
-from sam3d.data.prediction_cases import PredictionCase
-from sam3d.data.test_cases import EvaluationCase, SkippedCase
+from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
+from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings, evaluate_case
 from sam3d.inference import segment
@@ -242,14 +242,6 @@ class VolumetricSamModule(L.LightningModule):
         if self.hparams["sam_checkpoint"] and not self.hparams["store_frozen_weights"]:
             for key in self._frozen_keys():
                 checkpoint["state_dict"].pop(key, None)
-
-    def _preprocessing_record(self) -> dict[str, Any] | None:
-        """The intensity window and statistics the data module resolved (needed to predict new scans)."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = ("intensity_window", "mean", "std", "spacing", "target_labels")
-        if datamodule is None or any(getattr(datamodule, name, None) is None for name in names):
-            return None
-        return {name: getattr(datamodule, name) for name in names}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of other programs or trained from another SAM file; restore dropped frozen weights."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
+
+import lightning as L
 
 SYNTHETIC_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
@@ -27,3 +31,17 @@ def synthetic_cli_args(subcommand: str, root: Path, workdir: Path, *extra: str) 
         *(str(x) for kv in settings.items() for x in kv),
         *extra,
     ]
+
+
+class HangAt(L.Callback):
+    """Writes ``marker`` and hangs at the start of training batch ``batch`` of ``epoch`` (to be killed there)."""
+
+    def __init__(self, epoch: int, batch: int, marker: str) -> None:
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            self.marker.write_text(f"epoch {self.epoch} batch {self.batch}")
+            time.sleep(600)

@@ -13,7 +13,6 @@ from cli_helpers import synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule
-from sam3d.module import VolumetricSamModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -129,31 +128,6 @@ def test_ckpt_path_to_a_foreign_file(synthetic_root, tmp_path, capsys):
 def test_ckpt_path_last_without_any_run(synthetic_root, tmp_path, capsys):
     message = _error_of(_fit_args(synthetic_root, tmp_path, "--ckpt_path", "last"), capsys)
     assert "no last.ckpt found" in message
-
-
-def test_resume_after_a_crash_continues_exactly(synthetic_root, tmp_path, monkeypatch):
-    original_step = VolumetricSamModule.training_step
-
-    def dies_in_the_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 1:
-            raise RuntimeError("simulated crash")  # stands in for a killed process
-        return original_step(self, batch, batch_idx)
-
-    monkeypatch.setattr(VolumetricSamModule, "training_step", dies_in_the_second_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "3"))
-    last = next(tmp_path.glob("**/checkpoints/last.ckpt"))
-    saved = torch.load(last, weights_only=True)
-    assert saved["epoch"] == 0
-    steps_per_epoch = saved["global_step"]
-    monkeypatch.undo()
-
-    main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last"))
-    final = torch.load(last, weights_only=True)
-    assert final["epoch"] == 2
-    assert final["global_step"] == 3 * steps_per_epoch
-    assert final["lr_schedulers"][0]["last_epoch"] == 3
-    assert len(final["optimizer_states"][0]["state"]) > 0
 
 
 def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path):

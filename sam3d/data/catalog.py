@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from sam3d.data.errors import DatasetError, Problem
+from sam3d.data.files import SCAN_SUFFIXES, case_id
 
 __all__ = [
     "PRESETS",
@@ -23,13 +24,11 @@ __all__ = [
     "Catalog",
     "DatasetName",
     "DatasetPreset",
-    "case_id_from_path",
     "discover",
     "resolve_split_cases",
 ]
 
 DatasetName = Literal["kits", "pancreas", "lits", "colon", "msd", "manifest"]
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass(frozen=True)
@@ -88,17 +87,8 @@ class Catalog:
     target_labels: tuple[int, ...] | None = None
 
 
-def case_id_from_path(path: str | Path) -> str:
-    """The file name without its image suffix (``imagesTr/colon_001.nii.gz`` -> ``colon_001``)."""
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
 def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.endswith(IMAGE_SUFFIXES)
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SCAN_SUFFIXES)
 
 
 def _first_existing(*paths: Path) -> Path:
@@ -124,8 +114,8 @@ def _discover_msd(root: Path) -> dict[str, Case]:
         pairs = [(path, root / "labelsTr" / path.name) for path in sorted((root / "imagesTr").glob("*"))]
         pairs = [(image, label) for image, label in pairs if _is_image(image)]
     for image, label in pairs:
-        case_id = case_id_from_path(image)
-        cases[case_id] = Case(case_id, image.resolve(), label.resolve())
+        name = case_id(image)
+        cases[name] = Case(name, image.resolve(), label.resolve())
     # The authors' preprocessed pancreas/LiTS layout: Training/<case>/{image,segmentation}.nii.gz.
     for folder in sorted((root / "Training").glob("*")):
         if (folder / "image.nii.gz").exists():
@@ -186,10 +176,10 @@ def _discover_manifest(path: Path) -> Catalog:
         if not isinstance(row, dict) or not row.get("image") or not row.get("label"):
             problems.append(Problem(f"row {number}", "needs non-empty 'image' and 'label' entries", path))
             continue
-        case_id = str(row.get("case_id") or case_id_from_path(row["image"]))
-        if case_id in cases:
-            problems.append(Problem(case_id, "duplicate case id", path))
-        cases[case_id] = Case(case_id, (base / row["image"]).resolve(), (base / row["label"]).resolve())
+        name = str(row.get("case_id") or case_id(row["image"]))
+        if name in cases:
+            problems.append(Problem(name, "duplicate case id", path))
+        cases[name] = Case(name, (base / row["image"]).resolve(), (base / row["label"]).resolve())
     if problems:
         raise DatasetError(f"manifest {path} has invalid rows:", problems)
     return Catalog(cases, target)

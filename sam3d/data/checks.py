@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torchio as tio
 
 from sam3d.data.catalog import Case
-from sam3d.data.errors import Problem
+from sam3d.data.errors import DatasetError, Problem, format_problems
 
-__all__ = ["SPACING_RANGE_MM", "Header", "check_headers", "read_header"]
+if TYPE_CHECKING:
+    from sam3d.data.training.cache import CachedCase
+
+__all__ = [
+    "SPACING_RANGE_MM",
+    "Header",
+    "check_file",
+    "check_headers",
+    "check_targets",
+    "read_header",
+    "same_affine",
+]
 
 # Voxel sizes outside this range (mm) are taken to be a broken header, not a real scan.
 SPACING_RANGE_MM = (0.05, 20.0)
@@ -129,3 +142,49 @@ def check_headers(case: Case) -> list[Problem]:
             )
         )
     return problems
+
+
+def check_targets(
+    cases: Sequence[CachedCase],
+    target_labels: Sequence[int],
+    patch_size: Sequence[int],
+    spacing: Sequence[float],
+) -> None:
+    """Refuse cached cases none of which holds the target; warn about those without it or smaller than a patch.
+
+    Args:
+        cases: Cached cases (of every part in use).
+        target_labels: Label values forming the target.
+        patch_size: Patch size ``(D, H, W)``.
+        spacing: Voxel size of the cached volumes in mm, ``(D, H, W)``.
+
+    Raises:
+        DatasetError: If no label map holds a target value.
+    """
+    targets = set(target_labels)
+    lacking = [case for case in cases if not targets & case.label_values]
+    if lacking and len(lacking) == len(cases):
+        present = sorted(set().union(*(case.label_values for case in cases)))
+        raise DatasetError(
+            f"target label(s) {sorted(targets)} occur in no label map (values present: {present}); "
+            "set data.target_label"
+        )
+    if lacking:
+        problems = [Problem(c.case.case_id, "label has no target voxels", c.case.label) for c in lacking]
+        warnings.warn(
+            f"{len(lacking)} cases have no target label {sorted(targets)}; they give negative-only "
+            f"training patches and a random validation patch:\n{format_problems(problems)}",
+            stacklevel=4,
+        )
+    patch = tuple(patch_size)[::-1]
+    small = [c for c in cases if any(n < p for n, p in zip(c.meta["shape"], patch, strict=True))]
+    if small:
+        problems = [
+            Problem(c.case.case_id, f"shape {tuple(c.meta['shape'])} at {tuple(spacing)} mm", c.case.image)
+            for c in small
+        ]
+        warnings.warn(
+            f"{len(small)} volumes are smaller than the patch {tuple(patch_size)} and will be padded:\n"
+            f"{format_problems(problems)}",
+            stacklevel=4,
+        )

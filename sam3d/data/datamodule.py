@@ -2,69 +2,46 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import lightning as L
 import torch.distributed as dist
-import torchio as tio
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sam3d.data.cache import CachedCase, cache_cases, default_cache_dir
-from sam3d.data.catalog import PRESETS, Case, DatasetName, discover, resolve_split_cases
+from sam3d.data.catalog import PRESETS, Case, DatasetName
+from sam3d.data.checks import check_targets
 from sam3d.data.clicks import ClickMode
-from sam3d.data.errors import DatasetError, Problem, format_problems
-from sam3d.data.patches import (
+from sam3d.data.errors import DatasetError, format_problems
+from sam3d.data.folds import FoldCases, Part, fold_cases
+from sam3d.data.preprocessing import Preprocessing, RequestedPreprocessing
+from sam3d.data.scans.evaluation_cases import EvaluationCases
+from sam3d.data.scans.prediction_cases import PredictionCases
+from sam3d.data.stats import fill_statistics
+from sam3d.data.training.cache import CachedCase, cache_usable, default_cache_dir
+from sam3d.data.training.patches import (
     PatchSettings,
     StackedPatchSampler,
     TrainingPatches,
     ValidationPatches,
     collate_patches,
 )
-from sam3d.data.prediction_cases import PredictionCases
-from sam3d.data.splits import PARTS, SHIPPED_SPLITS, SplitFile, folds_from_catalog, load_splits
-from sam3d.data.stats import intensity_statistics
-from sam3d.data.test_cases import EvaluationCases
-from sam3d.data.transforms import BinarizeLabel, Normalize
+from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
 
 __all__ = ["VolumeDataModule"]
 
-log = logging.getLogger(__name__)
 
-Part = Literal["train", "val", "test"]
-
-
-class _QueueEpochSampler(Sampler[int]):
-    """Index sampler of the outer training loader that forwards ``set_epoch`` to the Queue's subject sampler.
-
-    Lightning calls ``set_epoch`` on the training loader's sampler at every epoch start (also with
-    ``use_distributed_sampler=False``), so the per-rank partition of subjects reshuffles each epoch
-    without a callback.
-    """
-
-    def __init__(self, queue: tio.Queue, subject_sampler: DistributedSampler | None) -> None:
-        self.queue, self.subject_sampler = queue, subject_sampler
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(len(self.queue)))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the subject partition of ``epoch`` (no effect without DDP)."""
-        if self.subject_sampler is not None:
-            self.subject_sampler.set_epoch(epoch)
+def _rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
-def _triple(value: float | tuple[float, float, float], name: str) -> tuple[float, float, float]:
-    triple = (value, value, value) if isinstance(value, int | float) else tuple(value)
-    if len(triple) != 3 or not all(v > 0 for v in triple):
-        raise ValueError(f"{name} must be a positive number or three positive numbers, got {value!r}")
-    return tuple(float(v) for v in triple)  # type: ignore[return-value]
+def _rank_share(dataset: Dataset) -> DistributedSampler | None:
+    """Under DDP, each rank's share of an evaluation dataset (in order; a few cases repeat)."""
+    return DistributedSampler(dataset, shuffle=False) if _rank_and_world_size()[1] > 1 else None
 
 
 class VolumeDataModule(L.LightningDataModule):
@@ -77,12 +54,21 @@ class VolumeDataModule(L.LightningDataModule):
     ``(d, h, w)`` voxel coordinates in the patch, ``point_labels`` ``(B, N)`` int64 (1 positive,
     0 negative, -1 padding) and ``case_id``.
 
+    Every training epoch is a pure function of (seed, epoch, rank): subject order, patch centres,
+    augmentations and clicks (:mod:`sam3d.data.training.queue`). The seed is the run's
+    (``seed_everything``) and is saved with the loader's position in every checkpoint, so a run
+    resumed from any checkpoint (``--ckpt_path last``) trains on exactly the patches of an
+    uninterrupted one.
+
     DDP: the trainer must run with ``use_distributed_sampler: false``. When ``torch.distributed`` is
-    initialised, each rank's Queue loads only its own subjects (a ``DistributedSampler`` over
-    subjects), and the training loader's sampler forwards Lightning's per-epoch ``set_epoch`` call
-    to it, so the partition reshuffles every epoch with no callback (:meth:`set_epoch` does the same
-    by hand). Validation is split across ranks with a non-shuffling ``DistributedSampler``, which
-    repeats a few cases when their number is not a multiple of the world size.
+    initialised, each rank's Queue loads only its own part of the epoch's subject permutation, which
+    changes every epoch (Lightning's ``set_epoch`` call). Validation is split across ranks with a
+    non-shuffling ``DistributedSampler``, which repeats a few cases when their number is not a
+    multiple of the world size.
+
+    Preprocessing (:attr:`preprocessing`: spacing, window, statistics, target labels) is resolved once
+    and saved in every checkpoint (:meth:`state_dict`); with ``--ckpt_path`` the checkpoint's applies
+    and the preprocessing arguments below may be left null (a value that contradicts it is refused).
 
     Tuples are in network order ``(D, H, W)``, i.e. (superior-inferior, anterior-posterior, left-right).
 
@@ -99,12 +85,13 @@ class VolumeDataModule(L.LightningDataModule):
         num_workers: Worker processes loading and augmenting volumes (Queue) and validation patches.
         samples_per_volume: Patches drawn from each loaded volume.
         queue_length: Patches the Queue holds.
-        target_spacing: Voxel size in mm after resampling, one number or ``(D, H, W)``.
+        target_spacing: Voxel size in mm after resampling, one number or ``(D, H, W)``; None for 1 mm.
         intensity_window: Clipping window; None for the dataset's default (computed from the
             training cases' foreground for ``msd``/``manifest``).
         mean: Z-scoring mean after clipping; None as for the window.
         std: Z-scoring standard deviation; None as for the window.
-        target_label: Label value(s) forming the target; None for the dataset's default.
+        target_label: Label value(s) forming the target; None for the dataset's default (or the one its
+            ``dataset.json``/manifest declares).
         cache_dir: Folder of resampled volumes; None for ``$SAM3D_CACHE_DIR`` or ``~/.cache/sam3d/volumes``.
         augment: Apply the reference's augmentations to training patches.
         in_plane_augmentation: Zoom/rotate in the axial plane only; None for the dataset's default
@@ -113,9 +100,10 @@ class VolumeDataModule(L.LightningDataModule):
         click_mode: ``"reference"`` (all clicks labelled 1, as the reference) or ``"labelled"``.
         num_positive_clicks: Clicks drawn from the target (training and validation).
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled).
-        seed: Seed of on-the-fly folds, validation patches and subject shuffling under DDP.
+        seed: Seed of on-the-fly folds and validation patches (and of training patches when the run
+            sets no seed with ``seed_everything``).
         predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
-        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
+        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
     """
 
     def __init__(
@@ -130,7 +118,7 @@ class VolumeDataModule(L.LightningDataModule):
         num_workers: int = 2,
         samples_per_volume: int = 4,
         queue_length: int = 16,
-        target_spacing: float | tuple[float, float, float] = 1.0,
+        target_spacing: float | tuple[float, float, float] | None = None,
         intensity_window: tuple[float, float] | None = None,
         mean: float | None = None,
         std: float | None = None,
@@ -181,17 +169,12 @@ class VolumeDataModule(L.LightningDataModule):
         self.split_file = split_file
         self.num_folds = num_folds
         self.patch_size = tuple(patch_size)
-        self.spacing = _triple(target_spacing, "target_spacing")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
-        preset = PRESETS.get(dataset)
-        self.intensity_window = (
-            tuple(intensity_window) if intensity_window else (preset.window if preset else None)
+        self.requested = RequestedPreprocessing.from_arguments(
+            target_spacing, intensity_window, mean, std, target_label
         )
-        self.mean = mean if mean is not None else (preset.mean if preset else None)
-        self.std = std if std is not None else (preset.std if preset else None)
-        labels = [target_label] if isinstance(target_label, int) else target_label
-        self.target_labels = tuple(labels) if labels else (preset.target_labels if preset else None)
+        preset = PRESETS.get(dataset)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.augment = augment
         self.in_plane_augmentation = (
@@ -203,124 +186,111 @@ class VolumeDataModule(L.LightningDataModule):
         self.click_mode: ClickMode = click_mode
         self.num_positive_clicks, self.num_context_clicks = num_positive_clicks, num_context_clicks
         self.seed = seed
-        self.subject_sampler: DistributedSampler | None = None
-        self._cases: dict[str, list[Case]] | None = None
+        self._fold: FoldCases | None = None
         self._cached: dict[str, list[CachedCase]] = {}
+        self._preprocessing: Preprocessing | None = None
+
+    # ----------------------------------------------------------------------------- preprocessing
+
+    def _setting(self, field: str) -> Any:
+        """A preprocessing value known without statistics: the checkpoint's, the config's or the preset's."""
+        if self._preprocessing is not None:
+            return getattr(self._preprocessing, field)
+        value = getattr(self.requested, field)
+        return getattr(PRESETS.get(self.dataset), field, None) if value is None else value
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm after resampling, ``(D, H, W)`` (1 mm unless configured or checkpointed)."""
+        return self._setting("spacing") or (1.0, 1.0, 1.0)
+
+    @property
+    def target_labels(self) -> tuple[int, ...]:
+        """Label values forming the target: configured, the dataset's, or declared by its layout."""
+        labels = self._setting("target_labels")
+        if labels is None and self.root is not None:
+            self.cases("train")
+            labels = self._fold.declared_labels if self._fold is not None else None
+        if not labels:
+            raise DatasetError(
+                f"no target label for {self.root}: set data.target_label to the label value(s) to segment"
+            )
+        return tuple(labels)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The run's preprocessing, resolved once.
+
+        A checkpoint's (see :meth:`load_state_dict`), else the config's values, the dataset preset's, and
+        statistics of the training cases for what is still missing.
+        """
+        if self._preprocessing is None:
+            window, mean, std = (self._setting(field) for field in ("window", "mean", "std"))
+            if window is None or mean is None or std is None:
+                if self.root is None:
+                    raise DatasetError(
+                        "the intensity window, mean and std are unknown: pass the trained checkpoint with "
+                        "--ckpt_path (it records them), or set data.intensity_window, data.mean and data.std"
+                    )
+                self._cache(("train",))
+                samples = [case.meta["foreground_sample"] for case in self._cached["train"]]
+                window, mean, std = fill_statistics(window, mean, std, samples)
+            self._preprocessing = Preprocessing(self.spacing, window, mean, std, self.target_labels)
+        return self._preprocessing
+
+    def state_dict(self) -> dict[str, Any]:
+        """What every checkpoint holds of the data module: the preprocessing the network is trained for."""
+        return {"preprocessing": self._preprocessing.as_dict()} if self._preprocessing is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Adopt a checkpoint's preprocessing; config values that contradict it are refused, naming both.
+
+        Raises:
+            DatasetError: If the config sets a preprocessing value that differs from the checkpoint's.
+        """
+        if "preprocessing" not in state_dict:
+            return
+        stored = Preprocessing.from_dict(state_dict["preprocessing"])
+        if contradictions := self.requested.contradictions(stored):
+            raise DatasetError(
+                "the config contradicts the preprocessing the checkpoint's network was trained with; remove "
+                "these settings (the checkpoint's apply) or train anew:",
+                contradictions,
+            )
+        if self._preprocessing is not None and self._preprocessing.spacing != stored.spacing:
+            self._cached.clear()  # cached at another spacing
+        self._preprocessing = stored
+
+    def preprocessing_arguments(self) -> dict[str, Any]:
+        """The resolved preprocessing as this module's arguments (for the run's saved config); empty before."""
+        return (
+            RequestedPreprocessing.arguments(self._preprocessing) if self._preprocessing is not None else {}
+        )
 
     # ----------------------------------------------------------------------------- split and cache
 
-    @property
-    def _xyz_spacing(self) -> tuple[float, float, float]:
-        return self.spacing[::-1]
-
-    def _split(self) -> SplitFile | None:
-        if self.split_file is not None:
-            return load_splits(self.split_file)
-        if self.dataset in PRESETS:
-            return load_splits(SHIPPED_SPLITS / f"{self.dataset}.json")
-        return None
-
     def cases(self, part: Part) -> list[Case]:
         """The cases of one part of the selected fold, with their files located (not yet checked)."""
-        if self._cases is None:
+        if self._fold is None:
             if self.root is None:
                 raise DatasetError("data.root is not set: pass --data.root with the dataset folder")
-            catalog = discover(self.root, self.dataset)
-            if self.target_labels is None:
-                self.target_labels = catalog.target_labels
-            split = self._split()
-            base = self.root.parent if self.root.is_file() else self.root
-            if split is None:
-                if not catalog.cases:
-                    raise DatasetError(f"no cases found under {self.root} in the {self.dataset} layout")
-                folds = folds_from_catalog(catalog, base, self.num_folds, seed=self.seed)
-                if not 0 <= self.fold < len(folds):
-                    raise DatasetError(
-                        f"fold {self.fold} is out of range: set data.fold to 0..{len(folds) - 1}"
-                    )
-                fold = folds[self.fold]
-            else:
-                fold = split.fold(self.fold)
-            self._cases = {name: resolve_split_cases(base, fold[name], catalog) for name in PARTS}
-            if not self._cases["train"]:
-                raise DatasetError(f"fold {self.fold} has an empty training split")
-        return self._cases[part]
+            self._fold = fold_cases(
+                self.root, self.dataset, self.fold, self.split_file, self.num_folds, self.seed
+            )
+        return self._fold.parts[part]
 
     def _cache(self, parts: tuple[Part, ...]) -> None:
         """Check and cache the cases of ``parts``, raising one error listing every problem case."""
         todo = [part for part in parts if part not in self._cached]
         if not todo:
             return
-        if self.target_labels is None:
-            self.cases("train")
-        if self.target_labels is None:
-            raise DatasetError(
-                f"no target label for {self.root}: set data.target_label to the label value(s) to segment"
-            )
-        problems: list[Problem] = []
+        targets = self.target_labels
+        cases = [case for part in todo for case in self.cases(part)]
+        cached = iter(cache_usable(cases, self.cache_dir, self.spacing[::-1]))
         for part in todo:
-            cached, part_problems = cache_cases(self.cases(part), self.cache_dir, self._xyz_spacing)
-            self._cached[part] = [cached[case.case_id] for case in self.cases(part) if case.case_id in cached]
-            problems += part_problems
-        if problems:
-            raise DatasetError(
-                f"{len({p.case_id for p in problems})} cases cannot be used; fix or remove them "
-                "(`sam3d check-dataset` lists them all):",
-                problems,
-            )
-        self._check_targets(todo)
-
-    def _check_targets(self, parts: list[Part]) -> None:
-        targets = set(self.target_labels or ())
-        cases = [case for part in parts for case in self._cached[part]]
-        lacking = [case for case in cases if not targets & case.label_values]
-        if lacking and len(lacking) == len(cases):
-            present = sorted(set().union(*(case.label_values for case in cases)))
-            raise DatasetError(
-                f"target label(s) {sorted(targets)} occur in no label map (values present: {present}); "
-                "set data.target_label"
-            )
-        if lacking:
-            problems = [Problem(c.case.case_id, "label has no target voxels", c.case.label) for c in lacking]
-            warnings.warn(
-                f"{len(lacking)} cases have no target label {sorted(targets)}; they give negative-only "
-                f"training patches and a random validation patch:\n{format_problems(problems)}",
-                stacklevel=3,
-            )
-        patch = self.patch_size[::-1]
-        small = [c for c in cases if any(n < p for n, p in zip(c.meta["shape"], patch, strict=True))]
-        if small:
-            problems = [
-                Problem(c.case.case_id, f"shape {tuple(c.meta['shape'])} at {self.spacing} mm", c.case.image)
-                for c in small
-            ]
-            warnings.warn(
-                f"{len(small)} volumes are smaller than the patch {self.patch_size} and will be padded:\n"
-                f"{format_problems(problems)}",
-                stacklevel=3,
-            )
-
-    def _resolve_intensity(self) -> None:
-        if self.intensity_window is not None and self.mean is not None and self.std is not None:
-            return
-        self._cache(("train",))
-        try:
-            window, mean, std = intensity_statistics(
-                [c.meta["foreground_sample"] for c in self._cached["train"]]
-            )
-        except ValueError:
-            raise DatasetError(
-                "cannot estimate the intensity window: no training label has foreground; set "
-                "data.intensity_window, data.mean and data.std"
-            ) from None
-        self.intensity_window = self.intensity_window or window
-        self.mean = self.mean if self.mean is not None else mean
-        self.std = self.std if self.std is not None else std
-        log.info(
-            "intensity window %s, mean %s, std %s (from the training cases)",
-            self.intensity_window,
-            self.mean,
-            self.std,
+            self._cached[part] = [next(cached) for _ in self.cases(part)]
+        check_targets(
+            [case for part in todo for case in self._cached[part]], targets, self.patch_size, self.spacing
         )
 
     def prepare_data(self) -> None:
@@ -344,14 +314,13 @@ class VolumeDataModule(L.LightningDataModule):
         if stage == "test":
             if not self.cases("test"):
                 raise DatasetError(f"fold {self.fold} has an empty test split")
-            self._resolve_intensity()
-            return
+            return  # resolved by the test loader, after Lightning restored a checkpoint's preprocessing
         self._cache(("train", "val"))
-        self._resolve_intensity()
-        distributed = dist.is_available() and dist.is_initialized()
-        if stage in (None, "fit") and distributed and len(self._cached["train"]) < dist.get_world_size():
+        self.preprocessing  # noqa: B018 (resolved now, so the run's config and checkpoints record it)
+        world_size = _rank_and_world_size()[1]
+        if stage in (None, "fit") and len(self._cached["train"]) < world_size:
             raise DatasetError(
-                f"{len(self._cached['train'])} training cases cannot be split over {dist.get_world_size()} ranks"
+                f"{len(self._cached['train'])} training cases cannot be split over {world_size} ranks"
             )
         if not self._cached.get("val", True):
             warnings.warn(f"fold {self.fold} has no validation cases", stacklevel=2)
@@ -360,15 +329,10 @@ class VolumeDataModule(L.LightningDataModule):
 
     @property
     def patch_settings(self) -> PatchSettings:
-        """The settings of the patch pipeline (after :meth:`setup`)."""
-        if self.intensity_window is None or self.mean is None or self.std is None or not self.target_labels:
-            raise RuntimeError("call setup() first: intensity statistics and target labels are not resolved")
+        """The settings of the patch pipeline."""
         return PatchSettings(
             patch_size=self.patch_size[::-1],
-            window=(float(self.intensity_window[0]), float(self.intensity_window[1])),
-            mean=float(self.mean),
-            std=float(self.std),
-            target_labels=tuple(self.target_labels),
+            preprocessing=self.preprocessing,
             pos_neg_ratio=self.pos_neg_ratio,
             click_mode=self.click_mode,
             num_positive_clicks=self.num_positive_clicks,
@@ -378,111 +342,62 @@ class VolumeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Patch batches from a TorchIO Queue (built here, after DDP initialisation)."""
+        """Patch batches from a TorchIO Queue, built here (after DDP initialisation)."""
         self._cache(("train",))
         transform = TrainingPatches(self.patch_settings, self.samples_per_volume)
-        subjects = tio.SubjectsDataset(
-            [case.subject() for case in self._cached["train"]], transform=transform
+        subjects = EpochSubjects(
+            [case.subject() for case in self._cached["train"]], transform, self._stream_seed()
         )
-        distributed = dist.is_available() and dist.is_initialized()
-        self.subject_sampler = (
-            DistributedSampler(subjects, shuffle=True, drop_last=True, seed=self.seed)
-            if distributed
-            else None
-        )
-        queue = tio.Queue(
+        rank, world_size = _rank_and_world_size()
+        queue = EpochQueue(
             subjects,
             max_length=self.queue_length,
             samples_per_volume=self.samples_per_volume,
             sampler=StackedPatchSampler(self.patch_size[::-1]),
-            subject_sampler=self.subject_sampler,
             num_workers=self.num_workers,
-            shuffle_subjects=self.subject_sampler is None,
-            shuffle_patches=True,
+            rank=rank,
+            world_size=world_size,
         )
-        # The Queue has its own workers; the outer loader must have none.
-        return tio.SubjectsLoader(
-            queue,
-            batch_size=self.batch_size,
-            num_workers=0,
-            sampler=_QueueEpochSampler(queue, self.subject_sampler),
-            collate_fn=collate_patches,
-        )
+        return PatchLoader(queue, self.batch_size, collate_patches, self._training_progress)
+
+    def _stream_seed(self) -> int:
+        """Seed of the training stream: the run's (``seed_everything``), else ``seed``."""
+        return int(os.environ.get("PL_GLOBAL_SEED", self.seed))
+
+    def _training_progress(self) -> tuple[bool, int]:
+        """Whether this epoch's training is done, and the batches of it trained on (Lightning's counters)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return False, 0
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return progress.is_last_batch, progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         """One fixed positive-centred patch per validation case."""
         self._cache(("val",))
         dataset = ValidationPatches(self._cached["val"], self.patch_settings, self.seed)
-        distributed = dist.is_available() and dist.is_initialized()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            sampler=DistributedSampler(dataset, shuffle=False) if distributed else None,
+            sampler=_rank_share(dataset),
             collate_fn=collate_patches,
             persistent_workers=self.num_workers > 0,
         )
 
     def test_dataloader(self) -> DataLoader:
         """Whole test volumes, one :class:`EvaluationCase` (or :class:`SkippedCase`) per step."""
-        settings = self.patch_settings
-        dataset = EvaluationCases(
-            self.cases("test"),
-            self.spacing,
-            settings.window,
-            settings.mean,
-            settings.std,
-            settings.target_labels,
-        )
-        distributed = dist.is_available() and dist.is_initialized()
+        dataset = EvaluationCases(self.cases("test"), self.preprocessing)
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=min(self.num_workers, 1),
-            sampler=DistributedSampler(dataset, shuffle=False) if distributed else None,
+            sampler=_rank_share(dataset),
         )
 
     def predict_dataloader(self) -> DataLoader:
         """New scans with their clicks, one :class:`PredictionCase` (or :class:`SkippedCase`) per step."""
-        if self.intensity_window is None or self.mean is None or self.std is None:
-            raise DatasetError(
-                "the intensity window, mean and std are unknown: set data.intensity_window, data.mean and "
-                "data.std to the values of training (the run's config.yaml or checkpoint records them)"
-            )
-        dataset = PredictionCases(
-            self.predict_scans or [],
-            self.predict_clicks or "",
-            self.spacing,
-            (float(self.intensity_window[0]), float(self.intensity_window[1])),
-            float(self.mean),
-            float(self.std),
-        )
+        dataset = PredictionCases(self.predict_scans or [], self.predict_clicks or "", self.preprocessing)
         if dataset.problems:
             warnings.warn(f"inputs skipped:\n{format_problems(dataset.problems)}", stacklevel=2)
         return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, 1))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle the per-rank subject partition for ``epoch`` (Lightning does this automatically)."""
-        if self.subject_sampler is not None:
-            self.subject_sampler.set_epoch(epoch)
-
-    def test_subjects(self, part: Part = "test") -> tio.SubjectsDataset:
-        """Whole preprocessed volumes for evaluation: canonical, resampled, clipped, z-scored, binary label.
-
-        Each subject has ``image`` and ``label`` (RAS+, ``(1, X, Y, Z)``; convert with
-        :func:`sam3d.data.layout.to_network_layout`), ``case_id``, and ``source_image`` /
-        ``source_label`` (the original files, to map predictions back to the label's own grid).
-
-        Args:
-            part: Which part of the fold.
-
-        Returns:
-            A lazily loading dataset of subjects.
-        """
-        self._cache((part,))
-        self._resolve_intensity()
-        settings = self.patch_settings
-        transform = tio.Compose(
-            [BinarizeLabel(settings.target_labels), Normalize(settings.window, settings.mean, settings.std)]
-        )
-        return tio.SubjectsDataset([case.subject() for case in self._cached[part]], transform=transform)

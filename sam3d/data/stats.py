@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["intensity_statistics"]
+from sam3d.data.errors import DatasetError
+
+__all__ = ["fill_statistics", "intensity_statistics"]
+
+log = logging.getLogger(__name__)
 
 # nnU-Net's CT recipe, which the reference values follow: foreground 0.5/99.5 percentiles.
 PERCENTILES = (0.5, 99.5)
@@ -32,3 +37,39 @@ def intensity_statistics(samples: Sequence[Sequence[float]]) -> tuple[tuple[floa
     clipped = pooled.clamp(low, high)
     std = float(clipped.std()) if pooled.numel() > 1 else 0.0
     return (round(low, 2), round(high, 2)), round(float(clipped.mean()), 4), round(max(std, 1e-3), 4)
+
+
+def fill_statistics(
+    window: tuple[float, float] | None,
+    mean: float | None,
+    std: float | None,
+    samples: Sequence[Sequence[float]],
+) -> tuple[tuple[float, float], float, float]:
+    """The given window and statistics, with the missing ones computed from the training cases.
+
+    Args:
+        window: Clipping window, or None to compute it.
+        mean: Z-scoring mean, or None to compute it.
+        std: Z-scoring standard deviation, or None to compute it.
+        samples: Per training case, intensities drawn from its foreground.
+
+    Returns:
+        ``((low, high), mean, std)``.
+
+    Raises:
+        DatasetError: If a value is missing and no training label has foreground.
+    """
+    if window is not None and mean is not None and std is not None:
+        return window, mean, std
+    try:
+        computed_window, computed_mean, computed_std = intensity_statistics(samples)
+    except ValueError:
+        raise DatasetError(
+            "cannot estimate the intensity window: no training label has foreground; set "
+            "data.intensity_window, data.mean and data.std"
+        ) from None
+    window = window or computed_window
+    mean = computed_mean if mean is None else mean
+    std = computed_std if std is None else std
+    log.info("intensity window %s, mean %s, std %s (from the training cases)", window, mean, std)
+    return window, mean, std

@@ -6,12 +6,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sam3d.data.cache import cache_cases
 from sam3d.data.catalog import PRESETS, DatasetName, discover
 from sam3d.data.errors import DatasetError, Problem, format_problems
 from sam3d.data.splits import folds_from_catalog, save_splits
 from sam3d.data.stats import intensity_statistics
 from sam3d.data.synthetic import make_synthetic_dataset
+from sam3d.data.training.cache import cache_cases
 
 __all__ = ["UTILITIES", "check_dataset", "dataset_stats", "make_splits", "make_synthetic"]
 

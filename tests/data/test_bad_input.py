@@ -86,8 +86,8 @@ def test_problem_messages_for_geometry_2d_and_spacing(tmp_path, volumes):
     v.write_nifti(root / "labelsTr" / "case_1.nii.gz", label[:, :, :1])
     v.write_nifti(root / "imagesTr" / "case_2.nii.gz", image, np.diag([1.0, 1.0, 250.0, 1.0]))
     v.write_nifti(root / "labelsTr" / "case_2.nii.gz", label, np.diag([1.0, 1.0, 250.0, 1.0]))
-    from sam3d.data.cache import cache_cases
     from sam3d.data.catalog import discover
+    from sam3d.data.training.cache import cache_cases
 
     _, problems = cache_cases(list(discover(root, "msd").cases.values()), tmp_path / "c", (1.0, 1.0, 1.0))
     text = "\n".join(map(str, problems))

@@ -7,13 +7,13 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from sam3d.data.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.errors import DatasetError
-from sam3d.data.scans import load_label, load_scan
+from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.scans import Click, clicks_to_network, load_label, load_scan, match_clicks, read_clicks
 
 
 def load(path):
-    return load_scan(path, window=(-200.0, 300.0), mean=50.0, std=100.0)
+    return load_scan(path, Preprocessing((1.0, 1.0, 1.0), (-200.0, 300.0), 50.0, 100.0, (1,)))
 
 
 def cases(root):

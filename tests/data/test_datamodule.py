@@ -4,6 +4,7 @@ import lightning as L
 import torch
 
 from sam3d.data import VolumeDataModule
+from sam3d.data.training.queue import EpochSampler
 
 
 def make(root, tmp_path, **kwargs):
@@ -51,9 +52,10 @@ def test_training_and_validation_batches_follow_the_contract(tmp_path, synthetic
     dm = make(synthetic_root, tmp_path)
     assert dm.patch_size == (24, 32, 32)
     assert dm.spacing == (1.5, 1.5, 1.5)
-    assert dm.intensity_window is not None
-    assert dm.std > 0
-    assert dm.target_labels == (1,)
+    assert dm.preprocessing.spacing == (1.5, 1.5, 1.5)
+    assert dm.preprocessing.window[0] < dm.preprocessing.window[1]  # computed from the training cases
+    assert dm.preprocessing.std > 0
+    assert dm.preprocessing.target_labels == (1,)
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == -(-len(dm.cases("train")) * 2 // 2)
@@ -112,18 +114,6 @@ def test_cache_is_reused_and_keyed_by_spacing(tmp_path, synthetic_root):
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "cache").iterdir())
 
 
-def test_test_subjects_are_normalised_whole_volumes(tmp_path, synthetic_root):
-    dm = make(synthetic_root, tmp_path, intensity_window=(-100.0, 200.0), mean=50.0, std=100.0)
-    subjects = dm.test_subjects()
-    assert len(subjects) == len(dm.cases("test"))
-    subject = subjects[0]
-    image = subject["image"].data
-    assert image.min() >= -1.5 - 1e-6
-    assert image.max() <= 1.5 + 1e-6
-    assert set(subject["label"].data.unique().tolist()) == {0, 1}
-    assert subject["source_image"].endswith(f"{subject['case_id']}.nii.gz")
-
-
 class _Recorder(L.LightningModule):
     def __init__(self):
         super().__init__()
@@ -142,10 +132,8 @@ class _Recorder(L.LightningModule):
 
 
 def test_lightning_fit_runs_and_calls_set_epoch_on_the_queue_sampler(tmp_path, synthetic_root, monkeypatch):
-    from sam3d.data import datamodule as module
-
     epochs = []
-    monkeypatch.setattr(module._QueueEpochSampler, "set_epoch", lambda self, epoch: epochs.append(epoch))
+    monkeypatch.setattr(EpochSampler, "set_epoch", lambda self, epoch: epochs.append(epoch))
     dm = make(
         synthetic_root,
         tmp_path,

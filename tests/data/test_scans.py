@@ -3,18 +3,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+import torchio as tio
 
-from sam3d.data import VolumeDataModule
+from sam3d.data.catalog import discover
 from sam3d.data.errors import DatasetError
+from sam3d.data.files import case_id
 from sam3d.data.layout import to_network_layout
-from sam3d.data.scans import label_on_source_grid, load_label, load_scan, scan_id, to_source_grid, write_like
+from sam3d.data.preprocessing import BinarizeLabel, Normalize, Preprocessing
+from sam3d.data.scans import label_on_source_grid, load_label, load_scan, to_source_grid, write_like
+from sam3d.data.training.cache import cache_cases
 from sam3d.metrics import case_metrics
 
 WINDOW, MEAN, STD = (-200.0, 300.0), 50.0, 100.0
 
 
 def load(path, spacing=(1.0, 1.0, 1.0)):
-    return load_scan(path, spacing, window=WINDOW, mean=MEAN, std=STD)
+    return load_scan(path, Preprocessing(spacing, WINDOW, MEAN, STD, (1,)))
 
 
 def dice(a, b):
@@ -27,33 +31,24 @@ def cases(root):
 
 
 @pytest.fixture(scope="module")
-def phantom_subjects(synthetic_root, tmp_path_factory):
-    """The datamodule's preprocessed subjects of every phantom, by source image path."""
-    dm = VolumeDataModule(
-        synthetic_root,
-        dataset="msd",
-        num_folds=3,
-        num_workers=0,
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        intensity_window=WINDOW,
-        mean=MEAN,
-        std=STD,
-        target_label=1,
-        target_spacing=1.5,
-        patch_size=(16, 16, 16),
+def cached_phantoms(synthetic_root, tmp_path_factory):
+    """Every phantom as the training cache holds it at 1.5 mm, normalised and binarised, by case id."""
+    cached, problems = cache_cases(
+        list(discover(synthetic_root, "msd").cases.values()), tmp_path_factory.mktemp("cache"), (1.5,) * 3
     )
-    return {s["source_image"]: s for part in ("train", "val", "test") for s in dm.test_subjects(part)}
+    assert not problems
+    transform = tio.Compose([BinarizeLabel((1,)), Normalize(WINDOW, MEAN, STD)])
+    return {name: transform(case.subject()) for name, case in cached.items()}
 
 
-def test_load_scan_preprocesses_as_the_datamodule(synthetic_root, phantom_subjects):
-    assert len(phantom_subjects) == 6
+def test_load_scan_preprocesses_exactly_as_the_training_cache(synthetic_root, cached_phantoms):
+    assert len(cached_phantoms) == 6
     for image_path, label_path in cases(synthetic_root):
-        subject = phantom_subjects[str(image_path)]
+        subject = cached_phantoms[case_id(image_path)]
         scan = load(image_path, (1.5, 1.5, 1.5))
         expected = to_network_layout(subject["image"].data[0])
         assert scan.image.dtype == torch.float32
-        assert scan.image.shape == expected.shape
-        assert torch.allclose(scan.image, expected, atol=1e-4)
+        assert torch.equal(scan.image, expected)  # one preprocessing path: bitwise the same voxels
         np.testing.assert_allclose(scan.affine, subject["image"].affine, atol=1e-6)
         assert scan.spacing == (1.5, 1.5, 1.5)
         assert scan.source_shape == nib.load(image_path).shape
@@ -210,7 +205,7 @@ def test_label_on_another_grid_names_both_files_and_what_differs(tmp_path):
         label_on_source_grid(fractional, scan)
 
 
-def test_scan_id():
-    assert scan_id("/a/case_001.nii.gz") == "case_001"
-    assert scan_id("b/case.2.mha") == "case.2"
-    assert scan_id("c.NRRD") == "c"
+def test_case_id():
+    assert case_id("/a/case_001.nii.gz") == "case_001"
+    assert case_id("b/case.2.mha") == "case.2"
+    assert case_id("c.NRRD") == "c"

@@ -4,9 +4,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from sam3d.data.cache import cache_cases
 from sam3d.data.catalog import discover
 from sam3d.data.synthetic import make_synthetic_dataset
+from sam3d.data.training.cache import cache_cases
 
 
 def test_generator_is_seeded_and_varies_geometry(tmp_path, synthetic_root):

@@ -29,16 +29,17 @@ import torchio as tio
 
 from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
-from sam3d.data.errors import Problem
+from sam3d.data.errors import DatasetError, Problem
+from sam3d.data.files import read_nifti
+from sam3d.data.preprocessing import read_volume, to_grid
 
-__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir", "read_nifti"]
+__all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_usable", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # Foreground intensities kept per case, for window/statistics estimates without re-reading volumes.
 _FOREGROUND_SAMPLE = 4096
-_INT16 = (-32768, 32767)
 
 
 def default_cache_dir() -> Path:
@@ -46,18 +47,6 @@ def default_cache_dir() -> Path:
     if "SAM3D_CACHE_DIR" in os.environ:
         return Path(os.environ["SAM3D_CACHE_DIR"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "sam3d" / "volumes"
-
-
-def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader for NIfTI files through NiBabel, keeping the stored type.
-
-    Used for cache entries (faster than SimpleITK) and NIfTI sources, because SimpleITK's NIfTI
-    reader silently turns NaN voxels into 0 and the checks must see them.
-    """
-    image = nib.load(str(path))
-    array = np.asanyarray(image.dataobj)
-    array = array.transpose(3, 0, 1, 2) if array.ndim == 4 else array[None]
-    return torch.from_numpy(np.ascontiguousarray(array)), image.affine
 
 
 @dataclass(frozen=True)
@@ -90,14 +79,6 @@ class CachedCase:
         )
 
 
-class _ContentError(ValueError):
-    """Unusable voxel content in one file of a case."""
-
-    def __init__(self, message: str, path: Path) -> None:
-        super().__init__(message)
-        self.path = path
-
-
 def _key(case: Case, spacing: tuple[float, float, float]) -> str:
     parts: list[object] = [CACHE_VERSION, [round(s, 6) for s in spacing]]
     for path in (case.image, case.label):
@@ -106,40 +87,26 @@ def _key(case: Case, spacing: tuple[float, float, float]) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
-def _reader(path: Path) -> dict[str, object]:
-    return {"reader": read_nifti} if path.name.endswith((".nii", ".nii.gz")) else {}
-
-
-def _save_nifti(tensor: torch.Tensor, affine: np.ndarray, dtype: type, path: Path) -> None:
-    image = nib.Nifti1Image(tensor[0].numpy().astype(dtype), affine)
+def _save_nifti(tensor: torch.Tensor, affine: np.ndarray, path: Path) -> None:
+    image = nib.Nifti1Image(tensor[0].numpy(), affine)
     image.header.set_xyzt_units("mm")
     nib.save(image, str(path))
 
 
 def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -> dict[str, Any]:
-    """Load, check, reorient and resample one case into ``folder``; raise ValueError on bad content."""
-    subject = tio.Subject(
-        image=tio.ScalarImage(case.image, **_reader(case.image)),
-        label=tio.LabelMap(case.label, **_reader(case.label)),
+    """Read, check, reorient and resample one case into ``folder`` (see :mod:`sam3d.data.preprocessing`)."""
+    source = read_volume(case.image, "image", case.case_id)
+    grid_spacing = spacing[::-1]  # network order (D, H, W)
+    image = to_grid(source, grid_spacing)
+    label = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing)
+    _save_nifti(image.data, image.affine, folder / "image.nii")
+    image, label, affine = image.data, label.data, label.affine
+    _save_nifti(
+        label.to(torch.uint8) if 0 <= label.min() and label.max() <= 255 else label,
+        affine,
+        folder / "label.nii",
     )
-    subject.load()
-    image, label = subject["image"].data, subject["label"].data
-    bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
-    if bad:
-        raise _ContentError(
-            f"image has {bad} NaN/inf voxels; replace them (e.g. with -1024 HU) or drop the case", case.image
-        )
-    if label.is_floating_point() and not torch.equal(label, label.round()):
-        raise _ContentError("label has non-integer values; is it an image, or a probability map?", case.label)
-    integral = not image.is_floating_point() or torch.equal(image, image.round())
-    source_shape, source_spacing = tuple(image.shape[1:]), subject["image"].spacing
-    subject = tio.Compose([tio.ToCanonical(), tio.Resample(spacing)])(subject)
-    image, label = subject["image"].data, subject["label"].data.round().to(torch.int16)
-    integral = integral and _INT16[0] <= float(image.min()) and float(image.max()) <= _INT16[1]
-    image = image.round() if integral else image.float()
-    _save_nifti(image, subject["image"].affine, np.int16 if integral else np.float32, folder / "image.nii")
-    label_dtype = np.uint8 if int(label.min()) >= 0 and int(label.max()) <= 255 else np.int16
-    _save_nifti(label, subject["label"].affine, label_dtype, folder / "label.nii")
+    source_shape, source_spacing = source.spatial_shape, source.spacing
     values, counts = torch.unique(label, return_counts=True)
     foreground = image[label > 0].float()
     generator = torch.Generator().manual_seed(zlib.crc32(case.case_id.encode()))
@@ -186,10 +153,7 @@ def cache_case(case: Case, cache_dir: Path, spacing: tuple[float, float, float])
         temporary = cache_dir / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
         temporary.mkdir(parents=True)
         try:
-            # TorchIO draws a random number per transform call even for deterministic ones: keep the
-            # global stream untouched, so a run that fills the cache trains exactly as one that reuses it.
-            with torch.random.fork_rng():
-                meta = _preprocess(case, spacing, temporary)
+            meta = _preprocess(case, spacing, temporary)
             meta["seconds"] = round(time.perf_counter() - start, 3)
             (temporary / "meta.json").write_text(json.dumps(meta))
             try:
@@ -225,7 +189,33 @@ def cache_cases(
             continue
         try:
             cached[case.case_id] = cache_case(case, cache_dir, spacing)
+        except DatasetError as error:  # the file's problems, each naming the file
+            problems += [Problem(case.case_id, p.message, p.path) for p in error.problems]
         except (ValueError, RuntimeError, OSError, AssertionError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             problems.append(Problem(case.case_id, reason, getattr(error, "path", case.image)))
     return cached, problems
+
+
+def cache_usable(cases: list[Case], cache_dir: Path, spacing: tuple[float, float, float]) -> list[CachedCase]:
+    """Check and cache every case, or raise one error listing every case that cannot be used.
+
+    Args:
+        cases: The cases to cache.
+        cache_dir: Cache root folder.
+        spacing: Target voxel size in mm along X, Y, Z (RAS).
+
+    Returns:
+        The cached cases, in the order of ``cases``.
+
+    Raises:
+        DatasetError: If any case cannot be used; it lists all of them.
+    """
+    cached, problems = cache_cases(cases, cache_dir, spacing)
+    if problems:
+        raise DatasetError(
+            f"{len({p.case_id for p in problems})} cases cannot be used; fix or remove them "
+            "(`sam3d check-dataset` lists them all):",
+            problems,
+        )
+    return [cached[case.case_id] for case in cases]

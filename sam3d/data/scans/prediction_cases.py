@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from sam3d.data.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.scans import SCAN_SUFFIXES, Scan, load_scan, scan_id
-from sam3d.data.test_cases import SkippedCase
+from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
+from sam3d.data.scans.evaluation_cases import SkippedCase
+from sam3d.data.scans.loading import Scan, load_scan
 
 
 @dataclass
@@ -43,7 +45,7 @@ def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]
         elif path.is_file():
             files.append(path)
         else:
-            problems.append(Problem(scan_id(path), "scan file does not exist", path))
+            problems.append(Problem(case_id(path), "scan file does not exist", path))
     return files, problems
 
 
@@ -52,11 +54,8 @@ class PredictionCases(Dataset):
 
     Args:
         scans: Scan files or folders of scans.
-        clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.click_files`).
-        spacing: Target voxel size in mm, network order ``(D, H, W)``.
-        window: Intensity window in HU.
-        mean: Intensity mean for z-scoring.
-        std: Intensity standard deviation for z-scoring.
+        clicks_file: CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
+        preprocessing: The network's preprocessing.
 
     Attributes:
         problems: Inputs that name no usable scan (missing files, clicks for unknown scans), to report.
@@ -66,16 +65,13 @@ class PredictionCases(Dataset):
         self,
         scans: Sequence[str | Path],
         clicks_file: str | Path,
-        spacing: tuple[float, float, float],
-        window: tuple[float, float],
-        mean: float,
-        std: float,
+        preprocessing: Preprocessing,
     ) -> None:
         files, self.problems = scan_files(scans)
         matched, unmatched = match_clicks(read_clicks(clicks_file), files, clicks_file)
         self.problems += unmatched
         self.items: list[tuple[Path, list[Click]]] = [(path, matched.get(path, [])) for path in files]
-        self.spacing, self.window, self.mean, self.std = spacing, window, mean, std
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.items)
@@ -83,10 +79,10 @@ class PredictionCases(Dataset):
     def __getitem__(self, index: int) -> PredictionCase | SkippedCase:
         path, clicks = self.items[index]
         if not clicks:
-            return SkippedCase(scan_id(path), f"the clicks file has no click for {path}")
+            return SkippedCase(case_id(path), f"the clicks file has no click for {path}")
         try:
-            scan = load_scan(path, self.spacing, window=self.window, mean=self.mean, std=self.std)
+            scan = load_scan(path, self.preprocessing)
             points, labels = clicks_to_network(clicks, scan)
         except DatasetError as error:
-            return SkippedCase(scan_id(path), str(error))
+            return SkippedCase(case_id(path), str(error))
         return PredictionCase(scan, points, labels)

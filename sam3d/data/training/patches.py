@@ -23,15 +23,15 @@ import torchio as tio
 from torch.utils.data import Dataset
 from torchio.data.sampler import PatchSampler
 
-from sam3d.data.cache import CachedCase
 from sam3d.data.clicks import ClickMode, pad_clicks, training_clicks
 from sam3d.data.layout import to_network_layout
-from sam3d.data.transforms import (
-    Normalize,
+from sam3d.data.preprocessing import Normalize, Preprocessing
+from sam3d.data.training.augmentation import (
     RandomIntensityShift,
     orientation_augmentation,
     spatial_augmentation,
 )
+from sam3d.data.training.cache import CachedCase
 
 __all__ = [
     "PatchSettings",
@@ -54,10 +54,7 @@ class PatchSettings:
 
     Attributes:
         patch_size: Patch size along X, Y, Z (TorchIO order).
-        window: Intensity clipping window.
-        mean: Z-scoring mean.
-        std: Z-scoring standard deviation.
-        target_labels: Label values forming the target.
+        preprocessing: Window, statistics and target labels (the cache holds the volumes at its spacing).
         pos_neg_ratio: Relative frequency of positive and negative patch centres.
         click_mode: ``"reference"`` or ``"labelled"`` clicks.
         num_positive_clicks: Clicks drawn from the target.
@@ -67,10 +64,7 @@ class PatchSettings:
     """
 
     patch_size: tuple[int, int, int]
-    window: tuple[float, float]
-    mean: float
-    std: float
-    target_labels: tuple[int, ...]
+    preprocessing: Preprocessing
     pos_neg_ratio: tuple[float, float] = (2.0, 1.0)
     click_mode: ClickMode = "reference"
     num_positive_clicks: int = 10
@@ -148,7 +142,8 @@ def _clicks(label: torch.Tensor, settings: PatchSettings, num_positive: int, num
 class TrainingPatches:
     """Subject transform turning one cached volume into ``num_patches`` augmented patches with clicks.
 
-    Randomness comes from torch's global generator, which the data loader seeds per worker.
+    Randomness comes from torch's global generator, which :class:`sam3d.data.training.queue.EpochSubjects`
+    seeds per (seed, epoch, subject).
 
     Args:
         settings: Patch settings.
@@ -161,8 +156,9 @@ class TrainingPatches:
         self.crop_size = tuple(math.ceil(margin * n) for n in settings.patch_size)
         negative, positive = settings.pos_neg_ratio[1], settings.pos_neg_ratio[0]
         self.sampler = tio.LabelSampler(self.crop_size, "label", {0: negative, 1: positive})
-        self.normalize = Normalize(settings.window, settings.mean, settings.std, copy=False)
-        self.shift = RandomIntensityShift(INTENSITY_SHIFT_HU / settings.std, p=0.5, copy=False)
+        preprocessing = settings.preprocessing
+        self.normalize = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std, copy=False)
+        self.shift = RandomIntensityShift(INTENSITY_SHIFT_HU / preprocessing.std, p=0.5, copy=False)
         self.spatial = spatial_augmentation(settings.in_plane_only)
         self.orientation = orientation_augmentation(settings.patch_size, settings.in_plane_only)
 
@@ -181,8 +177,8 @@ class TrainingPatches:
 
     def __call__(self, subject: tio.Subject) -> tio.Subject:
         """Return the stacked patches of one volume, with ``points``/``point_labels`` per patch."""
-        settings = self.settings
-        volume = prepare_volume(subject, settings.target_labels, settings.window[0], self.crop_size)
+        settings, preprocessing = self.settings, self.settings.preprocessing
+        volume = prepare_volume(subject, preprocessing.target_labels, preprocessing.window[0], self.crop_size)
         images, labels, clicks = [], [], []
         for crop in self.sampler(volume, self.num_patches):
             patch = self.normalize(crop)
@@ -248,12 +244,12 @@ class ValidationPatches(Dataset):
         return len(self.cases)
 
     def __getitem__(self, index: int) -> tio.Subject:
-        settings, case = self.settings, self.cases[index]
+        settings, preprocessing, case = self.settings, self.settings.preprocessing, self.cases[index]
         generator = torch.Generator().manual_seed(
             self.seed * 1_000_003 + zlib.crc32(case.case.case_id.encode())
         )
         volume = prepare_volume(
-            case.subject(), settings.target_labels, settings.window[0], settings.patch_size, False
+            case.subject(), preprocessing.target_labels, preprocessing.window[0], settings.patch_size, False
         )
         label, shape = volume["label"].data, volume.spatial_shape
         target = torch.nonzero(label[0])
@@ -284,7 +280,8 @@ class ValidationPatches(Dataset):
     def normalize(self, image: torch.Tensor) -> torch.Tensor:
         """Clip and z-score an image tensor with the settings' statistics."""
         subject = tio.Subject(image=tio.ScalarImage(tensor=image.contiguous()))
-        transform = Normalize(self.settings.window, self.settings.mean, self.settings.std, copy=False)
+        preprocessing = self.settings.preprocessing
+        transform = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std, copy=False)
         return transform(subject)["image"].data
 
 

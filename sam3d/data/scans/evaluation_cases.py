@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 
 from sam3d.data.catalog import Case
 from sam3d.data.errors import DatasetError
-from sam3d.data.scans import label_on_source_grid, load_label, load_scan, to_source_grid
+from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.scans.loading import label_on_source_grid, load_label, load_scan
+from sam3d.data.scans.writing import to_source_grid
 
 
 @dataclass
@@ -50,42 +52,28 @@ class EvaluationCases(Dataset):
 
     Args:
         cases: The cases to evaluate.
-        spacing: Target voxel size in mm, network order ``(D, H, W)``.
-        window: Intensity window in HU.
-        mean: Intensity mean for z-scoring.
-        std: Intensity standard deviation for z-scoring.
-        target_labels: Label values forming the target.
+        preprocessing: The network's preprocessing.
     """
 
-    def __init__(
-        self,
-        cases: Sequence[Case],
-        spacing: tuple[float, float, float],
-        window: tuple[float, float],
-        mean: float,
-        std: float,
-        target_labels: Sequence[int],
-    ) -> None:
-        self.cases = list(cases)
-        self.spacing, self.window, self.mean, self.std = spacing, window, mean, std
-        self.target_labels = tuple(target_labels)
+    def __init__(self, cases: Sequence[Case], preprocessing: Preprocessing) -> None:
+        self.cases, self.preprocessing = list(cases), preprocessing
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __getitem__(self, index: int) -> EvaluationCase | SkippedCase:
-        case = self.cases[index]
+        case, targets = self.cases[index], self.preprocessing.target_labels
         try:
-            scan = load_scan(case.image, self.spacing, window=self.window, mean=self.mean, std=self.std)
+            scan = load_scan(case.image, self.preprocessing)
             if not case.label.is_file():
                 return SkippedCase(case.case_id, f"no label file {case.label}: metrics skipped")
             return EvaluationCase(
                 case_id=case.case_id,
                 image=scan.image,
-                label=load_label(case.label, scan, self.target_labels).bool(),
+                label=load_label(case.label, scan, targets).bool(),
                 spacing=scan.spacing,
                 to_label_grid=partial(to_source_grid, scan, interpolation="linear"),
-                label_on_grid=label_on_source_grid(case.label, scan, self.target_labels),
+                label_on_grid=label_on_source_grid(case.label, scan, targets),
                 label_spacing=scan.source_spacing,
             )
         except DatasetError as error:

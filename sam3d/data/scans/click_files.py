@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.scans import Scan, scan_id
+from sam3d.data.files import case_id
+from sam3d.data.scans.loading import Scan
 
 __all__ = ["Click", "Space", "clicks_to_network", "match_clicks", "read_clicks"]
 
@@ -224,7 +225,7 @@ def match_clicks(
         found = [
             scan
             for scan, absolute in zip(scans, resolved, strict=True)
-            if absolute in paths or key in (scan.name, scan_id(scan))
+            if absolute in paths or key in (scan.name, case_id(scan))
         ]
         where = f" [{Path(clicks_file)}]" if clicks_file is not None else ""
         if not found:

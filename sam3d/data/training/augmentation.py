@@ -1,4 +1,4 @@
-"""TorchIO transforms: label binarisation, CT normalisation, and the reference's augmentations.
+"""The reference's training augmentations as TorchIO transforms.
 
 The reference (3DSAM-adapter) clips to the dataset window, shifts intensities by up to 20 HU
 (p 0.5), z-scores, zooms 0.85-1.25 (p 0.8; for pancreas and colon in-plane zoom 0.9-1.1 and
@@ -15,8 +15,6 @@ import torch
 import torchio as tio
 
 __all__ = [
-    "BinarizeLabel",
-    "Normalize",
     "RandomIntensityShift",
     "RandomRot90",
     "orientation_augmentation",
@@ -24,51 +22,6 @@ __all__ = [
 ]
 
 AXIAL_PLANE = (0, 1)  # X-Y in RAS+ tensors
-
-
-class BinarizeLabel(tio.Transform):
-    """Label maps become 1 where they hold one of ``target_labels`` and 0 elsewhere (uint8).
-
-    Args:
-        target_labels: Label values forming the target.
-        **kwargs: Passed to :class:`torchio.Transform`.
-    """
-
-    def __init__(self, target_labels: Sequence[int], **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.target_labels = [int(value) for value in target_labels]
-        self.args_names = ["target_labels"]
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        """Binarise every label map of the subject."""
-        targets = torch.tensor(self.target_labels)
-        for image in subject.get_images(intensity_only=False, include=self.include, exclude=self.exclude):
-            if isinstance(image, tio.LabelMap):
-                image.set_data(torch.isin(image.data, targets.to(image.data.dtype)).to(torch.uint8))
-        return subject
-
-
-class Normalize(tio.IntensityTransform):
-    """Clip intensities to a window, then z-score with fixed dataset statistics (float32 output).
-
-    Args:
-        window: ``(low, high)`` clipping bounds, e.g. in HU.
-        mean: Mean subtracted after clipping.
-        std: Standard deviation divided by after clipping.
-        **kwargs: Passed to :class:`torchio.Transform`.
-    """
-
-    def __init__(self, window: tuple[float, float], mean: float, std: float, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.window, self.mean, self.std = (float(window[0]), float(window[1])), float(mean), float(std)
-        self.args_names = ["window", "mean", "std"]
-
-    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        """Normalise every intensity image of the subject."""
-        for image in self.get_images(subject):
-            data = image.data.float().clamp(*self.window)
-            image.set_data(data.sub_(self.mean).div_(self.std))
-        return subject
 
 
 class RandomIntensityShift(tio.IntensityTransform):

@@ -1,0 +1,48 @@
+"""Scan files: the suffixes sam3d reads, the case id of a file, and the NIfTI reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+__all__ = ["SCAN_SUFFIXES", "case_id", "is_nifti", "read_nifti", "reader_for"]
+
+# Every image format sam3d reads (through TorchIO), longest first so ``.nii.gz`` wins over ``.gz``.
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def case_id(path: str | Path) -> str:
+    """The file name without its image suffix (``imagesTr/case_001.nii.gz`` -> ``case_001``).
+
+    Suffixes match in any case (``c.NRRD`` -> ``c``); a name without a known suffix is kept whole.
+    """
+    name = Path(path).name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_nifti(path: str | Path) -> bool:
+    """Whether the file is a NIfTI file (``.nii`` or ``.nii.gz``, any case)."""
+    return Path(path).name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader for NIfTI files through NiBabel, keeping the stored type.
+
+    Used for cache entries (faster than SimpleITK) and NIfTI sources, because SimpleITK's NIfTI
+    reader silently turns NaN voxels into 0 and the checks must see them.
+    """
+    image = nib.load(str(path))
+    array = np.asanyarray(image.dataobj)
+    array = array.transpose(3, 0, 1, 2) if array.ndim == 4 else array[None]
+    return torch.from_numpy(np.ascontiguousarray(array)), image.affine
+
+
+def reader_for(path: str | Path) -> dict[str, object]:
+    """Keyword arguments for a TorchIO image of ``path``: NiBabel for NIfTI, TorchIO's default otherwise."""
+    return {"reader": read_nifti} if is_nifti(path) else {}

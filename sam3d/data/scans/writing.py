@@ -1,0 +1,107 @@
+"""Results on a scan's preprocessed grid, mapped back onto the file's own grid and written beside it.
+
+:func:`to_source_grid` resamples a network-layout volume back onto the file's own voxel grid, so
+that :func:`write_like` can save it as a NIfTI that overlays the input voxel for voxel, whatever
+the input's orientation, spacing or format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+
+from sam3d.data.checks import read_header
+from sam3d.data.files import is_nifti
+from sam3d.data.layout import from_network_layout
+from sam3d.data.scans.loading import Scan
+
+__all__ = ["to_source_grid", "write_like"]
+
+
+def to_source_grid(
+    scan: Scan, volume: torch.Tensor, interpolation: Literal["nearest", "linear"] = "nearest"
+) -> torch.Tensor:
+    """Resample a network-layout volume on the scan's preprocessed grid onto the file's own grid.
+
+    Args:
+        scan: The scan ``volume`` was computed on.
+        volume: ``(D, H, W)`` tensor on the grid of ``scan.image`` (a mask or a probability map).
+        interpolation: ``"nearest"`` for masks (keeps the dtype), ``"linear"`` for probabilities
+            and intensities (float32).
+
+    Returns:
+        ``scan.source_shape`` tensor in the file's array order ``(i, j, k)``.
+    """
+    if tuple(volume.shape) != tuple(scan.image.shape):
+        raise ValueError(
+            f"volume shape {tuple(volume.shape)} differs from the scan's preprocessed shape "
+            f"{tuple(scan.image.shape)}"
+        )
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
+    dtype = volume.dtype
+    # SimpleITK resamples neither bool nor float16/bfloat16 tensors.
+    data = from_network_layout(volume.detach().cpu())[None]
+    data = (
+        data.float()
+        if dtype in (torch.bool, torch.float16, torch.bfloat16) or interpolation == "linear"
+        else data
+    )
+    image = tio.ScalarImage(tensor=data.contiguous(), affine=scan.affine)
+    resample = tio.Resample((scan.source_shape, scan.source_affine), image_interpolation=interpolation)
+    result = resample(image).data[0]
+    return result.to(dtype) if interpolation == "nearest" else result.float()
+
+
+def _nifti_geometry(reference: Path) -> tuple[tuple[int, int, int], nib.Nifti1Header | None, np.ndarray]:
+    """Spatial shape, NIfTI header (None for other formats) and RAS affine of a reference scan."""
+    if is_nifti(reference):
+        image = nib.load(str(reference))
+        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)  # type: ignore[return-value]
+    header = read_header(reference)
+    return header.shape[1:], None, header.affine  # type: ignore[return-value]
+
+
+def write_like(
+    reference_path: str | Path,
+    array: torch.Tensor | np.ndarray,
+    output_path: str | Path,
+    dtype: type | np.dtype = np.uint8,
+) -> Path:
+    """Write ``array`` as a NIfTI with exactly the reference scan's shape, affine and orientation.
+
+    For a NIfTI reference its qform and sform (with their codes) are copied; for NRRD/MHA the
+    written affine is TorchIO's RAS+ version of the file's LPS geometry (both codes "scanner").
+
+    Args:
+        reference_path: The input scan (NIfTI, NRRD or MHA).
+        array: Values on the reference's grid, its array order ``(i, j, k)`` (see :func:`to_source_grid`).
+        output_path: Where to write; must end in ``.nii`` or ``.nii.gz``. Folders are created.
+        dtype: Stored data type (``np.uint8`` for masks, ``np.float32`` for probabilities).
+
+    Returns:
+        The written path.
+    """
+    reference, output = Path(reference_path).expanduser(), Path(output_path).expanduser()
+    if not output.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"output path {output} must end in .nii or .nii.gz")
+    values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    shape, header, affine = _nifti_geometry(reference)
+    if values.shape != shape:
+        raise ValueError(f"array shape {values.shape} differs from the shape {shape} of {reference}")
+    image = nib.Nifti1Image(values.astype(dtype), affine)
+    if header is not None:
+        image.set_qform(header.get_qform(), code=int(header["qform_code"]))
+        image.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    else:
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(output))
+    return output

@@ -1,0 +1,1 @@
+"""The training pipeline: the volume cache, the patch queue and the patches with simulated clicks."""
