@@ -64,9 +64,22 @@ class Block3D(nn.Module):
         self.shift = shift
         self.grid = grid
 
-    def forward(self, x: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, D, H, W, C)`` -> same shape; ``shift_mask`` from :func:`shifted_window_mask` if shifted."""
+    def forward(
+        self, x: torch.Tensor, shift_mask: torch.Tensor | None = None, checkpoint_attention: bool = False
+    ) -> torch.Tensor:
+        """``(B, D, H, W, C)`` -> same shape; ``shift_mask`` from :func:`shifted_window_mask` if shifted.
+
+        ``checkpoint_attention`` recomputes the attention branch in the backward pass, so that its saved
+        tensors are not held while the MLP's gradients are computed (used inside a checkpointed block).
+        """
         x = self.adapter(x)
+        if checkpoint_attention:
+            x = checkpoint(self._attention_branch, x, shift_mask, use_reentrant=False)
+        else:
+            x = self._attention_branch(x, shift_mask)
+        return x + self.mlp(self.norm2(x))
+
+    def _attention_branch(self, x: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         dims = (1, 2, 3)
@@ -76,8 +89,7 @@ class Block3D(nn.Module):
         x = window_unpartition(x, self.window_size, self.grid)
         if self.shift:
             x = torch.roll(x, shifts=(self.shift,) * 3, dims=dims)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return shortcut + x
 
 
 def _neck(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -94,8 +106,10 @@ class ImageEncoder3D(nn.Module):
 
     ``fused`` (default True) computes the patch embedding as one folded convolution of the crop and the
     window attention without a materialised bias; False runs both as the paper writes them (same result
-    to float rounding, kept for comparison). ``activation_checkpointing`` recomputes each block's
-    activations in the backward pass instead of keeping them (training only).
+    to float rounding, kept for comparison). ``activation_checkpointing`` recomputes the activations of
+    each block and neck in the backward pass instead of keeping them, and within a block recomputes the
+    attention branch once more so that the block's peak is that of its attention or its MLP, not both
+    (training only).
     """
 
     shift_mask: torch.Tensor
@@ -164,14 +178,16 @@ class ImageEncoder3D(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Encode ``(B, 1, D, H, W)`` crops into the four multi-level feature maps."""
         tokens = self.embed(image)
-        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         features: list[torch.Tensor] = []
+        checkpointing = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
             mask = self.shift_mask if block.shift else None
             if checkpointing:
-                tokens = checkpoint(block, tokens, mask, use_reentrant=False)
+                tokens = checkpoint(block, tokens, mask, True, use_reentrant=False)
             else:
                 tokens = block(tokens, mask)
             if index in self.neck_after_blocks:
-                features.append(self.necks[len(features)](channels_first_3d(tokens)))
+                neck = self.necks[len(features)]
+                maps = channels_first_3d(tokens)
+                features.append(checkpoint(neck, maps, use_reentrant=False) if checkpointing else neck(maps))
         return features
