@@ -7,6 +7,7 @@ Everything here is on the network grid of :func:`sam3d.data.scans.load_scan` (ne
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import math
@@ -175,7 +176,16 @@ class ScanView:
         misses = self.session.encoder.misses
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():
-            self.session.add_click(point, positive)
+            try:
+                self.session.add_click(point, positive)
+            except Sam3dError:
+                raise  # refused before it was added
+            except Exception:
+                # The session adds a click before segmenting: take back one whose segmentation failed
+                # (undo restores the mask without it, or keeps the last one if it fails too).
+                with contextlib.suppress(Exception):
+                    self.session.undo()
+                raise
         self.seconds = time.perf_counter() - start
         return self.session.encoder.misses > misses
 
