@@ -57,7 +57,7 @@ def serve(
     )
     print(
         f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
-        f"masks are saved into {writer.output_dir}",
+        f"masks are saved into {writer.output_dir.resolve()}",
         file=sys.stderr,
     )
     run(app, host, port)

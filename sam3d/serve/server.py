@@ -61,4 +61,7 @@ def run(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
         )
     print(f"sam3d serve: open http://{shown}:{address[1]}/ (Ctrl+C stops)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="info", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down cleanly, then passes Ctrl+C on
+        print("sam3d serve: stopped", file=sys.stderr)
