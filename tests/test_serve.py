@@ -101,6 +101,7 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
     with live_server(MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)) as address:
         page = Page(address)
         assert "no scan is open" in page.error("/api/click", {"point": centre})
+        page("/api/open", {"index": 0})
         assert "not a scan file" in page.error("/api/upload?name=notes.txt", data=b"hello")
         assert "unreadable" in page.error("/api/upload?name=fake.nii.gz", data=b"this is not a NIfTI file")
         big = nib.Nifti1Image(np.zeros((160, 160, 100), np.int16), np.diag([1.0, 1.0, 1.0, 1]))
@@ -109,8 +110,8 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         flat = nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.diag([1.0, 1.0, 50.0, 1]))
         assert "absurd voxel spacing" in page.error("/api/upload?name=flat.nii.gz", data=flat.to_bytes())
         assert "no listed scan number 3" in page.error("/api/open", {"index": 3})
+        assert page("/api/state")["scan"]["name"] == scan.name  # a refused scan leaves the open one open
 
-        page("/api/open", {"index": 0})
         message = page.error("/api/click", {"point": centre, "positive": False})
         assert "first clicks must include a positive click" in message
         assert "nothing to save yet" in page.error("/api/save")
@@ -145,13 +146,19 @@ def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_
         first("/api/click", {"point": centre})
         assert second("/api/state")["clicks"] == []
         assert len(first("/api/state")["clicks"]) == 1
-        message = third.error("/api/state")
-        assert "already serves 2 other page(s)" in message and "--max_sessions" in message
+        assert third("/api/state") == {"scan": None}  # looking costs nothing
+        message = third.error("/api/open", {"index": 0})
+        assert "scans open in 2 other page(s)" in message and "--max_sessions" in message
+        assert len(first("/api/state")["clicks"]) == 1
+
+        second.request("/api/leave", data=b"")  # its tab was closed
+        third("/api/open", {"index": 0})
+        assert second("/api/state") == {"scan": None}
         assert len(first("/api/state")["clicks"]) == 1
     with live_server(MagicWand(), [scan], tmp_path / "out", max_sessions=1, session_timeout_s=0) as address:
         Page(address, "first")("/api/open", {"index": 0})
-        assert Page(address, "second")("/api/state") == {"scan": None}  # the idle page gave its place
-        assert Page(address, "first")("/api/state") == {"scan": None}  # and back: the first's scan is closed
+        Page(address, "second")("/api/open", {"index": 0})  # the idle page gives its place
+        assert Page(address, "first")("/api/state") == {"scan": None}
 
 
 def test_host_and_port_problems_are_explained():

@@ -164,7 +164,8 @@ def _outside_point(driver, centre):
             point = list(centre)
             point[axis] = -3
             at = driver.execute_script("return window.sam3d.screenPoint(arguments[0], arguments[1])", view, point)
-            if 0 <= at["x"] < 420 and 0 <= at["y"] < 420:
+            size = driver.find_element(By.ID, view).size
+            if 0 <= at["x"] < size["width"] and 0 <= at["y"] < size["height"]:
                 return view, point
     raise AssertionError("every view fills its canvas")
 
@@ -209,8 +210,14 @@ def test_a_second_browser_is_told_when_the_server_is_full(browsers, phantom, tmp
         _wait(first, "document.body.dataset.clicks === '1'")
         second = browsers()
         second.get(address)
-        _wait(second, "document.getElementById('message').textContent.includes('already serves 1 other page')")
+        _wait(second, "document.body.dataset.ready === '1'")
+        second.find_element(By.ID, "open").click()
+        _wait(second, "document.getElementById('message').textContent.includes('scans open in 1 other page')")
         assert "--max_sessions" in _message(second)
         first.find_element(By.ID, "undo").click()
         _wait(first, "document.body.dataset.clicks === '0'")
         assert _message(first) == ""
+        first.get("about:blank")  # the first tab leaves: its place goes to the second
+        second.find_element(By.ID, "open").click()
+        _wait(second, "window.sam3d.state.volume !== null")
+        assert _message(second).startswith("phantom_000.nii.gz: shown and segmented")

@@ -26,8 +26,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from sam3d import __version__
 from sam3d.callbacks import PredictionWriter
@@ -40,6 +39,7 @@ __all__ = ["ServeSettings", "create_app"]
 
 logger = logging.getLogger("sam3d.serve")
 STATIC = Path(__file__).parent / "static"
+PAGE_FILES = ("index.html", "app.js", "style.css")
 SESSION_HEADER = "X-Sam3d-Session"
 
 
@@ -49,7 +49,7 @@ class ServeSettings:
 
     Args:
         view: Protocol, thresholds, cache and scan size limit.
-        max_sessions: Pages (browser tabs) served at once; each holds its scan in memory.
+        max_sessions: Pages (browser tabs) with a scan open at once; each holds its scan in memory.
         session_timeout_s: A page unused for this long gives its place to a new one when the server is full.
     """
 
@@ -60,43 +60,53 @@ class ServeSettings:
 
 @dataclass
 class _Page:
-    view: ScanView | None = None
-    display_name: str | None = None
-    upload: Path | None = None  # the folder of the uploaded scan on view
+    view: ScanView
+    display_name: str
+    upload: Path | None = None  # the folder of an uploaded scan
     last_seen: float = field(default_factory=time.monotonic)
+    left: bool = False  # the tab was closed or reloaded (a reload takes its page back)
 
     def close(self) -> None:
         if self.upload is not None:
             shutil.rmtree(self.upload, ignore_errors=True)
-        self.view = self.upload = None
 
 
 class _Pages:
-    """The pages served, at most ``settings.max_sessions``; a full server gives an idle page's place away."""
+    """The pages with a scan open, at most ``settings.max_sessions``.
+
+    A new page takes the place of one whose tab was closed, or of one idle for ``session_timeout_s``.
+    """
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.pages: dict[str, _Page] = {}
 
-    def get(self, key: str) -> _Page:
+    def find(self, key: str) -> _Page | None:
         page = self.pages.get(key)
-        if page is None:
-            now = time.monotonic()
-            idle = [k for k, p in self.pages.items() if now - p.last_seen >= self.settings.session_timeout_s]
-            for old in idle[: len(self.pages) - self.settings.max_sessions + 1]:
-                logger.info(
-                    "page %s idle for %.0f s: its scan is closed", old[:8], now - self.pages[old].last_seen
-                )
-                self.pages.pop(old).close()
-            if len(self.pages) >= self.settings.max_sessions:
-                raise Sam3dError(
-                    f"this server already serves {len(self.pages)} other page(s), its limit (--max_sessions "
-                    f"{self.settings.max_sessions}); use one of them, wait until one has been idle for "
-                    f"{self.settings.session_timeout_s / 60:.0f} min, or restart with a larger --max_sessions"
-                )
-            page = self.pages[key] = _Page()
-        page.last_seen = time.monotonic()
+        if page is not None:
+            page.last_seen, page.left = time.monotonic(), False
         return page
+
+    def make_room(self, key: str) -> None:
+        """Make room for a page of ``key`` (which may replace its own): close a closed or idle page, or refuse."""
+        if key in self.pages or len(self.pages) < self.settings.max_sessions:
+            return
+        now = time.monotonic()
+        timeout = self.settings.session_timeout_s
+        free = [k for k, p in self.pages.items() if p.left or now - p.last_seen >= timeout]
+        if not free:
+            raise Sam3dError(
+                f"this server already has scans open in {len(self.pages)} other page(s), its limit "
+                f"(--max_sessions {self.settings.max_sessions}); close one of those pages, wait until one has "
+                f"been idle for {timeout / 60:.0f} min, or restart with a larger --max_sessions"
+            )
+        oldest = min(free, key=lambda k: self.pages[k].last_seen)
+        logger.info("page %s was closed or idle: %s is closed", oldest[:8], self.pages[oldest].display_name)
+        self.pages.pop(oldest).close()
+
+    def leave(self, key: str) -> None:
+        if key in self.pages:
+            self.pages[key].left = True
 
 
 def _session_id(request: Request) -> str:
@@ -155,30 +165,27 @@ def create_app(
         with lock:
             return function(*args)
 
-    def page_view(request: Request) -> ScanView:
-        view = pages.get(_session_id(request)).view
-        if view is None:
+    def page_of(request: Request) -> _Page:
+        page = pages.find(_session_id(request))
+        if page is None:
             raise Sam3dError("no scan is open on this page: choose one or upload one")
-        return view
+        return page
 
     def state(page: _Page) -> dict[str, Any]:
-        if page.view is None:
-            return {"scan": None}
         return {"scan": page.view.describe(page.display_name), **page.view.state()}
 
-    def open_into(
+    def open_page(
         request: Request, path: Path, display_name: str, upload: Path | None = None
     ) -> dict[str, Any]:
+        key = _session_id(request)
         with lock:
-            page = pages.get(_session_id(request))
+            pages.make_room(key)  # before loading: a full server refuses at once
             start = time.perf_counter()
             scan = open_scan(path, preprocessing, settings.view.max_voxels)
-            page.close()
-            page.view, page.display_name = (
-                ScanView(net, scan, settings.view, writer, forward_context),
-                display_name,
-            )
-            page.upload = upload
+            page = _Page(ScanView(net, scan, settings.view, writer, forward_context), display_name, upload)
+            if key in pages.pages:  # the page's previous scan, kept until this one loaded
+                pages.pages.pop(key).close()
+            pages.pages[key] = page
             logger.info(
                 "%s opened in %.1f s: %s voxels on the network grid",
                 display_name,
@@ -203,17 +210,23 @@ def create_app(
 
     def current(request: Request) -> JSONResponse:
         with lock:
-            return JSONResponse(state(pages.get(_session_id(request))))
+            page = pages.find(_session_id(request))
+            return JSONResponse({"scan": None} if page is None else state(page))
+
+    def leave(request: Request) -> Response:
+        with lock:
+            pages.leave(_session_id(request))
+        return Response(status_code=204)
 
     async def open_listed(request: Request) -> JSONResponse:
         index = (await _json(request)).get("index")
         if not isinstance(index, int) or not 0 <= index < len(scans):
             raise Sam3dError(f"no listed scan number {index!r}: choose one of the {len(scans)} listed")
-        return JSONResponse(await run_in_threadpool(open_into, request, scans[index], scans[index].name))
+        return JSONResponse(await run_in_threadpool(open_page, request, scans[index], scans[index].name))
 
     async def upload(request: Request) -> JSONResponse:
         key = _session_id(request)
-        await run_in_threadpool(locked, pages.get, key)  # a full server refuses before storing the upload
+        await run_in_threadpool(locked, pages.make_room, key)  # a full server refuses before the upload
         name = Path(request.query_params.get("name", "")).name
         if not name or name.startswith("."):
             raise Sam3dError("the upload has no file name")
@@ -228,7 +241,7 @@ def create_app(
         path.write_bytes(await request.body())
         try:
             return JSONResponse(
-                await run_in_threadpool(open_into, request, path, f"{name} (uploaded)", folder)
+                await run_in_threadpool(open_page, request, path, f"{name} (uploaded)", folder)
             )
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
@@ -236,7 +249,7 @@ def create_app(
 
     def volume(request: Request) -> Response:
         with lock:
-            view = page_view(request)
+            view = page_of(request).view
         return Response(view.display(), media_type="application/octet-stream")
 
     def edit(action: Callable[[ScanView, dict[str, Any]], None]) -> Callable[[Request], Any]:
@@ -245,9 +258,8 @@ def create_app(
 
             def run() -> dict[str, Any]:
                 with lock:
-                    page = pages.get(_session_id(request))
-                    view = page_view(request)
-                    action(view, body)
+                    page = page_of(request)
+                    action(page.view, body)
                     return state(page)
 
             return JSONResponse(await run_in_threadpool(run))
@@ -279,7 +291,7 @@ def create_app(
 
     def save(request: Request) -> JSONResponse:
         with lock:
-            view = page_view(request)
+            view = page_of(request).view
             saved = view.save()
         logger.info(
             "%s: saved %s (%.1f mL)", view.name, ", ".join(saved["files"].values()), saved["volume_ml"]
@@ -289,7 +301,7 @@ def create_app(
     def download(request: Request) -> Response:
         kind = request.path_params["kind"]
         with lock:
-            view = page_view(request)
+            view = page_of(request).view
         if kind == "clicks":
             return PlainTextResponse(
                 view.clicks_csv(),
@@ -301,8 +313,12 @@ def create_app(
             raise Sam3dError(f"no {kind} saved for {view.name} yet: press Save first")
         return FileResponse(path, filename=path.name)
 
-    def index(request: Request) -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+    def page_file(request: Request) -> FileResponse:
+        name = request.path_params.get("name", "index.html")
+        if name not in PAGE_FILES:
+            raise Sam3dError(f"no page file {name!r}")
+        # Revalidated on every load, so a page never runs an older sam3d's script.
+        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
     async def user_error(request: Request, error: Exception) -> JSONResponse:
         logger.info("refused %s %s: %s", request.method, request.url.path, error)
@@ -321,9 +337,11 @@ def create_app(
         shutil.rmtree(uploads, ignore_errors=True)
 
     routes = [
-        Route("/", index),
+        Route("/", page_file),
+        Route("/static/{name:str}", page_file),
         Route("/api/config", config),
         Route("/api/state", current),
+        Route("/api/leave", leave, methods=["POST"]),
         Route("/api/open", open_listed, methods=["POST"]),
         Route("/api/upload", upload, methods=["POST"]),
         Route("/api/volume", volume),
@@ -332,7 +350,6 @@ def create_app(
         Route("/api/reset", edit(reset), methods=["POST"]),
         Route("/api/save", save, methods=["POST"]),
         Route("/api/download/{kind:str}", download),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(
         routes=routes,

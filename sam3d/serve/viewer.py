@@ -269,4 +269,7 @@ class ScanView:
         self.saved = {"mask": mask, "clicks": clicks}
         if self.writer.probabilities:
             self.saved["probability"] = mask.with_name(f"{self.scan.case_id}_probability.nii.gz")
-        return {"files": {kind: str(path.resolve()) for kind, path in self.saved.items()}, "volume_ml": volume_ml}
+        return {
+            "files": {kind: str(path.resolve()) for kind, path in self.saved.items()},
+            "volume_ml": volume_ml,
+        }

@@ -288,15 +288,27 @@ function drawRender() {
       for (let u = px; u < px + dot && u < size; u++)
         if (u >= 0 && v >= 0 && d > depth[v * size + u]) depth[v * size + u] = d;
   }
-  // Lambert shading with normals from the depth map's slopes, measured a dot apart (voxel steps smoothed).
-  const image = ctx.createImageData(size, size);
-  const at = (u, v) => (u < 0 || v < 0 || u >= size || v >= size ? -Infinity : depth[v * size + u]);
+  // Lambert shading with normals from the slopes of the depth map, smoothed over a dot (voxel steps).
+  const smooth = new Float32Array(size * size).fill(-Infinity);
   for (let v = 0; v < size; v++)
     for (let u = 0; u < size; u++) {
-      const d = depth[v * size + u];
+      if (depth[v * size + u] === -Infinity) continue;
+      let total = 0, count = 0;
+      for (let y = Math.max(0, v - dot); y <= Math.min(size - 1, v + dot); y++)
+        for (let x = Math.max(0, u - dot); x <= Math.min(size - 1, u + dot); x++) {
+          const d = depth[y * size + x];
+          if (d !== -Infinity) (total += d), count++;
+        }
+      smooth[v * size + u] = total / count;
+    }
+  const image = ctx.createImageData(size, size);
+  const at = (u, v) => (u < 0 || v < 0 || u >= size || v >= size ? -Infinity : smooth[v * size + u]);
+  const slope = (a, b) => (a === -Infinity || b === -Infinity ? 0 : ((a - b) * scale) / 2);
+  for (let v = 0; v < size; v++)
+    for (let u = 0; u < size; u++) {
+      const d = smooth[v * size + u];
       if (d === -Infinity) continue;
-      const slope = (a, b) => (a === -Infinity || b === -Infinity ? 0 : (a - b) * scale / (2 * dot));
-      const nx = slope(at(u + dot, v), at(u - dot, v)), ny = slope(at(u, v + dot), at(u, v - dot));
+      const nx = slope(at(u + 1, v), at(u - 1, v)), ny = slope(at(u, v + 1), at(u, v - 1));
       const lambert = Math.max(0, (0.3 * nx + 0.4 * ny + 0.87) / Math.hypot(nx, ny, 1));
       const light = 0.15 + 0.85 * lambert * (0.6 + (0.4 * (d - far)) / Math.max(near - far, 1e-6));
       const i = 4 * (v * size + u);
@@ -403,6 +415,8 @@ function bind() {
     });
   $("undo").addEventListener("click", () => edit("/api/undo"));
   $("reset").addEventListener("click", () => edit("/api/reset"));
+  // A closed tab gives its place on the server to another page (a reload takes it back).
+  window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/leave?session=${state.session}`));
   document.addEventListener("keydown", (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === "z") edit("/api/undo");
   });
