@@ -46,7 +46,9 @@ def _post(address: str, path: str, body: dict) -> tuple[dict, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
     parser.add_argument("--ckpt", help="a sam3d checkpoint of the variant (default: random weights)")
     parser.add_argument("--corrections", type=int, default=5, help="correction clicks after the first")
@@ -83,7 +85,9 @@ def main() -> None:
     print(f"first click: network {rows[0][0]:.3f} s, round trip {rows[0][1]:.3f} s")
     if len(rows) > 1:
         network, trip = (statistics.median(r[i] for r in rows[1:]) for i in (0, 1))
-        print(f"correction clicks (median of {len(rows) - 1}): network {network:.3f} s, round trip {trip:.3f} s")
+        print(
+            f"correction clicks (median of {len(rows) - 1}): network {network:.3f} s, round trip {trip:.3f} s"
+        )
 
 
 if __name__ == "__main__":

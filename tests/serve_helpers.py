@@ -51,7 +51,9 @@ class MagicWand(torch.nn.Module):
         smooth = torch.from_numpy(ndimage.gaussian_filter(image[0, 0].float().numpy(), 1.0))
         return CropEncoding(smooth[None], torch.zeros(1))
 
-    def segment(self, encoding: CropEncoding, points: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def segment(
+        self, encoding: CropEncoding, points: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
         smooth = encoding.last_map[0].numpy()
         points = points[0].float()
         labels = torch.ones(len(points), dtype=torch.long) if labels is None else labels[0]
@@ -88,7 +90,7 @@ def write_reoriented(source: Path, target: Path) -> nib.Nifti1Image:
     data = np.asarray(image.dataobj)
     permuted = np.flip(data.transpose(2, 0, 1), axis=(0, 2))
     # voxel (a, b, c) of the copy is voxel (b, n1 - 1 - c, n2 - 1 - a) of the source
-    n0, n1, n2 = data.shape
+    _, n1, n2 = data.shape
     index = np.zeros((4, 4))
     index[0, 1], index[1, 2], index[2, 0], index[3, 3] = 1, -1, -1, 1
     index[1, 3], index[2, 3] = n1 - 1, n2 - 1
@@ -98,7 +100,9 @@ def write_reoriented(source: Path, target: Path) -> nib.Nifti1Image:
 
 
 @contextmanager
-def live_server(net: torch.nn.Module, scans: list[Path], output_dir: Path, **settings: object) -> Iterator[str]:
+def live_server(
+    net: torch.nn.Module, scans: list[Path], output_dir: Path, **settings: object
+) -> Iterator[str]:
     """A `sam3d serve` application on a free loopback port, in a thread; yields its address."""
     app = create_app(net, PREPROCESSING, PredictionWriter(str(output_dir)), scans, ServeSettings(**settings))
     sock = bind("127.0.0.1", 0)
@@ -122,12 +126,17 @@ class Page:
     def __init__(self, address: str, name: str | None = "page-one") -> None:
         self.address, self.session = address, f"{name}-0123456789" if name else ""
 
-    def request(self, path: str, body: object = None, data: bytes | None = None, method: str = "") -> tuple[int, bytes]:
+    def request(
+        self, path: str, body: object = None, data: bytes | None = None, method: str = ""
+    ) -> tuple[int, bytes]:
         if body is not None:
             data = json.dumps(body).encode()
         method = method or ("POST" if data is not None or path in POSTS else "GET")
         request = urllib.request.Request(
-            self.address + path, data=data, method=method, headers={"X-Sam3d-Session": self.session} if self.session else {}
+            self.address + path,
+            data=data,
+            method=method,
+            headers={"X-Sam3d-Session": self.session} if self.session else {},
         )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:

@@ -8,7 +8,7 @@ import socket
 import nibabel as nib
 import numpy as np
 import pytest
-from serve_helpers import MagicWand, Page, PREPROCESSING, dice, lesion_centre, live_server, write_reoriented
+from serve_helpers import PREPROCESSING, MagicWand, Page, dice, lesion_centre, live_server, write_reoriented
 
 from sam3d.data.scans import clicks_to_network, load_scan, match_clicks, read_clicks
 from sam3d.errors import Sam3dError
@@ -30,9 +30,11 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
     with live_server(MagicWand(), [scan], output) as address, caplog.at_level(logging.INFO, "sam3d.serve"):
         page = Page(address)
         opened = page("/api/open", {"index": 0})
-        assert opened["scan"]["name"] == scan.name and opened["clicks"] == [] and opened["mask"] is None
+        assert opened["scan"]["name"] == scan.name
+        assert opened["clicks"] == []
+        assert opened["mask"] is None
         assert "".join(nib.aff2axcodes(nib.load(scan).affine)) in opened["scan"]["source"]
-        status, volume = page.request("/api/volume")
+        _status, volume = page.request("/api/volume")
         shape = opened["scan"]["shape"]
         intensities = np.frombuffer(volume, np.int16).reshape(shape) * opened["scan"]["scale"]
         np.testing.assert_allclose(  # the page shows the scan's own intensities (HU) on the network grid
@@ -71,9 +73,13 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
         assert (output / "phantom_000_clicks.csv").read_text() == clicks
 
         reset = page("/api/reset")
-        assert reset["clicks"] == [] and reset["mask"] is None and reset["crop"] is None
-    assert "click 1 (positive)" in caplog.text and "crop encoded" in caplog.text
-    assert "click 2 (negative)" in caplog.text and "crop encoding reused" in caplog.text
+        assert reset["clicks"] == []
+        assert reset["mask"] is None
+        assert reset["crop"] is None
+    assert "click 1 (positive)" in caplog.text
+    assert "crop encoded" in caplog.text
+    assert "click 2 (negative)" in caplog.text
+    assert "crop encoding reused" in caplog.text
 
 
 def test_scan_of_another_orientation_and_spacing_is_saved_in_its_own_geometry(phantom, tmp_path):
@@ -98,7 +104,9 @@ def test_scan_of_another_orientation_and_spacing_is_saved_in_its_own_geometry(ph
 
 def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path):
     scan, _, centre = phantom
-    with live_server(MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)) as address:
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)
+    ) as address:
         page = Page(address)
         assert "no scan is open" in page.error("/api/click", {"point": centre})
         page("/api/open", {"index": 0})
@@ -106,7 +114,9 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         assert "unreadable" in page.error("/api/upload?name=fake.nii.gz", data=b"this is not a NIfTI file")
         big = nib.Nifti1Image(np.zeros((160, 160, 100), np.int16), np.diag([1.0, 1.0, 1.0, 1]))
         message = page.error("/api/upload?name=big.nii.gz", data=big.to_bytes())
-        assert "too large" in message and "2.6M" in message and "--max_voxels" in message
+        assert "too large" in message
+        assert "2.6M" in message
+        assert "--max_voxels" in message
         flat = nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.diag([1.0, 1.0, 50.0, 1]))
         assert "absurd voxel spacing" in page.error("/api/upload?name=flat.nii.gz", data=flat.to_bytes())
         assert "no listed scan number 3" in page.error("/api/open", {"index": 3})
@@ -122,7 +132,8 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         assert "session id" in Page(address, None).error("/api/state")
         # after all that, the page's scan is intact and clicks work
         state = page("/api/click", {"point": centre})
-        assert len(state["clicks"]) == 1 and state["mask"] is not None
+        assert len(state["clicks"]) == 1
+        assert state["mask"] is not None
 
 
 def test_an_unexpected_error_answers_500_and_the_server_goes_on(phantom, tmp_path, monkeypatch):
@@ -132,7 +143,9 @@ def test_an_unexpected_error_answers_500_and_the_server_goes_on(phantom, tmp_pat
         page("/api/open", {"index": 0})
         monkeypatch.setattr(MagicWand, "segment", lambda *args: 1 / 0)
         status, content = page.request("/api/click", {"point": centre})
-        assert status == 500 and b"ZeroDivisionError" in content and b"server log" in content
+        assert status == 500
+        assert b"ZeroDivisionError" in content
+        assert b"server log" in content
         monkeypatch.undo()
         assert len(page("/api/click", {"point": centre})["clicks"]) == 1
 
@@ -148,7 +161,8 @@ def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_
         assert len(first("/api/state")["clicks"]) == 1
         assert third("/api/state") == {"scan": None}  # looking costs nothing
         message = third.error("/api/open", {"index": 0})
-        assert "scans open in 2 other page(s)" in message and "--max_sessions" in message
+        assert "scans open in 2 other page(s)" in message
+        assert "--max_sessions" in message
         assert len(first("/api/state")["clicks"]) == 1
 
         second.request("/api/leave", data=b"")  # its tab was closed
@@ -162,8 +176,11 @@ def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_
 
 
 def test_host_and_port_problems_are_explained():
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("localhost")
+    assert is_loopback("::1")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("192.168.1.10")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

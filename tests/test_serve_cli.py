@@ -27,7 +27,9 @@ class Log:
 
     def __init__(self, stream):
         self.lines: list[str] = []
-        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True
+        )
         self.thread.start()
 
     def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
@@ -62,7 +64,9 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         address = log.wait_for(r"open (http://127\.0\.0\.1:\d+)/").group(1)
         page = Page(address)
         config = page("/api/config")
-        assert config["scans"] == [scan.name] and config["protocol"] == "paper" and config["crop_size"] == [64] * 3
+        assert config["scans"] == [scan.name]
+        assert config["protocol"] == "paper"
+        assert config["crop_size"] == [64] * 3
         assert config["window"] == [-100.0, 200.0]  # the checkpoint's preprocessing
         page("/api/open", {"index": 0})
         page("/api/click", {"point": centre})
@@ -75,12 +79,15 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         process.send_signal(signal.SIGINT)  # Ctrl+C
         assert process.wait(timeout=60) == 0
     log.thread.join(timeout=10)
-    assert "Application shutdown complete" in "".join(log.lines) and "Traceback" not in "".join(log.lines)
+    assert "Application shutdown complete" in "".join(log.lines)
+    assert "Traceback" not in "".join(log.lines)
     mask, source = nib.load(saved["files"]["mask"]), nib.load(scan)
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
-    assert not any(tmp_path.glob("runs")) and not any(tmp_path.glob("*.yaml"))  # serving leaves no run behind
+    # serving leaves no run folder or config behind
+    assert not any(tmp_path.glob("runs"))
+    assert not any(tmp_path.glob("*.yaml"))
 
 
 def test_serve_needs_a_checkpoint(tmp_path):

@@ -15,17 +15,27 @@ from serve_helpers import MagicWand, dice, lesion_centre, live_server
 
 from sam3d.serve import ViewSettings
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev extra: pip install -e '.[dev]'")
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is a dev extra: pip install -e '.[dev]'"
+)
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Root in a container needs --no-sandbox; the rest keeps Chromium from reaching out to the network.
-ARGUMENTS = (
-    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
-    "--disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1000,1000"
-).split()
+ARGUMENTS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1000,1000",
+]
 
 
 @pytest.fixture
@@ -42,8 +52,11 @@ def browsers(tmp_path):
         options.binary_location = binary
         for argument in (*ARGUMENTS, f"--user-data-dir={tmp_path / f'chromium-{len(opened)}'}"):
             options.add_argument(argument)
-        opened.append(webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path)))
-        return opened[-1]
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+        opened.append(driver)
+        metrics = {"width": 780, "height": 950, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page on screenshots
+        return driver
 
     yield open_browser
     for driver in opened:
@@ -163,7 +176,9 @@ def _outside_point(driver, centre):
         for axis in axes:
             point = list(centre)
             point[axis] = -3
-            at = driver.execute_script("return window.sam3d.screenPoint(arguments[0], arguments[1])", view, point)
+            at = driver.execute_script(
+                "return window.sam3d.screenPoint(arguments[0], arguments[1])", view, point
+            )
             size = driver.find_element(By.ID, view).size
             if 0 <= at["x"] < size["width"] and 0 <= at["y"] < size["height"]:
                 return view, point
@@ -174,7 +189,9 @@ def test_bad_inputs_show_on_the_page_which_keeps_working(browsers, phantom, tmp_
     scan, _, centre, _ = phantom
     (tmp_path / "notes.txt").write_text("not a scan")
     nib.save(nib.Nifti1Image(np.zeros((160, 160, 100), np.int16), np.eye(4)), tmp_path / "big.nii.gz")
-    with live_server(MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)) as address:
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)
+    ) as address:
         driver = browsers()
         _open(driver, address)
         upload = driver.find_element(By.ID, "upload")
@@ -188,7 +205,9 @@ def test_bad_inputs_show_on_the_page_which_keeps_working(browsers, phantom, tmp_
         driver.execute_script(  # _click scrolls to the point's slice, which is outside too: stay on the centre's
             "window.sam3d.state.cursor = arguments[0];", centre
         )
-        at = driver.execute_script("return window.sam3d.screenPoint(arguments[0], arguments[1])", view, outside)
+        at = driver.execute_script(
+            "return window.sam3d.screenPoint(arguments[0], arguments[1])", view, outside
+        )
         canvas = driver.find_element(By.ID, view)
         ActionChains(driver).move_to_element_with_offset(
             canvas, round(at["x"] - canvas.size["width"] / 2), round(at["y"] - canvas.size["height"] / 2)

@@ -104,15 +104,20 @@ class _Pages:
         logger.info("page %s was closed or idle: %s is closed", oldest[:8], self.pages[oldest].display_name)
         self.pages.pop(oldest).close()
 
+    def put(self, key: str, page: _Page) -> None:
+        """Give ``key`` its new page (after :meth:`make_room`), closing its previous one."""
+        if key in self.pages:
+            self.pages.pop(key).close()
+        self.pages[key] = page
+
     def leave(self, key: str) -> None:
         if key in self.pages:
             self.pages[key].left = True
 
 
 def _session_id(request: Request) -> str:
-    key = request.headers.get(SESSION_HEADER) or request.query_params.get(
-        "session", ""
-    )  # links send no header
+    # Links (downloads) and beacons cannot send a header: they name the session in the query.
+    key = request.headers.get(SESSION_HEADER) or request.query_params.get("session", "")
     if not 8 <= len(key) <= 64 or not key.replace("-", "").isalnum():
         raise Sam3dError("the page sent no session id: reload the page")
     return key
@@ -183,9 +188,7 @@ def create_app(
             start = time.perf_counter()
             scan = open_scan(path, preprocessing, settings.view.max_voxels)
             page = _Page(ScanView(net, scan, settings.view, writer, forward_context), display_name, upload)
-            if key in pages.pages:  # the page's previous scan, kept until this one loaded
-                pages.pages.pop(key).close()
-            pages.pages[key] = page
+            pages.put(key, page)
             logger.info(
                 "%s opened in %.1f s: %s voxels on the network grid",
                 display_name,

@@ -11,7 +11,7 @@ from sam3d.data import VolumeDataModule
 from sam3d.data.scans import scan_files
 from sam3d.models.checkpoints import load_weights_file
 from sam3d.module import VolumetricSamModule
-from sam3d.serve.app import ServeSettings, create_app
+from sam3d.serve.app import ServeSettings, create_app, memory_note
 from sam3d.serve.server import run
 from sam3d.serve.viewer import ViewSettings
 
@@ -57,7 +57,7 @@ def serve(
     )
     print(
         f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
-        f"masks are saved into {writer.output_dir.resolve()}",
+        f"masks are saved into {writer.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
         file=sys.stderr,
     )
     run(app, host, port)

@@ -7,13 +7,12 @@ Everything here is on the network grid of :func:`sam3d.data.scans.load_scan` (ne
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import io
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +182,7 @@ class ScanView:
             except Exception:
                 # The session adds a click before segmenting: take back one whose segmentation failed
                 # (undo restores the mask without it, or keeps the last one if it fails too).
-                with contextlib.suppress(Exception):
+                with suppress(Exception):
                     self.session.undo()
                 raise
         self.seconds = time.perf_counter() - start
