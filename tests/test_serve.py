@@ -82,6 +82,19 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
     assert "crop encoding reused" in caplog.text
 
 
+def test_full_protocol_follows_the_object_beyond_the_first_crop(phantom, tmp_path):
+    scan, _, centre = phantom
+    results = {}
+    for protocol in ("paper", "full"):
+        settings = ViewSettings(protocol=protocol)
+        with live_server(MagicWand(crop_size=(16, 16, 16)), [scan], tmp_path, view=settings) as address:
+            page = Page(address)
+            page("/api/open", {"index": 0})
+            results[protocol] = page("/api/click", {"point": centre})
+    assert results["full"]["crop"] == results["paper"]["crop"]  # the outline: the crop the click placed
+    assert results["full"]["volume_ml"] > 1.5 * results["paper"]["volume_ml"]  # a lesion larger than 16^3 mm
+
+
 def test_scan_of_another_orientation_and_spacing_is_saved_in_its_own_geometry(phantom, tmp_path):
     scan, label, _ = phantom
     upload = write_reoriented(scan, tmp_path / "turned.nii.gz")
