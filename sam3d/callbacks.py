@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import LearningRateMonitor as _LightningLearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
@@ -22,11 +23,35 @@ from sam3d.visualize import orthogonal_slices
 
 
 def run_directory(trainer: L.Trainer) -> Path:
-    """The folder of this run: where its checkpoints, config and pictures go."""
+    """The folder of this run, the parent of its ``checkpoints`` folder (as ``ModelCheckpoint`` places it).
+
+    Called from rank-0-only code, so it must not use ``trainer.log_dir``: that is a collective (a
+    broadcast from rank 0) and would leave the other ranks waiting in a mismatched one.
+    """
     logger = trainer.logger
-    if isinstance(logger, WandbLogger):
-        return Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
+class LearningRateMonitor(_LightningLearningRateMonitor):
+    """Lightning's learning-rate monitor, idle without a logger (``--trainer.logger false``) instead of failing."""
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Name the parameter groups (only when something will log them)."""
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Log per step, when configured so and a logger exists."""
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Log per epoch, when configured so and a logger exists."""
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 class ValidationSlices(L.Callback):

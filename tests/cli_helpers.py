@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import lightning as L
 
 SYNTHETIC_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
@@ -27,3 +30,26 @@ def synthetic_cli_args(subcommand: str, root: Path, workdir: Path, *extra: str) 
         *(str(x) for kv in settings.items() for x in kv),
         *extra,
     ]
+
+
+class RecordTrainingCases(L.Callback):
+    """Writes the case ids each rank trained on, per epoch, to ``<folder>/rank<global rank>.json``.
+
+    Passed to ``sam3d fit`` subprocesses with ``--trainer.callbacks+=`` (``tests/`` on ``PYTHONPATH``).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.seen = Path(folder), {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, set()).update(batch["case_id"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cases = {epoch: sorted(ids) for epoch, ids in self.seen.items()}
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(cases))
+
+
+def record_training_cases(folder: Path) -> str:
+    """The ``--trainer.callbacks+=`` value that adds :class:`RecordTrainingCases` writing to ``folder``."""
+    return json.dumps({"class_path": "cli_helpers.RecordTrainingCases", "init_args": {"folder": str(folder)}})

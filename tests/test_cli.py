@@ -162,35 +162,6 @@ def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path):
     main(["validate", *_fit_args(synthetic_root, tmp_path, "--ckpt_path", str(best))[1:]])
 
 
-@pytest.mark.slow
-def test_two_process_ddp_fit_on_cpu(synthetic_root, tmp_path):
-    args = _fit_args(
-        synthetic_root,
-        tmp_path,
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.max_epochs",
-        "2",
-    )
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "sam3d", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
-    assert last["epoch"] == 1
-    # each rank trains on its own half of the subjects: an epoch has half as many steps as on one process
-    train_cases = len(VolumeDataModule(root=synthetic_root, target_label=1).cases("train"))
-    assert last["global_step"] == 2 * (train_cases // 2)
-
-
 def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch):
     import errno
 
