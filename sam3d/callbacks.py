@@ -1,4 +1,4 @@
-"""Lightning callbacks: validation pictures and the per-run copy of the resolved config."""
+"""Lightning callbacks: validation pictures, the per-run copy of the resolved config, reports and masks."""
 
 from __future__ import annotations
 
@@ -88,8 +88,9 @@ class RunConfig(SaveConfigCallback):
     """Save the resolved config into the run's own folder and send it to the logger."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Write ``config.yaml`` beside the run's checkpoints (rank 0 only, no collectives)."""
-        folder = run_directory(trainer)
+        """Write ``config.yaml`` beside the run's checkpoints, or beside the masks of ``predict`` (rank 0 only)."""
+        writers = [c for c in trainer.callbacks if isinstance(c, PredictionWriter)]
+        folder = writers[0].output_dir if stage == "predict" and writers else run_directory(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         self.parser.save(
             self.config, folder / self.config_filename, skip_none=False, overwrite=True, multifile=False
@@ -171,17 +172,16 @@ def _print_table(rows: list[dict[str, Any]], result: dict[str, Any], folder: Pat
 class PredictionWriter(BasePredictionWriter):
     """Writes each predicted mask (and optionally the probability map) as NIfTI in the input scan's geometry.
 
+    The mask threshold is ``evaluation.threshold``, the one that also shapes the prediction itself.
+
     Args:
         output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``).
         probabilities: Also write the foreground probability map.
-        threshold: Foreground probability threshold of the mask.
     """
 
-    def __init__(
-        self, output_dir: str = "predictions", probabilities: bool = False, threshold: float = 0.5
-    ) -> None:
+    def __init__(self, output_dir: str = "predictions", probabilities: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.probabilities, self.threshold = Path(output_dir), probabilities, threshold
+        self.output_dir, self.probabilities = Path(output_dir), probabilities
 
     def write_on_batch_end(
         self,
@@ -200,7 +200,7 @@ class PredictionWriter(BasePredictionWriter):
             return
         start = time.perf_counter()
         probability = to_source_grid(case.scan, prediction["probability"], interpolation="linear")
-        mask = (probability > self.threshold).numpy().astype(np.uint8)
+        mask = (probability > pl_module.evaluation.threshold).numpy().astype(np.uint8)
         written = write_like(case.scan.path, mask, self.output_dir / f"{case.case_id}_mask.nii.gz")
         if self.probabilities:
             write_like(

@@ -8,9 +8,11 @@ sam3d check-dataset --help                                 # utilities: see UTIL
 from __future__ import annotations
 
 import errno
+import logging
 import netrc
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,38 @@ def wandb_credentials_present() -> bool:
         return False
 
 
-# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see the configs' callbacks).
+# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see RUN_DEFAULTS' callbacks).
 NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
+
+# The trainer, logger and callbacks of every run; configs hold only what differs (`--print_config` shows all).
+RUN_DEFAULTS: dict[str, Any] = {
+    "trainer.devices": 1,
+    "trainer.max_epochs": 500,
+    "trainer.gradient_clip_val": 1.0,  # per part: see VolumetricSamModule.configure_gradient_clipping
+    "trainer.use_distributed_sampler": False,  # the TorchIO queue gives each rank its own subjects
+    "trainer.logger": {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "sam3d", "save_dir": "runs", "log_model": False},
+    },
+    "trainer.callbacks": [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # best validation Dice
+            "init_args": {
+                "monitor": "val/dice",
+                "mode": "max",
+                "filename": "best-epoch{epoch:03d}-dice{val/dice:.4f}",
+                "auto_insert_metric_name": False,
+            },
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # after every epoch
+            "init_args": {"filename": "last", "enable_version_counter": False},
+        },
+        {"class_path": "sam3d.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+        {"class_path": "sam3d.callbacks.ValidationSlices"},
+    ],
+}
 
 
 def newest_checkpoint(root: Path, name: str) -> Path | None:
@@ -69,9 +101,9 @@ class Sam3dCLI(LightningCLI):
     checkpoint_record: dict[str, Any] | None = None  # the `sam3d` record of --ckpt_path's file
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the patch size to the network's crop size; the TorchIO queue does its own DDP sharding."""
+        """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
         parser.link_arguments("data.patch_size", "model.crop_size")
-        parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         if any(action.dest == "return_predictions" for action in parser._actions):
@@ -153,10 +185,18 @@ class Sam3dCLI(LightningCLI):
             )
 
 
+def _not_a_promotional_tip(record: logging.LogRecord) -> bool:
+    """Log filter that drops Lightning's "💡 Tip: try installing ..." advertisements."""
+    return not record.getMessage().startswith("💡 Tip")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``sam3d`` console script (also ``python -m sam3d``)."""
     argv = list(sys.argv[1:] if args is None else args)
     torch.set_float32_matmul_precision("high")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_promotional_tip)
+    # The arguments always go in explicitly: nothing to warn about.
+    warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
     try:
         if argv and argv[0] in UTILITIES:
             CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
@@ -169,7 +209,8 @@ def main(args: Sequence[str] | None = None) -> None:
             trainer_defaults={"callbacks": [TestReport()]},
             seed_everything_default=0,
             parser_kwargs={"prog": "sam3d", "version": __version__, "description": DESCRIPTION},
-            args=args,
+            auto_configure_optimizers=False,  # the module's recipe is the optimiser; no --optimizer options
+            args=argv,
         )
     except Sam3dError as error:
         sys.exit(f"sam3d: error: {error}")

@@ -37,7 +37,7 @@ class EvaluationSettings:
         repeats: Repeats with different seeds (mean and standard deviation across repeats).
         seed: Base seed of the clicks.
         tolerance_mm: Normalised surface Dice tolerance.
-        threshold: Foreground probability threshold.
+        threshold: Foreground probability threshold (test metrics, and the masks `sam3d predict` writes).
     """
 
     protocol: Protocol = "paper"

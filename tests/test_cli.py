@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helpers import synthetic_cli_args
 
 from sam3d.cli import main
-from sam3d.data import VolumeDataModule
 from sam3d.module import VolumetricSamModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -37,6 +36,57 @@ def test_every_config_parses(config, tmp_path, capsys):
         main(["fit", "--config", str(CONFIGS / config), "--data.root", str(tmp_path), "--print_config"])
     assert exit_info.value.code == 0
     assert "data:" in capsys.readouterr().out
+
+
+def test_dataset_configs_write_out_the_paper_preprocessing():
+    from sam3d.data.catalog import PRESETS
+
+    for name, preset in PRESETS.items():
+        data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["data"]
+        labels = data["target_label"] if isinstance(data["target_label"], list) else [data["target_label"]]
+        assert tuple(labels) == preset.target_labels, name
+        assert tuple(data["intensity_window"]) == preset.window, name
+        assert (data["mean"], data["std"]) == (preset.mean, preset.std), name
+
+
+def test_run_defaults_compose_with_a_dataset_config_and_the_command_line(tmp_path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", str(tmp_path)]
+    extra = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/dice", "--print_config"]
+    with pytest.raises(SystemExit):
+        main([*args, *extra])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callbacks = [callback["class_path"].rsplit(".", 1)[1] for callback in printed["trainer"]["callbacks"]]
+    assert callbacks == [
+        "ModelCheckpoint",
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "RichProgressBar",
+        "ValidationSlices",
+        "EarlyStopping",
+    ]
+    logger = printed["trainer"]["logger"]
+    assert logger["class_path"].endswith("WandbLogger")
+    assert (logger["init_args"]["name"], logger["init_args"]["save_dir"]) == ("kits-fold0", "runs")
+    assert (printed["trainer"]["max_epochs"], printed["trainer"]["gradient_clip_val"]) == (500, 1.0)
+    assert "optimizer" not in printed
+    assert "lr_scheduler" not in printed
+    assert "threshold" not in printed["prediction"]
+
+
+def test_optimizer_options_are_not_offered(capsys):
+    message = _error_of(
+        ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--optimizer", "Adam"], capsys
+    )
+    assert "optimizer" in message
+
+
+def test_fit_without_a_logger_keeps_its_run_under_the_root_dir(synthetic_root, tmp_path, capfd):
+    main(_fit_args(synthetic_root, tmp_path, "--trainer.logger", "false"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert list((tmp_path / "pictures").glob("val_epoch*.png"))
+    captured = capfd.readouterr()
+    assert "Tip:" not in captured.out + captured.err  # Lightning's promotional tips are silenced
 
 
 def test_ddp_bf16_overlay_composes(tmp_path, capsys):
