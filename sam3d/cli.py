@@ -31,6 +31,7 @@ from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
+from sam3d.shipped import shipped_file
 
 UTILITIES: dict[str, Callable[..., object]] = {
     **DATA_UTILITIES,
@@ -185,6 +186,31 @@ class Sam3dCLI(LightningCLI):
             )
 
 
+def config_file(value: str) -> str:
+    """``--config`` value: a file that exists wins, else the config of that name shipped with sam3d.
+
+    ``kits.yaml``, ``configs/kits.yaml`` and ``trainer/ddp_bf16.yaml`` all name shipped configs, so the
+    README's commands work from any folder after ``pip install``.
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise Sam3dError(f"config file {path} is empty; pass a YAML config such as kits.yaml")
+        return value
+    shipped = shipped_file(value.removeprefix("configs/"))
+    return str(shipped) if not path.exists() and shipped.is_file() else value
+
+
+def _with_shipped_configs(argv: list[str]) -> list[str]:
+    resolved = list(argv)
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            resolved[index] = "--config=" + config_file(arg.removeprefix("--config="))
+        elif arg in ("-c", "--config") and index + 1 < len(argv):
+            resolved[index + 1] = config_file(argv[index + 1])
+    return resolved
+
+
 def _not_a_promotional_tip(record: logging.LogRecord) -> bool:
     """Log filter that drops Lightning's "💡 Tip: try installing ..." advertisements."""
     return not record.getMessage().startswith("💡 Tip")
@@ -195,7 +221,7 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     torch.set_float32_matmul_precision("high")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_promotional_tip)
-    # The arguments always go in explicitly: nothing to warn about.
+    # The arguments always go in explicitly (with shipped configs resolved): nothing to warn about.
     warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
     try:
         if argv and argv[0] in UTILITIES:
@@ -210,7 +236,7 @@ def main(args: Sequence[str] | None = None) -> None:
             seed_everything_default=0,
             parser_kwargs={"prog": "sam3d", "version": __version__, "description": DESCRIPTION},
             auto_configure_optimizers=False,  # the module's recipe is the optimiser; no --optimizer options
-            args=argv,
+            args=_with_shipped_configs(argv),
         )
     except Sam3dError as error:
         sys.exit(f"sam3d: error: {error}")

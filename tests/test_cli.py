@@ -100,6 +100,19 @@ def test_ddp_bf16_overlay_composes(tmp_path, capsys):
     assert "variant: vit_b" in printed
 
 
+def test_config_names_a_shipped_config_unless_such_a_file_exists(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", "kits.yaml", "--config=configs/trainer/ddp_bf16.yaml", "--data.root", "x"]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data"]["dataset"], printed["trainer"]["strategy"]) == ("kits", "ddp")
+    (tmp_path / "kits.yaml").write_text("data:\n  dataset: lits\n")
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["dataset"] == "lits"
+
+
 def test_help_and_version_from_a_subprocess():
     result = subprocess.run(
         [sys.executable, "-m", "sam3d", "--help"], capture_output=True, text=True, check=True
