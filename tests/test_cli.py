@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import synthetic_cli_args
+from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.module import VolumetricSamModule
@@ -150,6 +150,26 @@ def test_unknown_variant(capsys):
         ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--model.variant", "vit_s"], capsys
     )
     assert "vit_s" in message
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", "--data.std", "-1"],
+            "std must be positive",
+        ),
+        (
+            ["fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", "--data.target_spacing", "0"],
+            "spacing",
+        ),
+        (["make-synthetic", "unused", "--num_cases", "0"], "num_cases must be >= 1"),
+    ],
+)
+def test_config_mistakes_are_messages_not_tracebacks(args, expected, capsys):
+    message = _error_of(args, capsys)
+    assert message.startswith("sam3d: error:")
+    assert expected in message
 
 
 def test_sam_checkpoint_that_does_not_exist(synthetic_root, tmp_path, capsys):

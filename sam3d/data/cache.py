@@ -10,6 +10,7 @@ two processes caching the same case at once are harmless.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import torchio as tio
 
 from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
-from sam3d.data.errors import Problem
+from sam3d.data.errors import DatasetError, Problem
 
 __all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "default_cache_dir", "read_nifti"]
 
@@ -122,7 +123,13 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
         image=tio.ScalarImage(case.image, **_reader(case.image)),
         label=tio.LabelMap(case.label, **_reader(case.label)),
     )
-    subject.load()
+    for kind in ("image", "label"):
+        try:
+            subject[kind].load()
+        except Exception as error:  # noqa: BLE001 (gzip, zlib, NiBabel and SimpleITK raise many types)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = f"{kind} voxels are unreadable ({reason}); the file may be truncated: re-export it"
+            raise _ContentError(message, subject[kind].path) from None
     image, label = subject["image"].data, subject["label"].data
     bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
     if bad:
@@ -225,7 +232,18 @@ def cache_cases(
             continue
         try:
             cached[case.case_id] = cache_case(case, cache_dir, spacing)
-        except (ValueError, RuntimeError, OSError, AssertionError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            problems.append(Problem(case.case_id, reason, getattr(error, "path", case.image)))
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise DatasetError(
+                    f"the disk holding the cache folder {cache_dir} is full ({error.strerror}); free space "
+                    "there or set data.cache_dir to a folder on another disk, then run again"
+                ) from None
+            problems.append(_problem(case, error))
+        except Exception as error:  # noqa: BLE001 (truncated or corrupt files raise EOFError, zlib.error, ...)
+            problems.append(_problem(case, error))
     return cached, problems
+
+
+def _problem(case: Case, error: Exception) -> Problem:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return Problem(case.case_id, reason, getattr(error, "path", case.image))
