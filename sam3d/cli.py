@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -56,6 +57,10 @@ def wandb_credentials_present() -> bool:
 
 # `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see RUN_DEFAULTS' callbacks).
 NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
+
+# Top-level keys of a config file (the subcommands' for a config given before the subcommand).
+CONFIG_SECTIONS = {"seed_everything", "trainer", "model", "data", "evaluation", "prediction", "ckpt_path"}
+CONFIG_SECTIONS |= {"fit", "validate", "test", "predict"}
 
 # The trainer, logger and callbacks of every run; configs hold only what differs (`--print_config` shows all).
 RUN_DEFAULTS: dict[str, Any] = {
@@ -194,11 +199,30 @@ def config_file(value: str) -> str:
     """
     path = Path(value).expanduser()
     if path.is_file():
-        if path.stat().st_size == 0:
-            raise Sam3dError(f"config file {path} is empty; pass a YAML config such as kits.yaml")
+        _check_config(path)
         return value
     shipped = shipped_file(value.removeprefix("configs/"))
     return str(shipped) if not path.exists() and shipped.is_file() else value
+
+
+def _check_config(path: Path) -> None:
+    """Refuse, naming the file, a config that is not YAML or holds none of sam3d's sections.
+
+    Misspelt keys inside the sections are left to the parser, whose messages name them.
+    """
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        mark = getattr(error, "problem_mark", None)
+        reason = f"{error.problem}, line {mark.line + 1}" if mark else str(error)  # type: ignore[attr-defined]
+        raise Sam3dError(f"config file {path} is not readable YAML ({reason}); is it a config?") from None
+    if content is None:
+        raise Sam3dError(f"config file {path} is empty (no settings); pass a YAML config such as kits.yaml")
+    if not isinstance(content, dict) or not CONFIG_SECTIONS & set(content):
+        raise Sam3dError(
+            f"config file {path} holds none of sam3d's sections ({', '.join(sorted(CONFIG_SECTIONS))}); "
+            "is it a config?"
+        )
 
 
 def _with_shipped_configs(argv: list[str]) -> list[str]:

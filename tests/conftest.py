@@ -58,3 +58,15 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sam3d.data.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_cases=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny network trained for one epoch on ``synthetic_root``: its working folder and best checkpoint."""
+    from cli_helpers import synthetic_cli_args
+
+    from sam3d.cli import main
+
+    workdir = tmp_path_factory.mktemp("trained")
+    main(synthetic_cli_args("fit", synthetic_root, workdir))
+    return workdir, next(workdir.glob("runs/**/checkpoints/best-*.ckpt"))

@@ -19,14 +19,6 @@ CONFIG = SYNTHETIC_CONFIG
 _args = synthetic_cli_args
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_root, tmp_path_factory):
-    """A tiny network trained for one epoch, and its working folder."""
-    workdir = tmp_path_factory.mktemp("trained")
-    main(_args("fit", synthetic_root, workdir))
-    return workdir, next(workdir.glob("runs/**/checkpoints/best-*.ckpt"))
-
-
 def _test(root, workdir, checkpoint, *extra):
     main(_args("test", root, workdir, "--ckpt_path", str(checkpoint), *extra))
     folder = next(workdir.glob("runs/**/test"))
