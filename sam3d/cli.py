@@ -65,6 +65,7 @@ CONFIG_SECTIONS |= {"fit", "validate", "test", "predict"}
 # The trainer, logger and callbacks of every run; configs hold only what differs (`--print_config` shows all).
 RUN_DEFAULTS: dict[str, Any] = {
     "trainer.devices": 1,
+    "trainer.precision": "32-true",  # configs/trainer/ddp_bf16.yaml: bf16-mixed
     "trainer.max_epochs": 500,
     "trainer.gradient_clip_val": 1.0,  # per part: see VolumetricSamModule.configure_gradient_clipping
     "trainer.use_distributed_sampler": False,  # the TorchIO queue gives each rank its own subjects
