@@ -59,8 +59,10 @@ def wandb_credentials_present() -> bool:
 NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
 
 # Top-level keys of a config file (the subcommands' for a config given before the subcommand).
-CONFIG_SECTIONS = {"seed_everything", "trainer", "model", "data", "evaluation", "prediction", "ckpt_path"}
-CONFIG_SECTIONS |= {"fit", "validate", "test", "predict"}
+CONFIG_SECTIONS = {
+    *("seed_everything", "trainer", "model", "data", "evaluation", "prediction", "ckpt_path"),
+    *("fit", "validate", "test", "predict"),
+}
 
 # The trainer, logger and callbacks of every run; configs hold only what differs (`--print_config` shows all).
 RUN_DEFAULTS: dict[str, Any] = {
@@ -215,7 +217,7 @@ def _check_config(path: Path) -> None:
         content = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         mark = getattr(error, "problem_mark", None)
-        reason = f"{error.problem}, line {mark.line + 1}" if mark else str(error)  # type: ignore[attr-defined]
+        reason = f"{getattr(error, 'problem', error)}, line {mark.line + 1}" if mark else str(error)
         raise Sam3dError(f"config file {path} is not readable YAML ({reason}); is it a config?") from None
     if content is None:
         raise Sam3dError(f"config file {path} is empty (no settings); pass a YAML config such as kits.yaml")

@@ -127,8 +127,9 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
         try:
             subject[kind].load()
         except Exception as error:  # noqa: BLE001 (gzip, zlib, NiBabel and SimpleITK raise many types)
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            message = f"{kind} voxels are unreadable ({reason}); the file may be truncated: re-export it"
+            message = (
+                f"{kind} voxels are unreadable ({_reason(error)}); the file may be truncated: re-export it"
+            )
             raise _ContentError(message, subject[kind].path) from None
     image, label = subject["image"].data, subject["label"].data
     bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
@@ -245,5 +246,9 @@ def cache_cases(
 
 
 def _problem(case: Case, error: Exception) -> Problem:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return Problem(case.case_id, reason, getattr(error, "path", case.image))
+    return Problem(case.case_id, _reason(error), getattr(error, "path", case.image))
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an error's message (its type if it has none)."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
