@@ -241,3 +241,13 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_pa
     monkeypatch.undo()
     main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
     assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_last_checkpoint_follows_every_epoch_when_validation_is_rarer(synthetic_root, tmp_path):
+    main(
+        _fit_args(
+            synthetic_root, tmp_path, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "3"
+        )
+    )
+    last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
+    assert last["epoch"] == 1
