@@ -88,7 +88,11 @@ RUN_DEFAULTS: dict[str, Any] = {
         {
             # after every training epoch, also when validation runs less often (resume loses at most an epoch)
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"filename": "last", "enable_version_counter": False, "save_on_train_epoch_end": True},
+            "init_args": {
+                "filename": "last",
+                "enable_version_counter": False,
+                "save_on_train_epoch_end": True,
+            },
         },
         {"class_path": "sam3d.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
         {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
