@@ -1,4 +1,4 @@
-"""Lightning callbacks: validation pictures and the per-run copy of the resolved config."""
+"""Lightning callbacks: validation pictures, the per-run copy of the resolved config, reports and masks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import LearningRateMonitor as _LightningLearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
@@ -24,11 +25,35 @@ from sam3d.visualize import orthogonal_slices
 
 
 def run_directory(trainer: L.Trainer) -> Path:
-    """The folder of this run: where its checkpoints, config and pictures go."""
+    """The folder of this run, the parent of its ``checkpoints`` folder (as ``ModelCheckpoint`` places it).
+
+    Called from rank-0-only code, so it must not use ``trainer.log_dir``: that is a collective (a
+    broadcast from rank 0) and would leave the other ranks waiting in a mismatched one.
+    """
     logger = trainer.logger
-    if isinstance(logger, WandbLogger):
-        return Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    if logger is None:
+        return Path(trainer.default_root_dir)
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
+
+
+class LearningRateMonitor(_LightningLearningRateMonitor):
+    """Lightning's learning-rate monitor, idle without a logger (``--trainer.logger false``) instead of failing."""
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Name the parameter groups (only when something will log them)."""
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Log per step, when configured so and a logger exists."""
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        """Log per epoch, when configured so and a logger exists."""
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 class ValidationSlices(L.Callback):
@@ -108,8 +133,9 @@ class RunConfig(SaveConfigCallback):
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Write ``config.yaml`` beside the run's checkpoints (rank 0 only, no collectives)."""
-        folder = run_directory(trainer)
+        """Write ``config.yaml`` beside the run's checkpoints, or beside the masks of ``predict`` (rank 0 only)."""
+        writers = [c for c in trainer.callbacks if isinstance(c, PredictionWriter)]
+        folder = writers[0].output_dir if stage == "predict" and writers else run_directory(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         config = self.config.clone()
         if isinstance(trainer.datamodule, VolumeDataModule):  # the preprocessing that ran, not null/preset
@@ -195,17 +221,16 @@ def _print_table(rows: list[dict[str, Any]], result: dict[str, Any], folder: Pat
 class PredictionWriter(BasePredictionWriter):
     """Writes each predicted mask (and optionally the probability map) as NIfTI in the input scan's geometry.
 
+    The mask threshold is ``evaluation.threshold``, the one that also shapes the prediction itself.
+
     Args:
         output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``).
         probabilities: Also write the foreground probability map.
-        threshold: Foreground probability threshold of the mask.
     """
 
-    def __init__(
-        self, output_dir: str = "predictions", probabilities: bool = False, threshold: float = 0.5
-    ) -> None:
+    def __init__(self, output_dir: str = "predictions", probabilities: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.probabilities, self.threshold = Path(output_dir), probabilities, threshold
+        self.output_dir, self.probabilities = Path(output_dir), probabilities
 
     def write_on_batch_end(
         self,
@@ -223,16 +248,16 @@ class PredictionWriter(BasePredictionWriter):
             print(f"{case.case_id}: skipped: {case.reason}")
             return
         start = time.perf_counter()
-        written, volume_ml = self.write(case.scan, prediction["probability"])
+        written, volume_ml = self.write(case.scan, prediction["probability"], pl_module.evaluation.threshold)
         seconds = prediction["seconds"] + time.perf_counter() - start
         print(
             f"{case.case_id}: {len(case.points)} click(s), {volume_ml:.1f} ml, {seconds:.1f} s -> {written}"
         )
 
-    def write(self, scan: Scan, probability: torch.Tensor) -> tuple[Path, float]:
-        """Write the mask (and probability) of ``probability`` on ``scan``'s grid; the mask file and its mL."""
+    def write(self, scan: Scan, probability: torch.Tensor, threshold: float) -> tuple[Path, float]:
+        """Write the mask (``probability > threshold``) on ``scan``'s grid; the mask file and its mL."""
         probability = to_source_grid(scan, probability, interpolation="linear")
-        mask = (probability > self.threshold).numpy().astype(np.uint8)
+        mask = (probability > threshold).numpy().astype(np.uint8)
         written = write_like(scan.path, mask, self.output_dir / f"{scan.case_id}_mask.nii.gz")
         if self.probabilities:
             write_like(

@@ -8,14 +8,17 @@ sam3d check-dataset --help                                 # utilities: see UTIL
 from __future__ import annotations
 
 import errno
+import logging
 import netrc
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import CLI
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,6 +33,7 @@ from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
+from sam3d.shipped import shipped_file
 
 UTILITIES: dict[str, Callable[..., object]] = {
     **DATA_UTILITIES,
@@ -52,8 +56,50 @@ def wandb_credentials_present() -> bool:
         return False
 
 
-# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see the configs' callbacks).
+# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see RUN_DEFAULTS' callbacks).
 NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
+
+# Top-level keys of a config file (the subcommands' for a config given before the subcommand).
+CONFIG_SECTIONS = {
+    *("seed_everything", "trainer", "model", "data", "evaluation", "prediction", "ckpt_path"),
+    *("fit", "validate", "test", "predict"),
+}
+
+# The trainer, logger and callbacks of every run; configs hold only what differs (`--print_config` shows all).
+RUN_DEFAULTS: dict[str, Any] = {
+    "trainer.devices": 1,
+    "trainer.precision": "32-true",  # configs/trainer/ddp_bf16.yaml: bf16-mixed
+    "trainer.max_epochs": 500,
+    "trainer.gradient_clip_val": 1.0,  # per part: see VolumetricSamModule.configure_gradient_clipping
+    "trainer.use_distributed_sampler": False,  # the TorchIO queue gives each rank its own subjects
+    "trainer.logger": {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"project": "sam3d", "save_dir": "runs", "log_model": False},
+    },
+    "trainer.callbacks": [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # best validation Dice
+            "init_args": {
+                "monitor": "val/dice",
+                "mode": "max",
+                "filename": "best-epoch{epoch:03d}-dice{val/dice:.4f}",
+                "auto_insert_metric_name": False,
+            },
+        },
+        {
+            # after every training epoch, also when validation runs less often (resume loses at most an epoch)
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "filename": "last",
+                "enable_version_counter": False,
+                "save_on_train_epoch_end": True,
+            },
+        },
+        {"class_path": "sam3d.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}},
+        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+        {"class_path": "sam3d.callbacks.ValidationSlices"},
+    ],
+}
 
 
 def newest_checkpoint(root: Path, name: str) -> Path | None:
@@ -101,9 +147,9 @@ class Sam3dCLI(LightningCLI):
     checkpoint_data: dict[str, Any] | None = None  # the data module's state in --ckpt_path's file
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the patch size to the network's crop size; the TorchIO queue does its own DDP sharding."""
+        """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
         parser.link_arguments("data.patch_size", "model.crop_size")
-        parser.set_defaults({"trainer.use_distributed_sampler": False})
+        parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         if any(action.dest == "return_predictions" for action in parser._actions):
@@ -206,10 +252,62 @@ class Sam3dCLI(LightningCLI):
             )
 
 
+def config_file(value: str) -> str:
+    """``--config`` value: a file that exists wins, else the config of that name shipped with sam3d.
+
+    ``kits.yaml``, ``configs/kits.yaml`` and ``trainer/ddp_bf16.yaml`` all name shipped configs, so the
+    README's commands work from any folder after ``pip install``.
+    """
+    path = Path(value).expanduser()
+    if path.is_file():
+        _check_config(path)
+        return value
+    shipped = shipped_file(value.removeprefix("configs/"))
+    return str(shipped) if not path.exists() and shipped.is_file() else value
+
+
+def _check_config(path: Path) -> None:
+    """Refuse, naming the file, a config that is not YAML or holds none of sam3d's sections.
+
+    Misspelt keys inside the sections are left to the parser, whose messages name them.
+    """
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        mark = getattr(error, "problem_mark", None)
+        reason = f"{getattr(error, 'problem', error)}, line {mark.line + 1}" if mark else str(error)
+        raise Sam3dError(f"config file {path} is not readable YAML ({reason}); is it a config?") from None
+    if content is None:
+        raise Sam3dError(f"config file {path} is empty (no settings); pass a YAML config such as kits.yaml")
+    if not isinstance(content, dict) or not CONFIG_SECTIONS & set(content):
+        raise Sam3dError(
+            f"config file {path} holds none of sam3d's sections ({', '.join(sorted(CONFIG_SECTIONS))}); "
+            "is it a config?"
+        )
+
+
+def _with_shipped_configs(argv: list[str]) -> list[str]:
+    resolved = list(argv)
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            resolved[index] = "--config=" + config_file(arg.removeprefix("--config="))
+        elif arg in ("-c", "--config") and index + 1 < len(argv):
+            resolved[index + 1] = config_file(argv[index + 1])
+    return resolved
+
+
+def _not_a_promotional_tip(record: logging.LogRecord) -> bool:
+    """Log filter that drops Lightning's "💡 Tip: try installing ..." advertisements."""
+    return not record.getMessage().startswith("💡 Tip")
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``sam3d`` console script (also ``python -m sam3d``)."""
     argv = list(sys.argv[1:] if args is None else args)
     torch.set_float32_matmul_precision("high")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_promotional_tip)
+    # The arguments always go in explicitly (with shipped configs resolved): nothing to warn about.
+    warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)
     try:
         if argv and argv[0] in UTILITIES:
             CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
@@ -223,7 +321,8 @@ def main(args: Sequence[str] | None = None) -> None:
             trainer_defaults={"callbacks": [TestReport()]},
             seed_everything_default=0,
             parser_kwargs={"prog": "sam3d", "version": __version__, "description": DESCRIPTION},
-            args=args,
+            auto_configure_optimizers=False,  # the module's recipe is the optimiser; no --optimizer options
+            args=_with_shipped_configs(argv),
         )
     except Sam3dError as error:
         sys.exit(f"sam3d: error: {error}")

@@ -38,7 +38,7 @@ class EvaluationSettings:
         repeats: Repeats with different seeds (mean and standard deviation across repeats).
         seed: Base seed of the clicks.
         tolerance_mm: Normalised surface Dice tolerance.
-        threshold: Foreground probability threshold.
+        threshold: Foreground probability threshold (test metrics, and the masks `sam3d predict` writes).
         cache_size: Crop encodings kept per case for correction clicks and repeats (0: none).
     """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 from functools import cache
@@ -28,9 +29,14 @@ from sam3d.visualize import orthogonal_slices, png_bytes
 Batch = dict[str, Any]
 
 
-@cache
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file, read in chunks (cached per path for the process)."""
+    """SHA-256 of a file, read in chunks (cached for the process while its size and modification time hold)."""
+    status = os.stat(path)
+    return _sha256(path, status.st_size, status.st_mtime_ns)
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 24), b""):

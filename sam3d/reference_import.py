@@ -27,8 +27,9 @@ def import_reference(checkpoint: str, output: str) -> str:
     target = Path(output)
     if target.exists():
         raise Sam3dError(f"{target} already exists; choose another --output or remove it")
+    net = load_reference_checkpoint(checkpoint)  # checks the file before anything else is built
     module = VolumetricSamModule(variant="vit_b", store_frozen_weights=True)
-    module.net.load_state_dict(load_reference_checkpoint(checkpoint).state_dict())
+    module.net.load_state_dict(net.state_dict())
     state = {
         "state_dict": module.state_dict(),
         "hyper_parameters": dict(module.hparams),

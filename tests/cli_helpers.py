@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,26 @@ class HangAt(L.Callback):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             self.marker.write_text(f"epoch {self.epoch} batch {self.batch}")
             time.sleep(600)
+
+
+class RecordTrainingCases(L.Callback):
+    """Writes the case ids each rank trained on, per epoch, to ``<folder>/rank<global rank>.json``.
+
+    Passed to ``sam3d fit`` subprocesses with ``--trainer.callbacks+=`` (``tests/`` on ``PYTHONPATH``).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.seen = Path(folder), {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, set()).update(batch["case_id"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cases = {epoch: sorted(ids) for epoch, ids in self.seen.items()}
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(cases))
+
+
+def record_training_cases(folder: Path) -> str:
+    """The ``--trainer.callbacks+=`` value that adds :class:`RecordTrainingCases` writing to ``folder``."""
+    return json.dumps({"class_path": "cli_helpers.RecordTrainingCases", "init_args": {"folder": str(folder)}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,30 @@ import torch
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+_TOOL_FOLDERS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+
+def _files_under(folder: Path) -> set[str]:
+    found = set()
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if name not in _TOOL_FOLDERS]
+        found.update(os.path.relpath(os.path.join(parent, name), folder) for name in folders + files)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _working_folder_stays_clean() -> Iterator[None]:
+    """The tests, and the commands they run, leave no file behind in the working folder."""
+    folder = Path.cwd()
+    before = _files_under(folder)
+    yield
+    after = _files_under(folder)
+    assert after == before, (
+        f"the tests changed the working folder {folder}: added {sorted(after - before)[:20]}, "
+        f"removed {sorted(before - after)[:20]}"
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +62,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny network trained for one epoch on the synthetic phantoms: its working folder and best checkpoint."""
+    """A tiny network trained for one epoch on ``synthetic_root``: its working folder and best checkpoint."""
     from cli_helpers import synthetic_cli_args
 
     from sam3d.cli import main

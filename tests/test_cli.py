@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import synthetic_cli_args
+import yaml
+from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
 
 from sam3d.cli import main
-from sam3d.data import VolumeDataModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -38,6 +37,57 @@ def test_every_config_parses(config, tmp_path, capsys):
     assert "data:" in capsys.readouterr().out
 
 
+def test_dataset_configs_write_out_the_paper_preprocessing():
+    from sam3d.data.catalog import PRESETS
+
+    for name, preset in PRESETS.items():
+        data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["data"]
+        labels = data["target_label"] if isinstance(data["target_label"], list) else [data["target_label"]]
+        assert tuple(labels) == preset.target_labels, name
+        assert tuple(data["intensity_window"]) == preset.window, name
+        assert (data["mean"], data["std"]) == (preset.mean, preset.std), name
+
+
+def test_run_defaults_compose_with_a_dataset_config_and_the_command_line(tmp_path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", str(tmp_path)]
+    extra = ["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor=val/dice", "--print_config"]
+    with pytest.raises(SystemExit):
+        main([*args, *extra])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callbacks = [callback["class_path"].rsplit(".", 1)[1] for callback in printed["trainer"]["callbacks"]]
+    assert callbacks == [
+        "ModelCheckpoint",
+        "ModelCheckpoint",
+        "LearningRateMonitor",
+        "RichProgressBar",
+        "ValidationSlices",
+        "EarlyStopping",
+    ]
+    logger = printed["trainer"]["logger"]
+    assert logger["class_path"].endswith("WandbLogger")
+    assert (logger["init_args"]["name"], logger["init_args"]["save_dir"]) == ("kits-fold0", "runs")
+    assert (printed["trainer"]["max_epochs"], printed["trainer"]["gradient_clip_val"]) == (500, 1.0)
+    assert "optimizer" not in printed
+    assert "lr_scheduler" not in printed
+    assert "threshold" not in printed["prediction"]
+
+
+def test_optimizer_options_are_not_offered(capsys):
+    message = _error_of(
+        ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--optimizer", "Adam"], capsys
+    )
+    assert "optimizer" in message
+
+
+def test_fit_without_a_logger_keeps_its_run_under_the_root_dir(synthetic_root, tmp_path, capfd):
+    main(_fit_args(synthetic_root, tmp_path, "--trainer.logger", "false"))
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert list((tmp_path / "pictures").glob("val_epoch*.png"))
+    captured = capfd.readouterr()
+    assert "Tip:" not in captured.out + captured.err  # Lightning's promotional tips are silenced
+
+
 def test_ddp_bf16_overlay_composes(tmp_path, capsys):
     args = ["fit", "-c", str(CONFIGS / "kits.yaml"), "-c", str(CONFIGS / "trainer" / "ddp_bf16.yaml")]
     with pytest.raises(SystemExit):
@@ -47,6 +97,19 @@ def test_ddp_bf16_overlay_composes(tmp_path, capsys):
     assert "strategy: ddp" in printed
     assert "use_distributed_sampler: false" in printed
     assert "variant: vit_b" in printed
+
+
+def test_config_names_a_shipped_config_unless_such_a_file_exists(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "-c", "kits.yaml", "--config=configs/trainer/ddp_bf16.yaml", "--data.root", "x"]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data"]["dataset"], printed["trainer"]["strategy"]) == ("kits", "ddp")
+    (tmp_path / "kits.yaml").write_text("data:\n  dataset: lits\n")
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["dataset"] == "lits"
 
 
 def test_help_and_version_from_a_subprocess():
@@ -86,6 +149,26 @@ def test_unknown_variant(capsys):
         ["fit", "-c", str(CONFIGS / "kits.yaml"), "--data.root", "x", "--model.variant", "vit_s"], capsys
     )
     assert "vit_s" in message
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", "--data.std", "-1"],
+            "std must be positive",
+        ),
+        (
+            ["fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", "--data.target_spacing", "0"],
+            "spacing",
+        ),
+        (["make-synthetic", "unused", "--num_cases", "0"], "num_cases must be >= 1"),
+    ],
+)
+def test_config_mistakes_are_messages_not_tracebacks(args, expected, capsys):
+    message = _error_of(args, capsys)
+    assert message.startswith("sam3d: error:")
+    assert expected in message
 
 
 def test_sam_checkpoint_that_does_not_exist(synthetic_root, tmp_path, capsys):
@@ -136,38 +219,6 @@ def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path):
     main(["validate", *_fit_args(synthetic_root, tmp_path, "--ckpt_path", str(best))[1:]])
 
 
-@pytest.mark.slow
-def test_two_process_ddp_fit_on_cpu_with_activation_checkpointing(synthetic_root, tmp_path):
-    args = _fit_args(
-        synthetic_root,
-        tmp_path,
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.devices",
-        "2",
-        "--trainer.max_epochs",
-        "2",
-        "--model.activation_checkpointing",
-        "true",
-    )
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "sam3d", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Grad strides do not match bucket view strides" not in result.stderr
-    last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
-    assert last["epoch"] == 1
-    # each rank trains on its own half of the subjects: an epoch has half as many steps as on one process
-    train_cases = len(VolumeDataModule(root=synthetic_root, target_label=1).cases("train"))
-    assert last["global_step"] == 2 * (train_cases // 2)
-
-
 def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch):
     import errno
 
@@ -190,3 +241,13 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_pa
     monkeypatch.undo()
     main(_fit_args(synthetic_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
     assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
+def test_last_checkpoint_follows_every_epoch_when_validation_is_rarer(synthetic_root, tmp_path):
+    main(
+        _fit_args(
+            synthetic_root, tmp_path, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "3"
+        )
+    )
+    last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
+    assert last["epoch"] == 1

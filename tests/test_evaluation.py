@@ -133,6 +133,31 @@ def test_predict_writes_masks_in_each_scans_own_geometry(shared_ct_root, trained
     assert not (output / scans[1].name.replace(".nii.gz", "_mask.nii.gz")).exists()
 
 
+def test_predict_masks_use_the_one_threshold_and_keep_their_config(synthetic_root, trained, tmp_path):
+    _, checkpoint = trained
+    scan = min((synthetic_root / "imagesTr").glob("*.nii.gz"))
+    label = np.asarray(nib.load(synthetic_root / "labelsTr" / scan.name).dataobj)
+    i, j, k = np.argwhere(label > 0)[len(np.argwhere(label > 0)) // 2]
+    clicks = _write_clicks(tmp_path / "clicks.csv", [(scan.name, i, j, k, "voxel", "positive")])
+    output = tmp_path / "masks"
+    settings = {
+        "--ckpt_path": checkpoint,
+        "--data.predict_scans": json.dumps([str(scan)]),
+        "--data.predict_clicks": clicks,
+        "--prediction.output_dir": output,
+        "--prediction.probabilities": "true",
+        "--evaluation.threshold": 0.3,
+        "--trainer.logger": "false",
+    }
+    main(["predict", "--config", str(CONFIG), *(str(x) for kv in settings.items() for x in kv)])
+    case = scan.name.removesuffix(".nii.gz")
+    probability = np.asarray(nib.load(output / f"{case}_probability.nii.gz").dataobj)
+    mask = np.asarray(nib.load(output / f"{case}_mask.nii.gz").dataobj)
+    assert ((probability > 0.3) != (probability > 0.5)).any()  # the threshold makes a difference here
+    np.testing.assert_array_equal(mask, probability > 0.3)
+    assert (output / "config.yaml").is_file()  # what made the masks, beside them
+
+
 def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
     _, checkpoint = trained
     with pytest.raises(SystemExit) as exit_info:

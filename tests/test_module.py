@@ -118,3 +118,17 @@ def test_random_sam_weights_stay_in_the_checkpoint(module):
 def test_foreign_checkpoint_is_refused(module):
     with pytest.raises(CheckpointError, match="not written by sam3d"):
         module.on_load_checkpoint({"state_dict": {}})
+
+
+def test_file_hash_follows_a_file_rewritten_in_place(tmp_path):
+    import os
+
+    from sam3d.module import file_sha256
+
+    path = tmp_path / "sam.pth"
+    path.write_bytes(b"first")
+    first = file_sha256(str(path))
+    path.write_bytes(b"other")  # same path and size, new content
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert file_sha256(str(path)) != first
+    assert file_sha256(str(path)) == file_sha256(str(path))

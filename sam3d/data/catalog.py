@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
@@ -104,11 +104,31 @@ def _discover_kits(root: Path) -> dict[str, Case]:
     return cases
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file's content, or a :class:`DatasetError` naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{what} {path} is not readable JSON ({error}); fix or re-export it") from None
+
+
+def _msd_listing(root: Path) -> dict[str, Any]:
+    listing = root / "dataset.json"
+    content = _read_json(listing, "MSD listing")
+    if not isinstance(content, dict) or not isinstance(content.get("training", []), list):
+        raise DatasetError(
+            f'MSD listing {listing} must hold {{"training": [{{"image": ..., "label": ...}}]}}'
+        )
+    return content
+
+
 def _discover_msd(root: Path) -> dict[str, Case]:
     cases = {}
     listing = root / "dataset.json"
     if listing.exists():
-        entries = json.loads(listing.read_text()).get("training", [])
+        entries = _msd_listing(root).get("training", [])
+        if not all(isinstance(entry, dict) and "image" in entry and "label" in entry for entry in entries):
+            raise DatasetError(f'MSD listing {listing}: every "training" entry needs "image" and "label"')
         pairs = [(root / entry["image"], root / entry["label"]) for entry in entries]
     else:
         pairs = [(path, root / "labelsTr" / path.name) for path in sorted((root / "imagesTr").glob("*"))]
@@ -154,14 +174,19 @@ def _discover_manifest(path: Path) -> Catalog:
     base = path.parent
     target: tuple[int, ...] | None = None
     if path.suffix.lower() == ".json":
-        content = json.loads(path.read_text())
+        content = _read_json(path, "manifest")
         rows = content.get("cases", []) if isinstance(content, dict) else content
+        if not isinstance(rows, list):
+            raise DatasetError(f'manifest {path} must list cases: [{{"image": ..., "label": ...}}, ...]')
         if isinstance(content, dict) and "target_label" in content:
             target = _parse_labels(content["target_label"], str(path))
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        values = {row.get("target_label", "").strip() for row in rows} - {""}
+        try:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise DatasetError(f"manifest {path} is not a readable CSV file ({error})") from None
+        values = {(row.get("target_label") or "").strip() for row in rows} - {""}
         if len(values) > 1:
             raise DatasetError(
                 f"{path}: the target_label column must hold one value for all rows, got {values}"
@@ -186,10 +211,10 @@ def _discover_manifest(path: Path) -> Catalog:
 
 
 def _msd_target(root: Path) -> tuple[int, ...] | None:
-    listing = root / "dataset.json"
-    if not listing.exists():
+    if not (root / "dataset.json").exists():
         return None
-    labels = {int(key) for key in json.loads(listing.read_text()).get("labels", {})} - {0}
+    keys = _msd_listing(root).get("labels", {})
+    labels = {int(key) for key in keys if str(key).strip().isdigit()} - {0}
     return tuple(labels) if len(labels) == 1 else None
 
 

@@ -29,6 +29,7 @@ from sam3d.data.training.patches import (
     collate_patches,
 )
 from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
+from sam3d.errors import Sam3dError
 
 __all__ = ["VolumeDataModule"]
 
@@ -137,9 +138,9 @@ class VolumeDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if dataset not in ("kits", "pancreas", "lits", "colon", "msd", "manifest"):
-            raise ValueError(f"dataset must be kits, pancreas, lits, colon, msd or manifest, got {dataset!r}")
+            raise Sam3dError(f"dataset must be kits, pancreas, lits, colon, msd or manifest, got {dataset!r}")
         if len(patch_size) != 3 or not all(isinstance(n, int) and n >= 8 for n in patch_size):
-            raise ValueError(f"patch_size must be three integers >= 8, got {patch_size!r}")
+            raise Sam3dError(f"patch_size must be three integers >= 8, got {patch_size!r}")
         for name, value, low in [
             ("fold", fold, 0),
             ("batch_size", batch_size, 1),
@@ -150,19 +151,19 @@ class VolumeDataModule(L.LightningDataModule):
             ("num_context_clicks", num_context_clicks, 0),
         ]:
             if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise Sam3dError(f"{name} must be an integer >= {low}, got {value!r}")
         if intensity_window is not None and not intensity_window[0] < intensity_window[1]:
-            raise ValueError(
+            raise Sam3dError(
                 f"intensity_window must be (low, high) with low < high, got {intensity_window!r}"
             )
         if std is not None and std <= 0:
-            raise ValueError(f"std must be positive, got {std}")
+            raise Sam3dError(f"std must be positive, got {std}")
         if len(pos_neg_ratio) != 2 or min(pos_neg_ratio) < 0 or sum(pos_neg_ratio) <= 0:
-            raise ValueError(
+            raise Sam3dError(
                 f"pos_neg_ratio must be two non-negative numbers, not both 0, got {pos_neg_ratio!r}"
             )
         if click_mode not in ("reference", "labelled"):
-            raise ValueError(f"click_mode must be 'reference' or 'labelled', got {click_mode!r}")
+            raise Sam3dError(f"click_mode must be 'reference' or 'labelled', got {click_mode!r}")
         self.root = Path(root).expanduser() if root is not None else None
         self.dataset, self.fold = dataset, fold
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks

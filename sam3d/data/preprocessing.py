@@ -134,7 +134,9 @@ class RequestedPreprocessing:
         if isinstance(target_spacing, int | float):
             target_spacing = (target_spacing,) * 3
         if target_spacing is not None and (len(target_spacing) != 3 or min(target_spacing) <= 0):
-            raise ValueError(f"target_spacing must be one or three positive numbers, got {target_spacing!r}")
+            raise DatasetError(
+                f"data.target_spacing must be one or three positive numbers, got {target_spacing!r}"
+            )
         labels = [target_label] if isinstance(target_label, int) else target_label
         return cls(
             spacing=_floats(target_spacing) if target_spacing is not None else None,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sam3d.data.catalog import Catalog
 from sam3d.data.errors import DatasetError, Problem
+from sam3d.shipped import shipped_file
 
 __all__ = [
     "FORMAT",
@@ -35,7 +36,7 @@ __all__ = [
 
 FORMAT = "sam3d-splits/1"
 PARTS = ("train", "val", "test")
-SHIPPED_SPLITS = Path(__file__).resolve().parents[2] / "configs" / "splits"
+SHIPPED_SPLITS = shipped_file("splits")  # the authors' folds, in the package
 
 Entry = dict[str, str]
 Fold = dict[str, list[Entry]]

@@ -28,11 +28,13 @@ def intensity_statistics(samples: Sequence[Sequence[float]]) -> tuple[tuple[floa
         deviation of the pooled values clipped to that window.
 
     Raises:
-        ValueError: If no case has foreground voxels.
+        DatasetError: If no case has foreground voxels.
     """
     pooled = torch.tensor([value for case in samples for value in case], dtype=torch.float64)
     if pooled.numel() == 0:
-        raise ValueError("no foreground voxels to compute intensity statistics from")
+        raise DatasetError(
+            "no foreground voxels to compute intensity statistics from: the label maps are all empty"
+        )
     low, high = (float(torch.quantile(pooled, q / 100)) for q in PERCENTILES)
     clipped = pooled.clamp(low, high)
     std = float(clipped.std()) if pooled.numel() > 1 else 0.0

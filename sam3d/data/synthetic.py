@@ -16,6 +16,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from sam3d.data.errors import DatasetError
+
 __all__ = ["make_synthetic_dataset"]
 
 
@@ -120,7 +122,7 @@ def make_synthetic_dataset(
         The dataset folder, usable with ``dataset="msd"`` (label 1 = lesion).
     """
     if num_cases < 1:
-        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+        raise DatasetError(f"num_cases must be >= 1, got {num_cases}")
     root = Path(root).expanduser()
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)

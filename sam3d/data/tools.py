@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sam3d.data.catalog import PRESETS, DatasetName, discover
-from sam3d.data.errors import DatasetError, Problem, format_problems
+from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.splits import folds_from_catalog, save_splits
 from sam3d.data.stats import intensity_statistics
 from sam3d.data.synthetic import make_synthetic_dataset
@@ -66,11 +66,11 @@ def _cached(
 def check_dataset(
     root: str,
     dataset: DatasetName = "msd",
-    target_label: list[int] | None = None,
+    target_label: int | list[int] | None = None,
     spacing: float = 1.0,
     cache_dir: str | None = None,
 ) -> int:
-    """Check every case of a dataset before training and list all problem cases.
+    """Check every case of a dataset before training and list all problem cases (exit status 1 if any).
 
     Reads every header and every voxel: missing or unreadable files, non-3D or multi-channel images,
     image/label shape or geometry mismatch, absurd spacing, NaN/inf voxels, labels without the target.
@@ -78,15 +78,19 @@ def check_dataset(
     Args:
         root: Dataset folder (the manifest file for dataset=manifest).
         dataset: Layout of the dataset.
-        target_label: Label value(s) to segment; default: the dataset's.
+        target_label: Label value(s) to segment, e.g. 2 or [1, 2]; default: the dataset's.
         spacing: Resampling voxel size in mm used for the check (and the cache, if kept).
         cache_dir: Keep the resampled volumes in this cache folder (else a temporary one is used).
 
     Returns:
-        The number of problem cases (0 when the dataset is usable).
+        The number of cases, all usable.
+
+    Raises:
+        DatasetError: Listing every problem case.
     """
     cached, problems, total = _cached(root, dataset, spacing, cache_dir)
-    targets = set(target_label or (PRESETS[dataset].target_labels if dataset in PRESETS else ()))
+    labels = [target_label] if isinstance(target_label, int) else target_label
+    targets = set(labels or (PRESETS[dataset].target_labels if dataset in PRESETS else ()))
     if not targets:
         targets = set(discover(root, dataset).target_labels or ())
     for case in cached.values():
@@ -99,12 +103,11 @@ def check_dataset(
                     case.case.label,
                 )
             )
-    bad = len({problem.case_id for problem in problems})
     if problems:
-        print(f"{bad} of {total} cases have problems:\n{format_problems(problems)}")
-    else:
-        print(f"all {total} cases are usable")
-    return bad
+        bad = len({problem.case_id for problem in problems})
+        raise DatasetError(f"{bad} of {total} cases have problems; fix or remove them:", problems)
+    print(f"all {total} cases are usable")
+    return total
 
 
 def dataset_stats(

@@ -6,7 +6,6 @@ Every file is read with ``torch.load(weights_only=True)``: tensors and plain con
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,18 +36,27 @@ def load_weights_file(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist (or is not a file); check the path")
+    with path.open("rb") as stream:
+        head = stream.read(2)
+    # torch.save writes a zip archive ("PK"); files of older torch versions are pickles (protocol opcode 0x80).
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        kind = "empty" if not head else "not a PyTorch file (another kind of file, or corrupt)"
+        raise CheckpointError(f"{what} {path} is {kind}; check the path, or download or export it again")
     try:
         with torch.serialization.safe_globals(_NUMPY_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        details = str(error).split("WeightsUnpickler error:")[-1].strip()  # torch's own advice is not ours
         raise CheckpointError(
             f"{what} {path} contains objects other than tensors and plain containers, so it was not "
-            f"loaded (weights_only=True protects against code in pickles): {error}"
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+            f"loaded (weights_only=True protects against code in pickles): {(details.splitlines() or [''])[0]}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (a damaged archive or pickle raises many types)
+        reason = f"{type(error).__name__}: {error}".splitlines()[0].split(". ")[0]  # torch appends advice
         raise CheckpointError(
-            f"{what} {path} could not be read as a PyTorch file (truncated or corrupt? download it again): {error}"
-        ) from error
+            f"{what} {path} could not be read as a PyTorch file (truncated or corrupt? download or export "
+            f"it again): {reason}"
+        ) from None
 
 
 def _describe_sam(state: Mapping[str, torch.Tensor]) -> tuple[str, str]:

@@ -17,8 +17,7 @@ from sam3d.models.patch_embedding import can_fold, direct_patch_embedding, folde
 from sam3d.models.window_attention import (
     WindowAttention3D,
     shifted_window_mask,
-    window_partition,
-    window_unpartition,
+    window_order,
 )
 
 
@@ -44,6 +43,9 @@ class SpatialAdapter(nn.Module):
 class Block3D(nn.Module):
     """Adapter, (shifted) 3D window attention and SAM's MLP, each residual."""
 
+    window_order: torch.Tensor
+    token_order: torch.Tensor
+
     def __init__(
         self,
         dim: int,
@@ -62,7 +64,9 @@ class Block3D(nn.Module):
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=4 * dim, act=nn.GELU)
         self.window_size = window_size
         self.shift = shift
-        self.grid = grid
+        order = window_order(grid, window_size, shift)
+        self.register_buffer("window_order", order, persistent=False)
+        self.register_buffer("token_order", torch.argsort(order), persistent=False)
 
     def forward(
         self, x: torch.Tensor, shift_mask: torch.Tensor | None = None, checkpoint_attention: bool = False
@@ -80,16 +84,11 @@ class Block3D(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def _attention_branch(self, x: torch.Tensor, shift_mask: torch.Tensor | None) -> torch.Tensor:
-        shortcut = x
-        x = self.norm1(x)
-        dims = (1, 2, 3)
-        if self.shift:
-            x = torch.roll(x, shifts=(-self.shift,) * 3, dims=dims)
-        x = self.attn(window_partition(x, self.window_size), shift_mask)
-        x = window_unpartition(x, self.window_size, self.grid)
-        if self.shift:
-            x = torch.roll(x, shifts=(self.shift,) * 3, dims=dims)
-        return shortcut + x
+        b, c = x.shape[0], x.shape[-1]
+        tokens = self.norm1(x).view(b, -1, c)
+        windows = tokens.index_select(1, self.window_order).view(-1, self.window_size**3, c)
+        attended = self.attn(windows, shift_mask).view(b, -1, c).index_select(1, self.token_order)
+        return x + attended.view(x.shape)
 
 
 def _neck(in_dim: int, out_dim: int) -> nn.Sequential:

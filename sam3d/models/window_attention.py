@@ -25,12 +25,15 @@ def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window**3, c)
 
 
-def window_unpartition(windows: torch.Tensor, window: int, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition` for a token grid ``(D, H, W)``."""
-    d, h, w = grid
-    c = windows.shape[-1]
-    x = windows.view(-1, d // window, h // window, w // window, window, window, window, c)
-    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(-1, d, h, w, c)
+def window_order(grid: tuple[int, int, int], window: int, shift: int) -> torch.Tensor:
+    """Token indices (row-major over ``grid``) in the order of :func:`window_partition` after a cyclic shift.
+
+    The shift is by ``-shift`` on every axis; one gather by this order replaces the roll and the partition.
+    """
+    index = torch.arange(grid[0] * grid[1] * grid[2]).view(1, *grid, 1)
+    if shift:
+        index = torch.roll(index, shifts=(-shift,) * 3, dims=(1, 2, 3))
+    return window_partition(index, window).flatten()
 
 
 def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> torch.Tensor:
@@ -153,9 +156,8 @@ class WindowAttention3D(nn.Module):
     ) -> torch.Tensor:
         bw, heads, n, head_dim = q.shape
         window = self.window_size
-        # A copy: the relative-position terms keep their queries for the backward pass, and a view would
-        # keep the whole qkv projection alive with them.
-        q = q.contiguous()
+        if torch.is_grad_enabled():  # the relative-position terms keep their queries for the backward
+            q = q.contiguous()  # pass, and a view would keep the whole qkv projection alive with them
         relative = torch.cat(relative_position_terms(q, self._tables(), window), dim=-1)
         query = torch.cat([q * head_dim**-0.5, self.rel_pos_scale * relative.view(bw, heads, n, -1)], dim=-1)
         positions = key_positions(window, q.device, k.dtype).expand(bw, heads, n, 3 * window)

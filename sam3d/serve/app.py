@@ -154,7 +154,7 @@ def create_app(
     Args:
         net: The network, on its device, in eval mode.
         preprocessing: The checkpoint's preprocessing.
-        writer: The ``predict`` writer: output folder, mask threshold, probabilities.
+        writer: The ``predict`` writer: output folder, probabilities.
         scans: Scan files listed on the page.
         settings: Segmentation settings and limits.
         forward_context: Context of every network call (the trainer's precision).
@@ -204,7 +204,7 @@ def create_app(
                 "problems": problems or [],
                 "protocol": settings.view.protocol,
                 "crop_size": list(net.config.crop_size),
-                "threshold": writer.threshold,
+                "threshold": settings.view.threshold,
                 "window": list(preprocessing.window),
                 "output_dir": str(writer.output_dir),
                 "version": __version__,

@@ -43,7 +43,7 @@ class ViewSettings:
 
     Args:
         protocol: ``paper`` or ``full``, as ``sam3d predict`` (``--evaluation.protocol``).
-        threshold: Probability level the ``full`` protocol follows the object at (``--evaluation.threshold``).
+        threshold: Probability level of the mask, also where ``full`` follows the object (``--evaluation.threshold``).
         cache_size: Crop encodings kept per page (``--evaluation.cache_size``).
         max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
     """
@@ -112,7 +112,7 @@ class ScanView:
         net: The network, on its device, in eval mode.
         scan: The scan, loaded with its intensities (:func:`open_scan`).
         settings: Protocol, threshold and cache size.
-        writer: The ``predict`` writer (output folder, mask threshold, probabilities).
+        writer: The ``predict`` writer (output folder, probabilities).
         forward_context: Context of every network call (the trainer's precision: autocast for bf16).
     """
 
@@ -127,6 +127,7 @@ class ScanView:
         if scan.intensities is None:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
         self.scan, self.writer, self.forward_context = scan, writer, forward_context
+        self.threshold = settings.threshold
         self.session = ClickSession(
             net, scan.image, settings.protocol, settings.threshold, settings.cache_size
         )
@@ -202,8 +203,8 @@ class ScanView:
 
     @property
     def mask(self) -> torch.Tensor:
-        """The mask on the network grid, at the writer's threshold (what Save writes)."""
-        return self.session.probability > self.writer.threshold
+        """The mask on the network grid at ``evaluation.threshold`` (what Save writes)."""
+        return self.session.probability > self.threshold
 
     def volume_ml(self) -> float:
         """The mask's volume on the network grid in mL."""
@@ -258,7 +259,7 @@ class ScanView:
             raise Sam3dError("nothing to save yet: click inside the object first")
         clicks = self.writer.output_dir / f"{self.scan.case_id}_clicks.csv"
         try:
-            mask, volume_ml = self.writer.write(self.scan, self.session.probability)
+            mask, volume_ml = self.writer.write(self.scan, self.session.probability, self.threshold)
             clicks.write_text(self.clicks_csv())
         except OSError as error:
             raise Sam3dError(

@@ -64,15 +64,16 @@ def test_all_problem_cases_reported_at_once_at_setup(tmp_path, volumes):
     assert "case_5:" not in message
 
 
-def test_check_dataset_lists_every_problem_case(tmp_path, capsys, volumes):
-    from sam3d.data.tools import check_dataset
+def test_check_dataset_lists_every_problem_case_and_exits_non_zero(tmp_path, volumes):
+    from sam3d.cli import main
 
     root = broken_dataset(tmp_path, volumes)
-    assert check_dataset(str(root), "msd", [1]) == 5
-    out = capsys.readouterr().out
-    assert "5 of 6 cases have problems" in out
-    assert all(f"case_{i}:" in out for i in range(5))
-    assert "case_5:" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-dataset", str(root), "--target_label", "1", "--cache_dir", str(tmp_path / "cache")])
+    message = str(exit_info.value.code)
+    assert message.startswith("sam3d: error: 5 of 6 cases have problems")
+    assert all(f"case_{i}:" in message for i in range(5))
+    assert "case_5:" not in message
 
 
 def test_problem_messages_for_geometry_2d_and_spacing(tmp_path, volumes):
@@ -97,7 +98,8 @@ def test_problem_messages_for_geometry_2d_and_spacing(tmp_path, volumes):
     assert "case_3" not in text
     from sam3d.data.tools import check_dataset
 
-    assert check_dataset(str(root), "msd", [1]) == 3
+    with pytest.raises(DatasetError, match="3 of 4 cases have problems"):
+        check_dataset(str(root), "msd", [1])
 
 
 def test_target_label_absent_everywhere_is_an_error_and_in_some_cases_a_warning(tmp_path, volumes):
@@ -155,3 +157,29 @@ def test_patch_larger_than_volume_is_padded_with_a_warning(tmp_path, blob_root):
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape[2:] == (32, 40, 32)
     assert val["label"].sum() == 216
+
+
+def test_a_full_disk_while_caching_names_the_cache_folder_and_keeps_finished_entries(
+    tmp_path, blob_root, monkeypatch
+):
+    import errno
+
+    import nibabel
+
+    original_save, saved = nibabel.save, []
+
+    def fills_the_disk(image, path):
+        if len(saved) == 2:  # the first case's image and label fit on the disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        saved.append(path)
+        original_save(image, path)
+
+    monkeypatch.setattr(nibabel, "save", fills_the_disk)
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        DatasetError, match=rf"the disk holding the cache folder {re.escape(str(cache))} is full"
+    ):
+        datamodule(blob_root, tmp_path).prepare_data()
+    entries = list(cache.iterdir())
+    assert len(entries) == 1  # no half-written entry of the second case
+    assert (entries[0] / "meta.json").is_file()

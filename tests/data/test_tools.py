@@ -32,7 +32,7 @@ def test_dataset_stats_of_synthetic_lesions(tmp_path, synthetic_root):
 
 def test_make_synthetic_and_check_dataset_agree(tmp_path, capsys):
     root = make_synthetic(str(tmp_path / "syn"), num_cases=2, seed=4)
-    assert UTILITIES["check-dataset"](root, "msd") == 0
+    assert UTILITIES["check-dataset"](root, "msd") == 2
     assert "all 2 cases are usable" in capsys.readouterr().out
 
 

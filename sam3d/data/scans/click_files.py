@@ -187,6 +187,8 @@ def read_clicks(path: str | Path) -> dict[str, list[Click]]:
         clicks, errors = _read_csv(path) if suffix == ".csv" else _read_json(path)
     except UnicodeDecodeError:
         raise DatasetError(f"clicks file {path} is not a text file") from None
+    except csv.Error as error:
+        raise DatasetError(f"clicks file {path} is not a readable CSV file ({error})") from None
     if errors:
         raise DatasetError(
             f"clicks file {path} has {len(errors)} invalid entries:",

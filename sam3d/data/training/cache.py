@@ -10,6 +10,7 @@ two processes caching the same case at once are harmless.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -191,10 +192,22 @@ def cache_cases(
             cached[case.case_id] = cache_case(case, cache_dir, spacing)
         except DatasetError as error:  # the file's problems, each naming the file
             problems += [Problem(case.case_id, p.message, p.path) for p in error.problems]
-        except (ValueError, RuntimeError, OSError, AssertionError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            problems.append(Problem(case.case_id, reason, getattr(error, "path", case.image)))
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise DatasetError(
+                    f"the disk holding the cache folder {cache_dir} is full ({error.strerror}); free space "
+                    "there or set data.cache_dir to a folder on another disk, then run again"
+                ) from None
+            problems.append(_problem(case, error))
+        except Exception as error:  # noqa: BLE001 (truncated or corrupt files raise EOFError, zlib.error, ...)
+            problems.append(_problem(case, error))
     return cached, problems
+
+
+def _problem(case: Case, error: Exception) -> Problem:
+    """The first line of an error's message (its type if it has none), naming the file."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return Problem(case.case_id, reason, getattr(error, "path", case.image))
 
 
 def cache_usable(cases: list[Case], cache_dir: Path, spacing: tuple[float, float, float]) -> list[CachedCase]:
