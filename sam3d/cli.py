@@ -22,6 +22,7 @@ import yaml
 from jsonargparse import CLI
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
 from sam3d.callbacks import PredictionWriter, RunConfig, TestReport
@@ -250,6 +251,17 @@ class Sam3dCLI(LightningCLI):
             print(
                 "W&B: no credentials found, logging offline (upload later with `wandb sync`)", file=sys.stderr
             )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's Trainer; a combination of trainer settings it refuses is an error naming them."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, TypeError, ValueError) as error:
+            raise Sam3dError(
+                f"the trainer settings do not fit this machine or each other: {error}. Check --trainer.accelerator, "
+                "--trainer.devices, --trainer.strategy and --trainer.precision (and any trainer overlay, e.g. "
+                "trainer/ddp_bf16.yaml, which asks for every GPU)"
+            ) from None
 
 
 def config_file(value: str) -> str:
