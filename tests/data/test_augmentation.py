@@ -39,6 +39,15 @@ def test_a_warped_crop_reads_only_inside_its_footprint(warp):
     assert warp_region(torch.nn.functional.pad(smaller, (0, 0, 0, 0, 2, 2)), warp, size).min() < 0.99
 
 
+@pytest.mark.parametrize("warp", [Warp(), *WARPS])
+def test_a_part_of_the_warped_crop_is_computed_alone(warp):
+    size = (21, 20, 14)
+    region = torch.randn(2, *warp.footprint(size), generator=torch.Generator().manual_seed(0))
+    whole = warp_region(region, warp, size)
+    part = warp_region(region, warp, size, (3, 0, 5), (16, 20, 8))
+    torch.testing.assert_close(part, whole[:, 3:19, :, 5:13], atol=1e-4, rtol=0)
+
+
 def test_identity_warp_is_the_centre_crop():
     region = torch.arange(2 * 8 * 9 * 10, dtype=torch.float32).view(2, 8, 9, 10)
     assert torch.equal(warp_region(region, Warp(), (4, 5, 6)), region[:, 2:6, 2:7, 2:8])

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchio as tio
 from monai.transforms import Affine
@@ -149,26 +150,46 @@ def fit_warp(warp: Warp, size: Sequence[int], shape: Sequence[int]) -> Warp:
     return Warp()
 
 
-def warp_region(region: torch.Tensor, warp: Warp, size: Sequence[int]) -> torch.Tensor:
-    """The crop of ``size`` at the centre of ``region`` ``(C, X, Y, Z)``, zoomed and rotated by ``warp``.
+def warp_region(
+    region: torch.Tensor,
+    warp: Warp,
+    crop_size: Sequence[int],
+    offset: Sequence[int] | None = None,
+    size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Part of the crop of ``crop_size`` at the centre of ``region`` ``(C, X, Y, Z)``, warped by ``warp``.
 
-    Linear interpolation of every channel; ``region`` must hold ``warp.footprint(size)``, so nothing is
-    read from outside it (reads outside would be zeros).
+    Args:
+        region: The region, holding at least ``warp.footprint(crop_size)`` (nothing is read outside it;
+            a read outside would be zeros).
+        warp: Zoom and rotation about the crop's centre.
+        crop_size: The warped crop.
+        offset: Start of the part within the crop (default: the whole crop).
+        size: Size of the part (default: the whole crop).
+
+    Returns:
+        ``region[:, offset : offset + size]`` of the warped crop, every channel interpolated linearly;
+        only the part is computed.
     """
+    offset = [0, 0, 0] if offset is None else list(offset)
+    size = list(crop_size) if size is None else list(size)
     if warp.is_identity:
-        offsets = [(r - n) // 2 for r, n in zip(region.shape[1:], size, strict=True)]
-        return region[(slice(None), *(slice(o, o + n) for o, n in zip(offsets, size, strict=True)))]
-    # MONAI maps output voxels to input ones: the inverse zoom, and the rotation (its sign is immaterial,
-    # angles are drawn symmetrically).
-    affine = Affine(
-        rotate_params=(0.0, 0.0, warp.angle),
-        scale_params=[1 / z for z in warp.zoom],
-        spatial_size=tuple(size),
-        mode="bilinear",
-        padding_mode="zeros",
-        image_only=True,
+        start = [(r - c) // 2 + o for r, c, o in zip(region.shape[1:], crop_size, offset, strict=True)]
+        return region[(slice(None), *(slice(s, s + n) for s, n in zip(start, size, strict=True)))]
+    # MONAI's affine maps output voxels (about the output's centre) to input voxels (about the region's
+    # centre): rotation after the inverse zoom, shifted to the part's centre. The angle's sign is
+    # immaterial (angles are drawn symmetrically).
+    cos, sin = math.cos(warp.angle), math.sin(warp.angle)
+    linear = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]]) @ np.diag(
+        [1 / z for z in warp.zoom]
     )
-    return affine(region.float()).as_subclass(torch.Tensor)  # a plain tensor, not MONAI's MetaTensor
+    shift = [o + (n - 1) / 2 - (c - 1) / 2 for o, n, c in zip(offset, size, crop_size, strict=True)]
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = linear, linear @ np.array(shift)
+    transform = Affine(
+        affine=affine, spatial_size=size, mode="bilinear", padding_mode="zeros", image_only=True
+    )
+    return transform(region.float()).as_subclass(torch.Tensor)  # a plain tensor, not MONAI's MetaTensor
 
 
 def orientation_augmentation(patch_size: Sequence[int]) -> tio.Transform:

@@ -167,44 +167,37 @@ class TrainingPatches:
     def _normalized(self, image: torch.Tensor) -> torch.Tensor:
         return self.normalize(tio.Subject(image=tio.ScalarImage(tensor=image)))["image"].data
 
-    def crop(self, volume: tio.Subject, start: Sequence[int]) -> tio.Subject:
-        """The normalised crop at ``start``, zoomed/rotated about its centre when augmenting.
+    def patch(self, volume: tio.Subject, start: Sequence[int]) -> tio.Subject:
+        """The normalised patch of the crop at ``start``; when augmenting, the augmented patch within it.
 
-        The zoom and rotation read a region concentric with the crop (shifted inside the volume when
-        needed, and weakened when the volume cannot hold it), so the crop holds no padding from them.
+        The zoom and rotation act about the crop's centre and read a region concentric with the crop
+        (shifted inside the volume when needed, and weakened when the volume cannot hold it), so the
+        crop holds no padding from them. Only the patch, placed at random in the crop, is computed.
         """
         image, label = volume["image"].data, volume["label"].data
-        shape = image.shape[1:]
-        if not self.settings.augment:
+        shape, settings = image.shape[1:], self.settings
+        if not settings.augment:
             window = region_window(start, self.crop_size)
             return tio.Subject(
                 image=tio.ScalarImage(tensor=self._normalized(image[window].contiguous())),
                 label=tio.LabelMap(tensor=label[window].contiguous()),
             )
-        warp = fit_warp(random_warp(self.settings.in_plane_only), self.crop_size, shape)
+        warp = fit_warp(random_warp(settings.in_plane_only), self.crop_size, shape)
         footprint = warp.footprint(self.crop_size)
         centre = [s + n // 2 for s, n in zip(start, self.crop_size, strict=True)]
-        origin = region_start(centre, footprint, shape)
-        window = region_window(origin, footprint)
+        window = region_window(region_start(centre, footprint, shape), footprint)
         region = torch.cat([self._normalized(image[window].contiguous()), label[window].float()])
-        crop = warp_region(region, warp, self.crop_size)
-        return self.shift(
-            tio.Subject(
-                image=tio.ScalarImage(tensor=crop[:1].contiguous()),
-                # Linear interpolation then a 0.5 threshold, as the reference treats its zoomed labels.
-                label=tio.LabelMap(tensor=(crop[1:] > 0.5).to(torch.uint8)),
-            )
+        offset = [
+            int(torch.randint(c - p + 1, ()))
+            for c, p in zip(self.crop_size, settings.patch_size, strict=True)
+        ]
+        patch = warp_region(region, warp, self.crop_size, offset, settings.patch_size)
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=patch[:1].contiguous()),
+            # Linear interpolation then a 0.5 threshold, as the reference treats its zoomed labels.
+            label=tio.LabelMap(tensor=(patch[1:] > 0.5).to(torch.uint8)),
         )
-
-    def _patch(self, crop: tio.Subject) -> tio.Subject:
-        sizes = zip(self.crop_size, self.settings.patch_size, strict=True)
-        offset = [int(torch.randint(c - p + 1, ())) for c, p in sizes]
-        window = region_window(offset, self.settings.patch_size)
-        patch = tio.Subject(
-            image=tio.ScalarImage(tensor=crop["image"].data[window].contiguous()),
-            label=tio.LabelMap(tensor=crop["label"].data[window].contiguous()),
-        )
-        return self.orientation(patch)
+        return self.orientation(self.shift(subject))
 
     def __call__(self, subject: tio.Subject) -> tio.Subject:
         """Return the stacked patches of one volume, with ``points``/``point_labels`` per patch."""
@@ -215,9 +208,7 @@ class TrainingPatches:
         )
         images, labels, clicks = [], [], []
         for start in starts:
-            patch = self.crop(volume, start)
-            if settings.augment:
-                patch = self._patch(patch)
+            patch = self.patch(volume, start)
             images.append(patch["image"].data)
             labels.append(patch["label"].data)
             clicks.append(
