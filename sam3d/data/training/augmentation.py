@@ -5,7 +5,7 @@ The reference (3DSAM-adapter) clips to the dataset window, shifts intensities by
 degrees, then in-plane zoom 0.9-1.1, p 0.3 each) the whole volume, crops, then flips every axis and
 rotates by multiples of 90 degrees in the depth-height plane. Here the zoom and rotation (a
 :class:`Warp`) act on a region around each crop just large enough that the crop never reads past
-it, so the crop gets no padding from them, at the cost of one interpolation of the crop's voxels.
+it, so the crop gets no padding from them; only the patch taken from the crop is interpolated.
 Spatial transforms act on TorchIO's ``(C, X, Y, Z)`` RAS+ tensors, Z axial.
 """
 
@@ -168,8 +168,8 @@ def warp_region(
         size: Size of the part (default: the whole crop).
 
     Returns:
-        ``region[:, offset : offset + size]`` of the warped crop, every channel interpolated linearly;
-        only the part is computed.
+        The part ``[:, offset : offset + size]`` of the warped crop, every channel interpolated
+        linearly; only the part is computed.
     """
     offset = [0, 0, 0] if offset is None else list(offset)
     size = list(crop_size) if size is None else list(size)

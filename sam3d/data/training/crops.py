@@ -21,7 +21,7 @@ __all__ = ["crop_starts", "region_start", "region_window"]
 REJECTION_TRIES = 64
 
 
-def _background_voxel(label: torch.Tensor) -> torch.Tensor:
+def _background_voxel(label: torch.Tensor) -> tuple[int, ...]:
     flat = label.reshape(-1)
     for _ in range(REJECTION_TRIES):
         index = int(torch.randint(flat.numel(), ()))
@@ -30,7 +30,7 @@ def _background_voxel(label: torch.Tensor) -> torch.Tensor:
     else:
         background = torch.nonzero(~flat)[:, 0]
         index = int(background[int(torch.randint(len(background), ()))])
-    return torch.tensor(torch.unravel_index(torch.tensor(index), label.shape))
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(index), label.shape))
 
 
 def crop_starts(
@@ -57,6 +57,7 @@ def crop_starts(
     positive = ratio[0] / (ratio[0] + ratio[1])
     starts = []
     for _ in range(count):
+        centre: torch.Tensor | tuple[int, ...]
         if len(target) and (not has_background or float(torch.rand(())) < positive):
             centre = target[int(torch.randint(len(target), ()))]
         else:
