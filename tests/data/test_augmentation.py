@@ -62,6 +62,9 @@ def test_rotation_and_in_plane_zoom_leave_the_axial_axis_alone():
 
 def test_fit_warp_weakens_only_what_the_volume_cannot_hold():
     size = (20, 20, 20)
+    in_plane = Warp((0.9, 1.1, 1.0), math.radians(30))
+    assert in_plane.footprint(size)[2] == 20  # Z is left alone: no margin needed
+    assert fit_warp(in_plane, size, (40, 40, 20)) == in_plane
     zoom_out = Warp((0.85, 0.85, 0.85))
     assert fit_warp(zoom_out, size, (40, 40, 40)) == zoom_out
     fitted = fit_warp(zoom_out, size, (40, 40, 22))
@@ -107,7 +110,7 @@ def settings(in_plane_only):
 
 
 @pytest.mark.parametrize("in_plane_only", [False, True])
-@pytest.mark.parametrize("shape", [(21, 22, 23), (30, 44, 26), (48, 48, 48)])
+@pytest.mark.parametrize("shape", [(21, 22, 23), (30, 44, 26), (48, 48, 20), (48, 48, 48)])
 def test_augmented_patches_hold_no_padding_from_zoom_or_rotation(in_plane_only, shape):
     # Intensities 150-250 HU are 1.5-2.5 after z-scoring, 1.3-2.7 after the 20 HU shift; a padded voxel
     # (0, or the window's low end) or one interpolated with it falls outside that band.

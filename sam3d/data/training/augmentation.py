@@ -106,14 +106,14 @@ class Warp:
         """Shape of the region a warped crop of ``size`` interpolates from, concentric with the crop.
 
         It holds every voxel that linear interpolation reads and has the parity of ``size`` (so the crop's
-        voxel centres fall on the region's lattice when the warp is the identity).
+        voxel centres fall on the region's lattice along the axes the warp leaves alone, which need no
+        margin: e.g. Z under an axial rotation).
         """
-        if self.is_identity:
-            return tuple(size)
         half = [(n - 1) / 2 / z for n, z in zip(size, self.zoom, strict=True)]
         cos, sin = abs(math.cos(self.angle)), abs(math.sin(self.angle))
         reach = (cos * half[0] + sin * half[1], sin * half[0] + cos * half[1], half[2])
-        region = [math.ceil(2 * r - 1e-6) + 2 for r in reach]
+        moved = [z != 1 or (axis < 2 and self.angle != 0) for axis, z in enumerate(self.zoom)]
+        region = [math.ceil(2 * r - 1e-6) + 2 if m else n for r, m, n in zip(reach, moved, size, strict=True)]
         return tuple(r + (r - n) % 2 for r, n in zip(region, size, strict=True))
 
 

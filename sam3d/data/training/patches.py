@@ -158,7 +158,10 @@ class TrainingPatches:
     def __init__(self, settings: PatchSettings, num_patches: int) -> None:
         self.settings, self.num_patches = settings, num_patches
         margin = CROP_MARGIN if settings.augment else 1.0
-        self.crop_size = tuple(math.ceil(margin * n) for n in settings.patch_size)
+        # Of the patch's parity, so that a patch within the crop sits on the crop's voxel lattice.
+        self.crop_size = tuple(
+            c + (c - n) % 2 for c, n in ((math.ceil(margin * n), n) for n in settings.patch_size)
+        )
         preprocessing = settings.preprocessing
         self.normalize = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std, copy=False)
         self.shift = RandomIntensityShift(INTENSITY_SHIFT_HU / preprocessing.std, p=0.5, copy=False)
