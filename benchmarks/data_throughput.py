@@ -2,13 +2,17 @@
 
 Run: ``.venv/bin/python benchmarks/data_throughput.py`` (defaults: the IBSI CT scans beside the
 checkout, 128^3 patches at 1 mm, default augmentations, 2 workers). Every case goes into the training
-part so the measurement is not dominated by epoch restarts of a tiny dataset.
+part so the measurement is not dominated by epoch restarts of a tiny dataset. The machine's load
+average is reported with the rate: other processes on the same cores slow the workers down. With
+``--workers 0`` the loading runs in this process, on one thread as in a worker, and its CPU seconds per
+patch are reported too (what each worker spends per patch, nearly independent of the load).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +41,8 @@ def main() -> None:
     parser.add_argument("--no-augment", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.workers == 0:
+        torch.set_num_threads(1)  # as in a loader worker process
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="sam3d-bench-") as scratch:
         root = args.root or make_synthetic_dataset(Path(scratch) / "synthetic", num_cases=8, seed=0)
@@ -69,17 +75,18 @@ def main() -> None:
         per_case = [case.meta["seconds"] for case in dm._cached["train"]]
         shapes = [tuple(case.meta["shape"]) for case in dm._cached["train"]]
         loader = dm.train_dataloader()
-        patches, start, times = 0, None, []
+        patches, start, times, cpu_start = 0, None, [], 0.0
         while patches < args.warmup + args.patches:
             for batch in loader:
                 patches += len(batch["case_id"])
                 if patches == args.warmup:
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                 elif patches > args.warmup:
                     times.append(time.perf_counter())
                 if patches >= args.warmup + args.patches:
                     break
         rate = (len(times)) / (times[-1] - start)
+        cpu_per_patch = (time.process_time() - cpu_start) / len(times)
         result = {
             "root": str(root),
             "cases": len(per_case),
@@ -92,6 +99,10 @@ def main() -> None:
             "cache_seconds_per_case_max": round(max(per_case), 2),
             "patches_timed": len(times),
             "patches_per_second": round(rate, 2),
+            # With --workers 0 this process does all the work: the CPU cost of a patch, whatever the load.
+            "cpu_seconds_per_patch": round(cpu_per_patch, 3) if args.workers == 0 else None,
+            "cpus": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
         }
         print(json.dumps(result, indent=1))
 

@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -31,7 +31,7 @@ from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
-from sam3d.module import VolumetricSamModule
+from sam3d.module import CHECKPOINT_MONITORS, VolumetricSamModule
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
 from sam3d.shipped import shipped_file
@@ -79,7 +79,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     },
     "trainer.callbacks": [
         {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # best validation Dice
+            # best validation Dice, or the metric model.checkpoint_monitor names (Sam3dCLI sets it)
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
             "init_args": {
                 "monitor": "val/dice",
                 "mode": "max",
@@ -101,6 +102,11 @@ RUN_DEFAULTS: dict[str, Any] = {
         {"class_path": "sam3d.callbacks.ValidationSlices"},
     ],
 }
+
+
+def matmul_precision(trainer_precision: object) -> Literal["highest", "high"]:
+    """float32 matrix products of a run: full fp32 for fp32 runs (as the authors' code runs), TF32 for mixed ones."""
+    return "highest" if str(trainer_precision) in ("32", "32-true", "64", "64-true") else "high"
 
 
 def newest_checkpoint(root: Path, name: str) -> Path | None:
@@ -245,7 +251,14 @@ class Sam3dCLI(LightningCLI):
         return found
 
     def before_instantiate_classes(self) -> None:
-        """Log to W&B offline when no credentials exist (``wandb sync`` uploads the run later)."""
+        """Matmul precision, best-checkpoint metric; W&B offline when no credentials exist (``wandb sync`` later)."""
+        config = self._subcommand_config() if self.config.get("subcommand") else self.config
+        torch.set_float32_matmul_precision(matmul_precision(config.trainer.precision))
+        monitor = config.model.get("checkpoint_monitor")
+        for callback in config.trainer.get("callbacks") or []:
+            init_args = getattr(callback, "init_args", None)
+            if monitor and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS:
+                init_args.monitor, init_args.mode = monitor, CHECKPOINT_MONITORS[monitor]
         if "WANDB_MODE" not in os.environ and not wandb_credentials_present():
             os.environ["WANDB_MODE"] = "offline"
             print(
@@ -316,7 +329,6 @@ def _not_a_promotional_tip(record: logging.LogRecord) -> bool:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``sam3d`` console script (also ``python -m sam3d``)."""
     argv = list(sys.argv[1:] if args is None else args)
-    torch.set_float32_matmul_precision("high")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_promotional_tip)
     # The arguments always go in explicitly (with shipped configs resolved): nothing to warn about.
     warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended", UserWarning)

@@ -28,8 +28,9 @@ class EvaluationSettings:
     """How test cases are clicked and scored.
 
     Args:
-        protocol: ``paper``: one crop centred on the clicks' bounding box, zero elsewhere (the authors' test);
-            ``full``: crops follow the object so tumours larger than a crop are covered (see
+        protocol: ``paper``: one crop centred on the clicks' bounding box (centre rounded down, padded with
+            the dataset mean), zero elsewhere: the authors' test; ``full``: crops follow the object so
+            tumours larger than a crop are covered, padded with the volume's minimum (see
             :mod:`sam3d.inference`). Also used by ``sam3d predict``.
         num_clicks: Initial clicks.
         first_click: ``random``: drawn uniformly from the tumour (the paper); ``center``: the deepest

@@ -2,13 +2,15 @@
 
 Two protocols:
 
-* ``paper``: one crop centred on the midpoint of the clicks' bounding box, zero probability elsewhere
-  (the authors' test). Tumours larger than the crop are cut off.
+* ``paper``: one crop centred on the midpoint of the clicks' bounding box (rounded down), zero
+  probability elsewhere; where the crop passes the volume's edge it is padded with 0, the dataset
+  mean after z-scoring (the authors' test). Tumours larger than the crop are cut off.
 * ``full``: crops follow the object. Starting from the paper's crop, a neighbouring crop (half a crop
   away) is added wherever the predicted object touches a crop face inside the volume; overlapping
   predictions are blended with a smooth weight. Crops without a click get a positive click at the
   deepest point of the object predicted so far inside them. The final object is the part of the
-  prediction connected to the positive clicks.
+  prediction connected to the positive clicks. sam3d's own choice: crops are padded with the
+  volume's minimum (air, as outside a patient) rather than with the dataset mean.
 
 Encoding a crop is the expensive part of the network; :class:`CropEncoder` keeps encodings for reuse, and
 :class:`ClickSession` uses it so that clicks added one by one (corrections) cost only the decoding.
@@ -30,6 +32,8 @@ from sam3d.models import CropEncoding, VolumetricSam
 from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
 
 Protocol = Literal["paper", "full"]
+# The authors pad their test crop with 0 after z-scoring, i.e. with the dataset's mean intensity.
+PAPER_PAD_VALUE = 0.0
 Box = tuple[tuple[int, int], ...]
 
 
@@ -78,8 +82,8 @@ class CropEncoder:
 
 
 def crop_start(points: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
-    """Start ``(3,)`` of the crop centred on the midpoint of the clicks' bounding box (the paper's test crop)."""
-    centre = torch.round((points.amin(0) + points.amax(0)) / 2).long()
+    """Start ``(3,)`` of the crop centred on the midpoint of the clicks' bounding box, rounded down (the paper's)."""
+    centre = torch.floor((points.amin(0) + points.amax(0)) / 2).long()
     return centre - torch.tensor(crop_size) // 2
 
 
@@ -100,12 +104,16 @@ def predict_crop(
     start: torch.Tensor,
     points: torch.Tensor,
     labels: torch.Tensor | None,
+    pad_value: float | None = None,
 ) -> torch.Tensor:
-    """Foreground probability ``crop_size`` of the crop at ``start`` (padded with the volume's minimum)."""
+    """Foreground probability ``crop_size`` of the crop at ``start``.
+
+    Where the crop passes the volume's edge it is padded with ``pad_value``, None for the volume's minimum.
+    """
     net = encoder.net
     crop = tuple(net.config.crop_size)
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
-    patch = image.new_full(crop, float(image.min()))
+    patch = image.new_full(crop, float(image.min()) if pad_value is None else pad_value)
     patch[_slices(in_crop)] = image[_slices(inside)]
     encoding = encoder(patch)
     device = encoding.last_map.device
@@ -137,7 +145,7 @@ def segment_around_clicks(
     in_view = _inside_crop(points, start, crop)
     probability = image.new_zeros(image.shape)
     crop_labels = None if labels is None else labels[in_view]
-    crop_probability = predict_crop(encoder, image, start, points[in_view], crop_labels)
+    crop_probability = predict_crop(encoder, image, start, points[in_view], crop_labels, PAPER_PAD_VALUE)
     probability[_slices(inside)] = crop_probability[_slices(in_crop)]
     return probability
 

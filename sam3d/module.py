@@ -8,7 +8,7 @@ import time
 import warnings
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -27,6 +27,8 @@ from sam3d.models import CheckpointError, Variant, build_volumetric_sam, trainab
 from sam3d.visualize import orthogonal_slices, png_bytes
 
 Batch = dict[str, Any]
+# Validation metrics that can choose the `best` checkpoint, and whether higher or lower is better.
+CHECKPOINT_MONITORS: dict[str, Literal["max", "min"]] = {"val/dice": "max", "val/dice_loss": "min"}
 
 
 def file_sha256(path: str) -> str:
@@ -69,6 +71,10 @@ class VolumetricSamModule(L.LightningModule):
         activation_checkpointing: Recompute each encoder block's activations and the decoder's upsampled
             maps in the backward pass instead of keeping them (same gradients, a fraction of the memory,
             more time per step); None turns it on for SAM's ViT sizes and off for the tiny network.
+        checkpoint_monitor: Validation metric that chooses the ``best`` checkpoint (the CLI points its
+            best-checkpoint callback at it): ``val/dice``, the Dice of the thresholded patches (highest
+            wins), or ``val/dice_loss``, the soft Dice loss (lowest wins) by which the authors keep their
+            best checkpoint.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class VolumetricSamModule(L.LightningModule):
         store_frozen_weights: bool = False,
         freeze_sam: bool = True,
         activation_checkpointing: bool | None = None,
+        checkpoint_monitor: Literal["val/dice", "val/dice_loss"] = "val/dice",
     ) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or not 0 < final_lr_factor <= 1:
@@ -142,6 +149,8 @@ class VolumetricSamModule(L.LightningModule):
         logits = self._logits(batch)
         label = batch["label"]
         self.log("val/loss", self.loss(logits, label), on_epoch=True, sync_dist=True, batch_size=len(label))
+        dice_loss = self.loss.dice(logits, label)  # soft Dice: the authors' checkpoint criterion
+        self.log("val/dice_loss", dice_loss, on_epoch=True, sync_dist=True, batch_size=len(label))
         prediction = logits.argmax(1, keepdim=True)
         self.val_dice(
             y_pred=torch.cat([prediction == 0, prediction == 1], 1), y=torch.cat([label == 0, label == 1], 1)

@@ -220,8 +220,18 @@ def test_ckpt_path_last_without_any_run(synthetic_root, tmp_path, capsys):
     assert "no last.ckpt found" in message
 
 
-def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path):
+@pytest.fixture
+def matmul_precision():
+    """Restores torch's global float32 matmul precision after the test."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path, matmul_precision):
     main(_fit_args(synthetic_root, tmp_path, "--trainer.precision", "bf16-mixed"))
+    assert torch.get_float32_matmul_precision() == "high"  # TF32 outside autocast
     best = next(tmp_path.glob("**/checkpoints/best-*.ckpt"))
     main(["validate", *_fit_args(synthetic_root, tmp_path, "--ckpt_path", str(best))[1:]])
 
@@ -258,3 +268,15 @@ def test_last_checkpoint_follows_every_epoch_when_validation_is_rarer(synthetic_
     )
     last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
     assert last["epoch"] == 1
+
+
+def test_authors_checkpoint_criterion_in_a_full_fp32_run(synthetic_root, tmp_path, matmul_precision):
+    main(_fit_args(synthetic_root, tmp_path, "--model.checkpoint_monitor", "val/dice_loss"))
+    assert torch.get_float32_matmul_precision() == "highest"  # 32-true: no TF32, as the authors' code
+    best = torch.load(next(tmp_path.glob("**/checkpoints/best-*.ckpt")), weights_only=False)
+    assert best["hyper_parameters"]["checkpoint_monitor"] == "val/dice_loss"
+    states = [
+        key for key in best["callbacks"] if key.startswith("ModelCheckpoint{'monitor': 'val/dice_loss'")
+    ]
+    assert len(states) == 1
+    assert "'mode': 'min'" in states[0]  # the lowest soft Dice loss wins

@@ -148,3 +148,20 @@ def test_click_session_refuses_bad_clicks(tiny_net):
     assert not len(session.points)  # refused clicks are not kept
     with pytest.raises(Sam3dError, match="3D float tensor"):
         ClickSession(tiny_net, torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize(("protocol", "pad"), [("paper", 0.0), ("full", -3.0)])
+def test_test_crop_rounds_its_centre_down_and_pads_as_the_protocol_says(protocol, pad):
+    net = ObjectFromIntensity((8, 8, 8))
+    patches = []
+    encode = net.encode_image
+    net.encode_image = lambda image: patches.append(image[0, 0].clone()) or encode(image)
+    image = torch.full((20, 20, 20), -1.0)
+    image[19, 0, 0] = -3.0  # the volume's minimum, outside the crop
+    clicks = torch.tensor([[1.0, 10.0, 16.0], [2.0, 11.0, 17.0]])  # bounding-box midpoint (1.5, 10.5, 16.5)
+    ClickSession(net, image, protocol, cache_size=0).add_clicks(clicks)
+    # Centre (1, 10, 16) rounded down as the authors do (not 2 as half-to-even rounding gives), so the
+    # crop starts at d = -3: three padded slices, with the dataset mean (0) in the paper's protocol.
+    patch = patches[0]
+    assert (patch[:3] == pad).all()
+    assert (patch[3:] == -1.0).all()

@@ -2,11 +2,13 @@
 
 Training work runs in the Queue's worker processes: :class:`TrainingPatches` is the subjects
 dataset's transform. Per volume it binarises the label, crops to the body, draws
-``samples_per_volume`` crops 1.2x the patch with :class:`torchio.LabelSampler` (positive:negative
-centres 2:1), augments each crop (intensity shift, zoom/rotation), crops the patch at random, flips
-and rotates it and simulates its clicks. It returns the patches stacked along the channel axis;
-:class:`StackedPatchSampler` then hands them to the Queue one by one, so the Queue's own process only
-slices tensors. Costly spatial transforms thus touch patch-sized arrays, never whole volumes.
+``samples_per_volume`` crops 1.2x the patch as the reference does (centres from target and background
+voxels 2:1, each crop kept inside the volume: :mod:`sam3d.data.training.crops`), zooms/rotates each
+from a region around it large enough that the crop holds no padding, shifts its intensities, crops
+the patch at random, flips and rotates it and simulates its clicks. It returns the patches stacked
+along the channel axis; :class:`StackedPatchSampler` then hands them to the Queue one by one, so the
+Queue's own process only slices tensors. Costly spatial transforms thus touch crop-sized arrays,
+never whole volumes.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from sam3d.data.layout import to_network_layout
 from sam3d.data.preprocessing import Normalize, Preprocessing
 from sam3d.data.training.augmentation import (
     RandomIntensityShift,
+    fit_warp,
     orientation_augmentation,
-    spatial_augmentation,
+    random_warp,
+    warp_region,
 )
 from sam3d.data.training.cache import CachedCase
+from sam3d.data.training.crops import crop_starts, region_start, region_window
 
 __all__ = [
     "PatchSettings",
@@ -42,7 +47,7 @@ __all__ = [
     "prepare_volume",
 ]
 
-# Crop this much larger than the patch before zooming/rotating, as the reference does.
+# Crop this much larger than the patch, then take the patch from it at random, as the reference does.
 CROP_MARGIN = 1.2
 # The reference shifts intensities by up to 20 HU with probability 0.5.
 INTENSITY_SHIFT_HU = 20.0
@@ -60,7 +65,7 @@ class PatchSettings:
         num_positive_clicks: Clicks drawn from the target.
         num_context_clicks: Clicks drawn from the patch (reference) or background (labelled).
         augment: Apply the reference's augmentations.
-        in_plane_only: Zoom/rotate only in the axial plane.
+        in_plane_only: Zoom and rotate in the axial plane (the reference's pancreas and colon variant).
     """
 
     patch_size: tuple[int, int, int]
@@ -153,37 +158,60 @@ class TrainingPatches:
     def __init__(self, settings: PatchSettings, num_patches: int) -> None:
         self.settings, self.num_patches = settings, num_patches
         margin = CROP_MARGIN if settings.augment else 1.0
-        self.crop_size = tuple(math.ceil(margin * n) for n in settings.patch_size)
-        negative, positive = settings.pos_neg_ratio[1], settings.pos_neg_ratio[0]
-        self.sampler = tio.LabelSampler(self.crop_size, "label", {0: negative, 1: positive})
+        # Of the patch's parity, so that a patch within the crop sits on the crop's voxel lattice.
+        self.crop_size = tuple(
+            c + (c - n) % 2 for c, n in ((math.ceil(margin * n), n) for n in settings.patch_size)
+        )
         preprocessing = settings.preprocessing
         self.normalize = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std, copy=False)
         self.shift = RandomIntensityShift(INTENSITY_SHIFT_HU / preprocessing.std, p=0.5, copy=False)
-        self.spatial = spatial_augmentation(settings.in_plane_only)
-        self.orientation = orientation_augmentation(settings.patch_size, settings.in_plane_only)
+        self.orientation = orientation_augmentation(settings.patch_size)
 
-    def _augment(self, crop: tio.Subject) -> tio.Subject:
-        crop = self.spatial(self.shift(crop))
-        sizes = zip(self.crop_size, self.settings.patch_size, strict=True)
-        window = (
-            slice(None),
-            *(slice(o, o + p) for o, p in ((int(torch.randint(c - p + 1, ())), p) for c, p in sizes)),
+    def _normalized(self, image: torch.Tensor) -> torch.Tensor:
+        return self.normalize(tio.Subject(image=tio.ScalarImage(tensor=image)))["image"].data
+
+    def patch(self, volume: tio.Subject, start: Sequence[int]) -> tio.Subject:
+        """The normalised patch of the crop at ``start``; when augmenting, the augmented patch within it.
+
+        The zoom and rotation act about the crop's centre and read a region concentric with the crop
+        (shifted inside the volume when needed, and weakened when the volume cannot hold it), so the
+        crop holds no padding from them. Only the patch, placed at random in the crop, is computed.
+        """
+        image, label = volume["image"].data, volume["label"].data
+        shape, settings = image.shape[1:], self.settings
+        if not settings.augment:
+            window = region_window(start, self.crop_size)
+            return tio.Subject(
+                image=tio.ScalarImage(tensor=self._normalized(image[window].contiguous())),
+                label=tio.LabelMap(tensor=label[window].contiguous()),
+            )
+        warp = fit_warp(random_warp(settings.in_plane_only), self.crop_size, shape)
+        footprint = warp.footprint(self.crop_size)
+        centre = [s + n // 2 for s, n in zip(start, self.crop_size, strict=True)]
+        window = region_window(region_start(centre, footprint, shape), footprint)
+        region = torch.cat([self._normalized(image[window].contiguous()), label[window].float()])
+        offset = [
+            int(torch.randint(c - p + 1, ()))
+            for c, p in zip(self.crop_size, settings.patch_size, strict=True)
+        ]
+        patch = warp_region(region, warp, self.crop_size, offset, settings.patch_size)
+        subject = tio.Subject(
+            image=tio.ScalarImage(tensor=patch[:1].contiguous()),
+            # Linear interpolation then a 0.5 threshold, as the reference treats its zoomed labels.
+            label=tio.LabelMap(tensor=(patch[1:] > 0.5).to(torch.uint8)),
         )
-        patch = tio.Subject(
-            image=tio.ScalarImage(tensor=crop["image"].data[window].contiguous()),
-            label=tio.LabelMap(tensor=crop["label"].data[window].contiguous()),
-        )
-        return self.orientation(patch)
+        return self.orientation(self.shift(subject))
 
     def __call__(self, subject: tio.Subject) -> tio.Subject:
         """Return the stacked patches of one volume, with ``points``/``point_labels`` per patch."""
         settings, preprocessing = self.settings, self.settings.preprocessing
         volume = prepare_volume(subject, preprocessing.target_labels, preprocessing.window[0], self.crop_size)
+        starts = crop_starts(
+            volume["label"].data[0], self.crop_size, self.num_patches, settings.pos_neg_ratio
+        )
         images, labels, clicks = [], [], []
-        for crop in self.sampler(volume, self.num_patches):
-            patch = self.normalize(crop)
-            if settings.augment:
-                patch = self._augment(patch)
+        for start in starts:
+            patch = self.patch(volume, start)
             images.append(patch["image"].data)
             labels.append(patch["label"].data)
             clicks.append(
@@ -258,10 +286,7 @@ class ValidationPatches(Dataset):
             if len(target)
             else [n // 2 for n in shape]
         )
-        start = [
-            min(max(c - p // 2, 0), n - p) for c, p, n in zip(centre, settings.patch_size, shape, strict=True)
-        ]
-        window = (slice(None), *(slice(s, s + p) for s, p in zip(start, settings.patch_size, strict=True)))
+        window = region_window(region_start(centre, settings.patch_size, shape), settings.patch_size)
         patch = self.normalize(volume["image"].data[window])
         label = label[window].contiguous()
         mask = to_network_layout(label[0]).bool()
