@@ -131,8 +131,9 @@ def csv_record(row: Row) -> dict[str, Any]:
     record: dict[str, Any] = {"method": row.method, "clicks": row.clicks, "runs": len(row.runs)}
     for name in (*METRICS, *NUMBERS):
         record[f"{name}_mean"], record[f"{name}_std"] = mean_std(row.values(name))
-    if float(record["trainable_parameters_mean"] or 0.5).is_integer():  # one count for all runs
-        record["trainable_parameters_mean"] = int(record["trainable_parameters_mean"])
+    parameters = record["trainable_parameters_mean"]
+    if parameters is not None and float(parameters).is_integer():  # one count for all runs: keep it exact
+        record["trainable_parameters_mean"] = int(parameters)
     record["peak_memory_of"] = "/".join(sorted({r.peak_memory_of for r in row.runs if r.peak_memory_of}))
     return record
 
