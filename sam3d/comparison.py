@@ -84,7 +84,9 @@ def read_run(path: Path) -> TestRun:
         final = {metric: summary["final"][metric]["mean"] for metric in METRICS}
         by_clicks = {int(clicks): value["dice"]["mean"] for clicks, value in summary["by_clicks"].items()}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise Sam3dError(f"{path} is not a summary of `sam3d test` ({type(error).__name__}: {error})") from None
+        raise Sam3dError(
+            f"{path} is not a summary of `sam3d test` ({type(error).__name__}: {error})"
+        ) from None
     method = summary.get("method")
     if method is None:
         folder = path.parent.parent if path.parent.name == "test" else path.parent
@@ -179,7 +181,9 @@ def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Pat
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2 if clicked else 1, squeeze=False)[0]
     labels = [
-        f"{r['method']}\n({r['clicks']} click{'s' if r['clicks'] > 1 else ''})" if r["clicks"] else r["method"]
+        f"{r['method']}\n({r['clicks']} click{'s' if r['clicks'] > 1 else ''})"
+        if r["clicks"]
+        else r["method"]
         for r in records
     ]
     means = [100 * (r["dice_mean"] or 0.0) for r in records]
@@ -261,7 +265,8 @@ def report(runs: list[str] | str, output: str = "comparison") -> str:
         raise Sam3dError(f"cannot write the comparison into {folder}: {error}") from None
     logged = _log_to_wandb(records, folder / "comparison.png")
     print(table)
-    print(f"{len(records)} methods from {sum(len(r.runs) for r in rows)} test runs -> {folder}" + (
-        " (and W&B)" if logged else ""
-    ))
+    print(
+        f"{len(records)} methods from {sum(len(r.runs) for r in rows)} test runs -> {folder}"
+        + (" (and W&B)" if logged else "")
+    )
     return table

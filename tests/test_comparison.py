@@ -99,7 +99,8 @@ def test_runs_of_one_method_give_mean_and_sample_std(tmp_path):
     finals = [statistics.fmean([d + 0.01 * i for i in range(3)]) for d in (0.6, 0.8)]
     assert float(records["a"]["dice_mean"]) == pytest.approx(statistics.fmean(finals))
     assert float(records["a"]["dice_std"]) == pytest.approx(statistics.stdev(finals))
-    assert records["a"]["runs"] == "2" and records["a"]["trainable_parameters_mean"] == "10"
+    assert records["a"]["runs"] == "2"
+    assert records["a"]["trainable_parameters_mean"] == "10"
     assert float(records["a"]["seconds_per_case_mean"]) == 1.0  # two clicks of 0.5 s
     assert records["old"]["trainable_parameters_mean"] == ""
     assert "| old | 2 | 1 | 51.00 | 50.00 | 3.00 | n/a | n/a | 1.00 |" in table

@@ -79,7 +79,9 @@ class VolumetricSamConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.adaptation not in ADAPTATIONS:
-            raise Sam3dError(f"unknown adaptation {self.adaptation!r}; choose one of {', '.join(ADAPTATIONS)}")
+            raise Sam3dError(
+                f"unknown adaptation {self.adaptation!r}; choose one of {', '.join(ADAPTATIONS)}"
+            )
         if self.lora_rank < 1:
             raise Sam3dError(f"lora_rank must be at least 1, got {self.lora_rank}")
         step = self.depth // 4

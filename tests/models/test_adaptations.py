@@ -50,7 +50,9 @@ def test_each_adaptation_trains_what_it_says(adaptation):
     logits.log_softmax(1)[:, 1].mean().backward()
     trainable = {n for n, p in net.image_encoder.named_parameters() if p.requires_grad}
     for name, parameter in net.named_parameters():
-        assert (parameter.grad is not None and parameter.grad.abs().sum() > 0) == parameter.requires_grad, name
+        assert (parameter.grad is not None and parameter.grad.abs().sum() > 0) == parameter.requires_grad, (
+            name
+        )
     block = net.image_encoder.blocks[0]
     if adaptation in ("spatial", "bottleneck"):
         assert isinstance(block.adapter, BottleneckAdapter)
@@ -68,7 +70,9 @@ def test_lora_starts_as_the_frozen_network():
     frozen = build_volumetric_sam("tiny", crop_size=CROP, adaptation="frozen").eval()
     lora = build_volumetric_sam("tiny", crop_size=CROP, adaptation="lora", lora_rank=3).eval()
     missing, unexpected = lora.load_state_dict(frozen.state_dict(), strict=False)
-    assert unexpected == [] and missing and all(k.endswith(("lora_down", "lora_up")) for k in missing)
+    assert unexpected == []
+    assert missing
+    assert all(k.endswith(("lora_down", "lora_up")) for k in missing)
     image, points = torch.randn(1, 1, *CROP), torch.tensor([[[10.0, 20.0, 30.0]]])
     with torch.no_grad():
         torch.testing.assert_close(lora(image, points), frozen(image, points), rtol=0, atol=0)
