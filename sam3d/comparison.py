@@ -174,45 +174,51 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def dice_curve(row: Row) -> list[tuple[int, float, float | None]]:
+    """``(clicks, mean, std)`` over the row's runs of the Dice after each number of clicks."""
+    curve = []
+    for clicks in sorted({c for run in row.runs for c in run.dice_by_clicks}):
+        mean, std = mean_std([v for run in row.runs if (v := run.dice_by_clicks.get(clicks)) is not None])
+        if mean is not None:
+            curve.append((clicks, mean, std))
+    return curve
+
+
+def _label(method: str, clicks: int | None) -> str:
+    return f"{method}\n({clicks} click{'s' if clicks > 1 else ''})" if clicks else method
+
+
 def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Path) -> None:
     """Dice per method (mean ± std over runs); beside it Dice against clicks for the methods with clicks."""
     clicked = [row for row in rows if row.clicks]
     figure = Figure(figsize=(12 if clicked else 6, 4.5))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2 if clicked else 1, squeeze=False)[0]
-    labels = [
-        f"{r['method']}\n({r['clicks']} click{'s' if r['clicks'] > 1 else ''})"
-        if r["clicks"]
-        else r["method"]
-        for r in records
-    ]
     means = [100 * (r["dice_mean"] or 0.0) for r in records]
     errors = [100 * (r["dice_std"] or 0.0) for r in records]
     axes[0].bar(range(len(records)), means, yerr=errors, capsize=4, color="tab:blue")
+    labels = [_label(r["method"], r["clicks"]) for r in records]
     axes[0].set_xticks(range(len(records)), labels, rotation=30, ha="right", fontsize=8)
     axes[0].set_ylabel("Dice (%)")
     axes[0].set_title("Dice per method (mean ± std over runs)")
     if clicked:
         curve = axes[1]
         for row in clicked:
-            counts = sorted({c for run in row.runs for c in run.dice_by_clicks})
-            points = [
-                (c, mean_std([v for run in row.runs if (v := run.dice_by_clicks.get(c)) is not None]))
-                for c in counts
-            ]
-            points = [(c, m, s) for c, (m, s) in points if m is not None]
+            if not (points := dice_curve(row)):
+                continue
+            clicks, dice, std = zip(*points, strict=True)
             curve.errorbar(
-                [c for c, _, _ in points],
-                [100 * m for _, m, _ in points],
-                yerr=[100 * (s or 0.0) for _, _, s in points],
+                clicks,
+                [100 * d for d in dice],
+                yerr=[100 * (s or 0.0) for s in std],
                 marker="o",
                 capsize=3,
-                label=row.method,
+                label=_label(row.method, row.clicks).replace("\n", " "),
             )
         for record in records:
             if not record["clicks"] and record["dice_mean"] is not None:
                 curve.axhline(100 * record["dice_mean"], linestyle="--", color="gray", linewidth=1)
-                curve.annotate(record["method"], (0, 100 * record["dice_mean"]), fontsize=7, color="gray")
+                curve.annotate(record["method"], (1, 100 * record["dice_mean"]), fontsize=7, color="gray")
         curve.xaxis.set_major_locator(MaxNLocator(integer=True))
         curve.set_xlabel("clicks")
         curve.set_ylabel("Dice (%)")
@@ -228,7 +234,8 @@ def _log_to_wandb(records: Sequence[dict[str, Any]], figure: Path) -> bool:
 
     if wandb.run is None:
         return False
-    table = wandb.Table(columns=CSV_COLUMNS, data=[[r[c] for c in CSV_COLUMNS] for r in records])
+    columns: list[str | int] = list(CSV_COLUMNS)
+    table = wandb.Table(columns=columns, data=[[r[c] for c in CSV_COLUMNS] for r in records])
     wandb.run.log({"comparison/table": table, "comparison/figure": wandb.Image(str(figure))})
     return True
 
