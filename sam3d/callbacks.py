@@ -37,6 +37,42 @@ def run_directory(trainer: L.Trainer) -> Path:
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / version
 
 
+def method_record(pl_module: L.LightningModule) -> dict[str, Any]:
+    """Name and parameter counts of any LightningModule: its ``method`` attribute, else its class name."""
+    parameters = list(pl_module.parameters())
+    return {
+        "method": str(getattr(pl_module, "method", type(pl_module).__name__)),
+        "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+        "parameters": sum(p.numel() for p in parameters),
+    }
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory so far: allocated GPU memory on CUDA (since the last reset), else the process's peak RSS."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_of": "cuda"}
+    import resource  # POSIX only
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_bytes": kib * 1024, "peak_memory_of": "rss"}
+
+
+class MethodRecord(L.Callback):
+    """At the start of every run, print the method's trainable parameters and record them with the logger."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Print (rank 0) and log the method and its parameter counts."""
+        record = method_record(pl_module)
+        if trainer.is_global_zero:
+            print(
+                f"{record['method']}: {record['trainable_parameters']:,} trainable parameters "
+                f"of {record['parameters']:,}",
+                flush=True,
+            )
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(record)
+
+
 class LearningRateMonitor(_LightningLearningRateMonitor):
     """Lightning's learning-rate monitor, idle without a logger (``--trainer.logger false``) instead of failing."""
 
@@ -111,13 +147,9 @@ class StepReport(L.Callback):
         timed = self.seconds[self.skip :] or self.seconds
         if not timed:
             return
-        device = trainer.strategy.root_device
-        if device.type == "cuda":
-            peak = f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-        else:
-            import resource  # POSIX only
-
-            peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        memory = peak_memory(trainer.strategy.root_device)
+        name = "GPU memory" if memory["peak_memory_of"] == "cuda" else "RSS"
+        peak = f"peak {name} {memory['peak_memory_bytes'] / 2**30:.2f} GiB"
         print(
             f"rank {trainer.global_rank}: {len(timed)} training steps, median {float(np.median(timed)):.3f} s "
             f"per step, {peak}",
@@ -152,23 +184,33 @@ class TestReport(L.Callback):
     """After ``sam3d test``: per-case CSV, summary JSON and best/median/worst pictures in the run folder.
 
     Rows and pictures are gathered from every rank; rank 0 writes them, prints a per-case table and
-    sends the summary, the table and the pictures to W&B.
+    sends the summary, the table and the pictures to W&B. The summary also records the method and its
+    parameter counts (:func:`method_record`) and the largest peak memory of the ranks during the test
+    (:func:`peak_memory`), so that ``sam3d report`` can compare any methods' test runs.
     """
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start measuring the peak GPU memory of the test."""
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Gather, write and log the evaluation of the test cases."""
         rows, pictures, skipped = pl_module.test_rows, pl_module.test_pictures, pl_module.test_skipped
+        memory = peak_memory(trainer.strategy.root_device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, (rows, pictures, skipped))
-            rows = [row for part, _, _ in gathered for row in part]
-            pictures = {case: png for _, part, _ in gathered for case, png in part.items()}
-            skipped = {case: why for _, _, part in gathered for case, why in part.items()}
+            torch.distributed.all_gather_object(gathered, (rows, pictures, skipped, memory))
+            rows = [row for part, _, _, _ in gathered for row in part]
+            pictures = {case: png for _, part, _, _ in gathered for case, png in part.items()}
+            skipped = {case: why for _, _, part, _ in gathered for case, why in part.items()}
+            memory = max((part for *_, part in gathered), key=lambda m: m["peak_memory_bytes"])
         if not trainer.is_global_zero:
             return
         rows = sorted(_unique_rows(rows), key=lambda r: (r["case"], r["repeat"], r["clicks"]))
         folder = run_directory(trainer) / "test"
-        result = write_report(rows, pictures, skipped, pl_module.evaluation, folder)
+        record = {**method_record(pl_module), **memory}
+        result = write_report(rows, pictures, skipped, pl_module.evaluation, folder, record)
         for case, reason in skipped.items():
             print(f"skipped {case}: {reason}")
         _print_table(rows, result, folder)

@@ -25,7 +25,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
-from sam3d.callbacks import PredictionWriter, RunConfig, TestReport
+from sam3d.callbacks import MethodRecord, PredictionWriter, RunConfig, TestReport
+from sam3d.comparison import report
 from sam3d.data import VolumeDataModule
 from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
@@ -40,6 +41,7 @@ UTILITIES: dict[str, Callable[..., object]] = {
     **DATA_UTILITIES,
     "import-reference": import_reference,
     "aggregate-folds": aggregate_folds,
+    "report": report,
 }
 DESCRIPTION = (
     "Promptable 3D tumour segmentation: SAM adapted to CT volumes. Training, evaluation and inference use "
@@ -346,7 +348,7 @@ def main(args: Sequence[str] | None = None) -> None:
             trainer_class=Sam3dTrainer,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
-            trainer_defaults={"callbacks": [TestReport()]},
+            trainer_defaults={"callbacks": [TestReport(), MethodRecord()]},
             seed_everything_default=0,
             parser_kwargs={"prog": "sam3d", "version": __version__, "description": DESCRIPTION},
             auto_configure_optimizers=False,  # the module's recipe is the optimiser; no --optimizer options

@@ -23,7 +23,13 @@ from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings, evaluate_case
 from sam3d.inference import segment
-from sam3d.models import CheckpointError, Variant, build_volumetric_sam, trainable_parameter_groups
+from sam3d.models import (
+    Adaptation,
+    CheckpointError,
+    Variant,
+    build_volumetric_sam,
+    trainable_parameter_groups,
+)
 from sam3d.visualize import orthogonal_slices, png_bytes
 
 Batch = dict[str, Any]
@@ -66,8 +72,8 @@ class VolumetricSamModule(L.LightningModule):
         dice_weight: Weight of the Dice term of the loss.
         ce_weight: Weight of the cross-entropy term of the loss.
         store_frozen_weights: Keep the frozen SAM weights in checkpoints even when ``sam_checkpoint`` is given.
-        freeze_sam: Freeze SAM's weights as the paper does. Turn off only without pretrained SAM weights
-            (e.g. the tiny network), where nothing is gained by freezing random weights.
+        freeze_sam: Freeze SAM's weights as ``adaptation`` says. Turn off only without pretrained SAM weights
+            (e.g. the tiny network), where nothing is gained by freezing random weights: every weight trains.
         activation_checkpointing: Recompute each encoder block's activations and the decoder's upsampled
             maps in the backward pass instead of keeping them (same gradients, a fraction of the memory,
             more time per step); None turns it on for SAM's ViT sizes and off for the tiny network.
@@ -75,6 +81,10 @@ class VolumetricSamModule(L.LightningModule):
             best-checkpoint callback at it): ``val/dice``, the Dice of the thresholded patches (highest
             wins), or ``val/dice_loss``, the soft Dice loss (lowest wins) by which the authors keep their
             best checkpoint.
+        adaptation: How SAM's encoder is adapted: ``spatial`` (the paper's 3D adapters), ``bottleneck``
+            (2D adapters), ``lora`` (low-rank qkv updates), ``frozen`` (no adapters) or ``full`` (no
+            adapters, every weight trains); see :class:`sam3d.models.VolumetricSamConfig`.
+        lora_rank: Rank of the ``lora`` updates.
     """
 
     def __init__(
@@ -91,6 +101,8 @@ class VolumetricSamModule(L.LightningModule):
         freeze_sam: bool = True,
         activation_checkpointing: bool | None = None,
         checkpoint_monitor: Literal["val/dice", "val/dice_loss"] = "val/dice",
+        adaptation: Adaptation = "spatial",
+        lora_rank: int = 4,
     ) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or not 0 < final_lr_factor <= 1:
@@ -100,7 +112,12 @@ class VolumetricSamModule(L.LightningModule):
             )
         self.save_hyperparameters()
         self.net = build_volumetric_sam(
-            variant, sam_checkpoint=sam_checkpoint, crop_size=crop_size, freeze=freeze_sam
+            variant,
+            sam_checkpoint=sam_checkpoint,
+            crop_size=crop_size,
+            freeze=freeze_sam,
+            adaptation=adaptation,
+            lora_rank=lora_rank,
         )
         if activation_checkpointing is None:
             activation_checkpointing = variant != "tiny"
@@ -119,6 +136,13 @@ class VolumetricSamModule(L.LightningModule):
         self.test_rows: list[dict[str, Any]] = []
         self.test_pictures: dict[str, bytes] = {}
         self.test_skipped: dict[str, str] = {}
+
+    @property
+    def method(self) -> str:
+        """The method's name in test summaries and comparison reports, e.g. ``sam-spatial``, ``sam-lora-r4``."""
+        adaptation = self.hparams["adaptation"]
+        name = f"sam-lora-r{self.hparams['lora_rank']}" if adaptation == "lora" else f"sam-{adaptation}"
+        return name if self.hparams["freeze_sam"] or adaptation == "full" else f"{name}-unfrozen"
 
     def forward(
         self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None

@@ -21,7 +21,11 @@ Row = Mapping[str, Any]
 
 
 def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]:
-    """Mean, std and median of every metric per click count, and the spread across repeats."""
+    """Mean, std and median of every metric per click count, and the spread across repeats.
+
+    Also the clicks of the final rows (0 for methods without clicks) and the inference seconds per case
+    (all clicks of one repeat), for comparisons between methods.
+    """
     by_clicks: dict[int, list[Row]] = defaultdict(list)
     for row in rows:
         by_clicks[int(row["clicks"])].append(row)
@@ -41,6 +45,11 @@ def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]
         metric: [summarize([float(r[metric]) for r in group])["mean"] for group in per_repeat.values()]
         for metric in METRICS
     }
+    result["clicks"] = max((int(row["clicks"]) for row in final), default=None)
+    seconds: dict[tuple[str, int], float] = defaultdict(float)
+    for row in rows:
+        seconds[(str(row["case"]), int(row["repeat"]))] += float(row["seconds"])
+    result["seconds_per_case"] = statistics.fmean(seconds.values()) if seconds else None
     result["final"] = {metric: summarize([float(r[metric]) for r in final]) for metric in METRICS}
     result["across_repeats"] = {
         metric: {
@@ -80,15 +89,19 @@ def write_report(
     skipped: Mapping[str, str],
     settings: EvaluationSettings,
     folder: Path,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``cases.csv``, ``summary.json`` and ``{best,median,worst}_<case>.png`` into ``folder``."""
+    """Write ``cases.csv``, ``summary.json`` and ``{best,median,worst}_<case>.png`` into ``folder``.
+
+    ``record`` (the method, its parameter counts, peak memory: see ``sam3d.callbacks.TestReport``) heads
+    the summary.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "cases.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=["case", "repeat", "clicks", *METRICS, "seconds"])
         writer.writeheader()
         writer.writerows(rows)
-    result = summary(rows, settings)
-    result["skipped"] = dict(skipped)
+    result = {**(record or {}), **summary(rows, settings), "skipped": dict(skipped)}
     (folder / "summary.json").write_text(json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
     for rank, case in ranked_cases(rows).items():
         if case in pictures:

@@ -7,12 +7,14 @@ from sam3d.models.build import (
     trainable_parameter_groups,
 )
 from sam3d.models.checkpoints import CheckpointError
-from sam3d.models.config import VARIANTS, Variant, VolumetricSamConfig
+from sam3d.models.config import ADAPTATIONS, VARIANTS, Adaptation, Variant, VolumetricSamConfig
 from sam3d.models.reference import load_reference_checkpoint
 from sam3d.models.volumetric_sam import CropEncoding, VolumetricSam
 
 __all__ = [
+    "ADAPTATIONS",
     "VARIANTS",
+    "Adaptation",
     "CheckpointError",
     "CropEncoding",
     "Variant",

@@ -11,12 +11,13 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from sam3d.models.checkpoints import load_sam_image_encoder
-from sam3d.models.config import VARIANTS, Variant, VolumetricSamConfig
+from sam3d.models.config import VARIANTS, Adaptation, Variant, VolumetricSamConfig
 from sam3d.models.volumetric_sam import VolumetricSam
 
-# Encoder parameters trained in the paper; every other encoder weight stays as SAM learned it.
+# Encoder parameters trained in the paper (and the LoRA updates of the `lora` adaptation); every other
+# encoder weight stays as SAM learned it unless the adaptation is `full`.
 TRAINABLE_ENCODER_PARTS = frozenset(
-    {"slice_embed", "depth_embed", "norm1", "norm2", "adapter", "rel_pos_d", "necks"}
+    {"slice_embed", "depth_embed", "norm1", "norm2", "adapter", "rel_pos_d", "necks", "lora_down", "lora_up"}
 )
 
 
@@ -56,9 +57,13 @@ def build_sam_2d(config: VolumetricSamConfig, device: str | torch.device = "cpu"
 
 
 def freeze_like_paper(net: VolumetricSam) -> VolumetricSam:
-    """Freeze SAM's pretrained encoder weights; adapters, new embeddings, necks, prompt encoder and decoder train."""
+    """Freeze SAM's pretrained encoder weights as the paper does (all train for the ``full`` adaptation).
+
+    Adapters or LoRA updates, new embeddings, layer norms, necks, prompt encoder and decoder train.
+    """
+    full = net.config.adaptation == "full"
     for name, parameter in net.image_encoder.named_parameters():
-        parameter.requires_grad_(not TRAINABLE_ENCODER_PARTS.isdisjoint(name.split(".")))
+        parameter.requires_grad_(full or not TRAINABLE_ENCODER_PARTS.isdisjoint(name.split(".")))
     for module in (net.prompt_encoder, net.mask_decoder):
         module.requires_grad_(True)
     return net
@@ -75,6 +80,8 @@ def build_volumetric_sam(
     sam_checkpoint: str | Path | None = None,
     crop_size: int | tuple[int, int, int] | None = None,
     freeze: bool = True,
+    adaptation: Adaptation = "spatial",
+    lora_rank: int = 4,
 ) -> VolumetricSam:
     """Build the paper's network.
 
@@ -83,14 +90,18 @@ def build_volumetric_sam(
         sam_checkpoint: Official SAM checkpoint of the same variant (e.g. ``sam_vit_b_01ec64.pth``); None
             leaves SAM's weights randomly initialised.
         crop_size: Input crop; defaults to the variant's (128^3 for SAM's sizes, 64^3 for tiny).
-        freeze: Freeze as in the paper (only adapters, new embeddings, necks, prompt encoder, decoder train).
+        freeze: Freeze as in the paper (only adapters, new embeddings, necks, prompt encoder, decoder train);
+            False trains every weight whatever the adaptation.
+        adaptation: ``spatial`` (the paper's), ``bottleneck``, ``lora``, ``frozen`` or ``full`` (see
+            :class:`VolumetricSamConfig`).
+        lora_rank: Rank of the ``lora`` adaptation's updates.
 
     Returns:
         The network, on the CPU, in training mode.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    config = VARIANTS[variant]
+    config = VARIANTS[variant].with_adaptation(adaptation, lora_rank)
     if crop_size is not None:
         config = config.with_crop_size(crop_size)
     net = VolumetricSam(config)

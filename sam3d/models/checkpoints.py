@@ -106,7 +106,7 @@ def load_sam_image_encoder(net: VolumetricSam, path: str | Path, sam: Sam) -> No
 
 def _new_encoder_weights(key: str) -> bool:
     """Encoder weights the paper adds to SAM (not in a SAM checkpoint)."""
-    new_parts = {"slice_embed", "depth_embed", "adapter", "necks"}
+    new_parts = {"slice_embed", "depth_embed", "adapter", "necks", "lora_down", "lora_up"}
     return not new_parts.isdisjoint(key.split(".")) or key.endswith("rel_pos_scale")
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from sam3d.errors import Sam3dError
 
 Variant = Literal["vit_b", "vit_l", "vit_h", "tiny"]
+# How SAM's pretrained encoder is adapted (see `VolumetricSamConfig`); `spatial` is the paper's.
+Adaptation = Literal["spatial", "bottleneck", "lora", "frozen", "full"]
+ADAPTATIONS: tuple[Adaptation, ...] = get_args(Adaptation)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class VolumetricSamConfig:
         prompt_attention_downsample: Channel downsampling of the image-to-query cross-attention.
         decoder_dim: Channels of the multi-level decoder.
         num_classes: Output channels (the paper's two-class head: background, tumour).
+        adaptation: How SAM's pretrained encoder weights are adapted. ``spatial`` (the paper's): a bottleneck
+            adapter with a depthwise 3D convolution before each block; ``bottleneck``: the same adapter
+            without the convolution; ``lora``: low-rank updates of the frozen qkv projections; ``frozen``:
+            no adapter; ``full``: no adapter, every weight trains. Besides the adapters, the new embeddings,
+            the layer norms, the necks, the prompt encoder and the decoder train in all of them.
+        lora_rank: Rank of the ``lora`` updates.
     """
 
     variant: Variant = "vit_b"
@@ -60,6 +69,8 @@ class VolumetricSamConfig:
     prompt_attention_downsample: int = 2
     decoder_dim: int = 128
     num_classes: int = 2
+    adaptation: Adaptation = "spatial"
+    lora_rank: int = 4
     neck_after_blocks: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +78,12 @@ class VolumetricSamConfig:
             raise ValueError(f"depth must be a multiple of 4 (four feature levels), got {self.depth}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.adaptation not in ADAPTATIONS:
+            raise Sam3dError(
+                f"unknown adaptation {self.adaptation!r}; choose one of {', '.join(ADAPTATIONS)}"
+            )
+        if self.lora_rank < 1:
+            raise Sam3dError(f"lora_rank must be at least 1, got {self.lora_rank}")
         step = self.depth // 4
         object.__setattr__(self, "neck_after_blocks", tuple(step * (i + 1) - 1 for i in range(4)))
         _ = self.token_grid  # raises if the crop size does not fit the network
@@ -99,6 +116,10 @@ class VolumetricSamConfig:
         """The same network for another crop size; the token grid follows the crop."""
         crop = (crop_size,) * 3 if isinstance(crop_size, int) else tuple(crop_size)
         return replace(self, crop_size=crop)  # type: ignore[arg-type]
+
+    def with_adaptation(self, adaptation: Adaptation, lora_rank: int = 4) -> VolumetricSamConfig:
+        """The same network with another adaptation of SAM's encoder."""
+        return replace(self, adaptation=adaptation, lora_rank=lora_rank)
 
 
 VARIANTS: dict[str, VolumetricSamConfig] = {

@@ -11,8 +11,9 @@ from segment_anything.modeling.image_encoder import PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sam3d.models.adapters import block_adapter
 from sam3d.models.common import LayerNorm, LayerNorm3d, channels_first_3d, channels_last_3d
-from sam3d.models.config import VolumetricSamConfig
+from sam3d.models.config import Adaptation, VolumetricSamConfig
 from sam3d.models.patch_embedding import can_fold, direct_patch_embedding, folded_patch_embedding
 from sam3d.models.window_attention import (
     WindowAttention3D,
@@ -21,27 +22,8 @@ from sam3d.models.window_attention import (
 )
 
 
-class SpatialAdapter(nn.Module):
-    """Bottleneck adapter with a depthwise 3D convolution, added residually before each block."""
-
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(dim, hidden_dim)
-        # Tokens are channels-last, so the convolution runs channels-last; its weight is stored that way too,
-        # so that its gradient has the weight's own strides (which DDP's gradient buckets expect).
-        conv = nn.Conv3d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
-        self.conv = conv.to(memory_format=torch.channels_last_3d)
-        self.up = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, D, H, W, C)`` -> same shape."""
-        hidden = F.relu(self.down(x))
-        hidden = F.relu(channels_last_3d(self.conv(channels_first_3d(hidden))))
-        return x + F.relu(self.up(hidden))
-
-
 class Block3D(nn.Module):
-    """Adapter, (shifted) 3D window attention and SAM's MLP, each residual."""
+    """Adapter (if any), (shifted) 3D window attention and SAM's MLP, each residual."""
 
     window_order: torch.Tensor
     token_order: torch.Tensor
@@ -55,11 +37,14 @@ class Block3D(nn.Module):
         rel_pos_length: int,
         adapter_dim: int,
         grid: tuple[int, int, int],
+        adaptation: Adaptation = "spatial",
+        lora_rank: int = 4,
     ) -> None:
         super().__init__()
-        self.adapter = SpatialAdapter(dim, adapter_dim)
+        self.adapter = block_adapter(adaptation, dim, adapter_dim)
         self.norm1 = LayerNorm(dim, eps=1e-6)
-        self.attn = WindowAttention3D(dim, num_heads, window_size, rel_pos_length)
+        rank = lora_rank if adaptation == "lora" else 0
+        self.attn = WindowAttention3D(dim, num_heads, window_size, rel_pos_length, lora_rank=rank)
         self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=4 * dim, act=nn.GELU)
         self.window_size = window_size
@@ -140,6 +125,8 @@ class ImageEncoder3D(nn.Module):
                 - 1,
                 adapter_dim=int(dim * config.adapter_ratio),
                 grid=grid,
+                adaptation=config.adaptation,
+                lora_rank=config.lora_rank,
             )
             for i in range(config.depth)
         )

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3d.models.adapters import LowRankLinear
+
 # Attention logit added between tokens of different regions of a shifted window (Swin's value).
 _REGION_MASK_VALUE = -100.0
 
@@ -104,19 +106,22 @@ class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside cubic windows with decomposed 3D relative positions.
 
     ``qkv``, ``proj``, ``rel_pos_h`` and ``rel_pos_w`` come from SAM (tables keep SAM's length and are
-    resized on the fly); ``rel_pos_d`` is new. ``fused`` selects the bias-free formulation (default) or the
+    resized on the fly); ``rel_pos_d`` is new. ``lora_rank > 0`` adds LoRA updates of that rank to ``qkv``.
+    ``fused`` selects the bias-free formulation (default) or the
     direct one with a materialised bias; both give the same result to float rounding.
     """
 
     rel_pos_scale: torch.Tensor
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, rel_pos_length: int) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, rel_pos_length: int, lora_rank: int = 0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
         self.fused = True
         head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = LowRankLinear(dim, dim * 3, lora_rank) if lora_rank else nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.rel_pos_d = nn.Parameter(torch.zeros(rel_pos_length, head_dim))
         self.rel_pos_h = nn.Parameter(torch.zeros(rel_pos_length, head_dim))
