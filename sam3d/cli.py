@@ -33,6 +33,7 @@ from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
 from sam3d.shipped import shipped_file
+from sam3d.task import SegmentationTask, checkpoint_module, class_path
 
 UTILITIES: dict[str, Callable[..., object]] = {
     **DATA_UTILITIES,
@@ -117,7 +118,8 @@ class Sam3dCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
-        parser.link_arguments("data.patch_size", "model.crop_size")
+        parser.link_arguments("data.patch_size", "model.init_args.crop_size")
+        parser.set_defaults({"model": {"class_path": class_path(VolumetricSamModule)}})
         parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
@@ -139,6 +141,8 @@ class Sam3dCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Protocol and threshold from `evaluation`; the training's preprocessing from the checkpoint."""
+        if not self.model.takes_clicks:
+            raise Sam3dError(self.model.no_clicks_message())
         self.model.evaluation = self._get(self.config_init, "evaluation")
         self._restore_preprocessing(required=True)
 
@@ -171,7 +175,9 @@ class Sam3dCLI(LightningCLI):
                 )
             self.checkpoint_record = checkpoint["sam3d"]
             self.checkpoint_data = checkpoint.get(VolumeDataModule.__qualname__)
-            trained, requested = checkpoint["sam3d"]["variant"], config.model.get("variant")
+            _check_trainer(ckpt_path, checkpoint_module(checkpoint["sam3d"]), config.model.class_path)
+            trained = checkpoint["sam3d"].get("variant")
+            requested = config.model.init_args.get("variant")
             if requested != trained:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
@@ -183,12 +189,12 @@ class Sam3dCLI(LightningCLI):
                     f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
                     f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
                 )
-        requested_sam = config.model.get("sam_checkpoint")
+        requested_sam = config.model.init_args.get("sam_checkpoint")
         super()._parse_ckpt_path()
         if requested_sam is not None:
             # The checkpoint's hyperparameters replace the model config; a SAM file named on this command
             # line still wins (its SHA-256 is checked against the one the checkpoint was trained from).
-            self._subcommand_config().model.sam_checkpoint = requested_sam
+            self._subcommand_config().model.init_args.sam_checkpoint = requested_sam
 
     def _resolve_named(self, config: Any, name: str) -> Path:
         logger = config.trainer.get("logger")
@@ -212,6 +218,24 @@ class Sam3dCLI(LightningCLI):
             print(
                 "W&B: no credentials found, logging offline (upload later with `wandb sync`)", file=sys.stderr
             )
+
+
+# The config overlay of each trainer, for messages (the volumetric SAM needs none).
+TRAINER_OVERLAYS = {
+    "sam3d.automatic.AutomaticSamModule": "-c automatic/sam.yaml",
+    "sam3d.supervised.SupervisedBaselineModule": "-c baselines/<network>.yaml",
+}
+
+
+def _check_trainer(ckpt_path: str, written_by: str, configured: str) -> None:
+    """Refuse a checkpoint of another trainer than the config's (e.g. a baseline's for the volumetric SAM)."""
+    if written_by == configured:
+        return
+    overlay = TRAINER_OVERLAYS.get(written_by, f"--model.class_path {written_by}")
+    raise CheckpointError(
+        f"--ckpt_path {ckpt_path} holds a {written_by.rsplit('.', 1)[-1]} but the config builds a "
+        f"{configured.rsplit('.', 1)[-1]}; add the config of the run that wrote it ({overlay})"
+    )
 
 
 def config_file(value: str) -> str:
@@ -275,8 +299,9 @@ def main(args: Sequence[str] | None = None) -> None:
             CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
             return
         Sam3dCLI(
-            VolumetricSamModule,
+            SegmentationTask,  # the volumetric SAM by default; other trainers by model.class_path
             VolumeDataModule,
+            subclass_mode_model=True,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"callbacks": [TestReport()]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def build_volumetric_sam(
     sam_checkpoint: str | Path | None = None,
     crop_size: int | tuple[int, int, int] | None = None,
     freeze: bool = True,
+    input_scale: float | None = None,
 ) -> VolumetricSam:
     """Build the paper's network.
 
@@ -84,6 +86,7 @@ def build_volumetric_sam(
             leaves SAM's weights randomly initialised.
         crop_size: Input crop; defaults to the variant's (128^3 for SAM's sizes, 64^3 for tiny).
         freeze: Freeze as in the paper (only adapters, new embeddings, necks, prompt encoder, decoder train).
+        input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's sizes).
 
     Returns:
         The network, on the CPU, in training mode.
@@ -93,6 +96,8 @@ def build_volumetric_sam(
     config = VARIANTS[variant]
     if crop_size is not None:
         config = config.with_crop_size(crop_size)
+    if input_scale is not None:
+        config = replace(config, input_scale=input_scale)
     net = VolumetricSam(config)
     if sam_checkpoint is not None:
         load_sam_image_encoder(net, sam_checkpoint, build_sam_2d(config, device="meta"))
