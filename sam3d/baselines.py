@@ -28,6 +28,7 @@ NNUNET_MAX_POOLS = 5
 NNUNET_MAX_FILTERS_FACTOR = 10
 
 SWINUNETR_DIVISOR = 32  # patch size 2, then four 2x patch mergings
+SWINUNETR_MIN_CROP = 64  # its bottleneck's instance norm needs more than one voxel
 UNETR_PATCH = 16  # UNETR's ViT patch size
 
 
@@ -82,7 +83,7 @@ def nnunet_plan(crop_size: tuple[int, int, int], base_filters: int = 32) -> NnUN
     if min(pools) < 1:
         raise Sam3dError(
             f"crop size {tuple(crop_size)} is too small for nnU-Net's plan: every axis needs at least "
-            f"{2 * NNUNET_MIN_FEATURE_MAP} voxels"
+            f"{2 * NNUNET_MIN_FEATURE_MAP} voxels (data.patch_size)"
         )
     for axis, (size, count) in enumerate(zip(crop_size, pools, strict=True)):
         if size % 2**count:
@@ -107,8 +108,13 @@ def nnunet_plan(crop_size: tuple[int, int, int], base_filters: int = 32) -> NnUN
     )
 
 
-def check_divisible(network: str, crop_size: tuple[int, int, int], divisor: int) -> None:
-    """Refuse a crop whose axes are not multiples of what ``network`` downsamples by."""
+def check_divisible(network: str, crop_size: tuple[int, int, int], divisor: int, smallest: int = 1) -> None:
+    """Refuse a crop whose axes are not multiples of what ``network`` downsamples by, or below ``smallest``."""
+    if min(crop_size) < smallest:
+        raise Sam3dError(
+            f"crop size {tuple(crop_size)} is too small for {network}: every axis needs at least {smallest} "
+            "voxels (data.patch_size)"
+        )
     bad = [axis for axis, size in enumerate(crop_size) if size % divisor]
     if bad:
         sizes = ", ".join(_nearby_multiples(crop_size[axis], divisor) for axis in bad)
@@ -146,25 +152,39 @@ def build_baseline(
     if width < 1:
         raise Sam3dError(f"feature_size must be >= 1, got {feature_size}")
     extra = dict(options or {})
-    try:
-        if network == "dynunet":
-            plan = nnunet_plan(crop, width)  # type: ignore[arg-type]
-            heads = plan.deep_supervision_heads if deep_supervision else 0
-            arguments: dict[str, Any] = {
-                "kernel_size": plan.kernel_size,
-                "strides": plan.strides,
-                "upsample_kernel_size": plan.strides[1:],
-                "filters": plan.filters,
-                "deep_supervision": heads > 0,
-                "deep_supr_num": max(heads, 1),
-            }
-            return DynUNet(spatial_dims=3, in_channels=1, out_channels=2, **{**arguments, **extra})
-        if network == "swinunetr":
-            check_divisible("SwinUNETR", crop, SWINUNETR_DIVISOR)  # type: ignore[arg-type]
-            return SwinUNETR(in_channels=1, out_channels=2, feature_size=width, spatial_dims=3, **extra)
-        check_divisible("UNETR", crop, UNETR_PATCH)  # type: ignore[arg-type]
-        return UNETR(
-            in_channels=1, out_channels=2, img_size=crop, feature_size=width, spatial_dims=3, **extra
+    if network == "dynunet":
+        plan = nnunet_plan(crop, width)  # type: ignore[arg-type]
+        heads = plan.deep_supervision_heads if deep_supervision else 0
+        planned: dict[str, Any] = {
+            "kernel_size": plan.kernel_size,
+            "strides": plan.strides,
+            "upsample_kernel_size": plan.strides[1:],
+            "filters": plan.filters,
+            "deep_supervision": heads > 0,
+            "deep_supr_num": max(heads, 1),
+        }
+        return _built(DynUNet, network, extra, spatial_dims=3, in_channels=1, out_channels=2, **planned)
+    if network == "swinunetr":
+        check_divisible("SwinUNETR", crop, SWINUNETR_DIVISOR, SWINUNETR_MIN_CROP)  # type: ignore[arg-type]
+        return _built(
+            SwinUNETR, network, extra, in_channels=1, out_channels=2, feature_size=width, spatial_dims=3
         )
+    check_divisible("UNETR", crop, UNETR_PATCH)  # type: ignore[arg-type]
+    return _built(
+        UNETR,
+        network,
+        extra,
+        in_channels=1,
+        out_channels=2,
+        img_size=crop,
+        feature_size=width,
+        spatial_dims=3,
+    )
+
+
+def _built(cls: type[nn.Module], network: str, options: dict[str, Any], **arguments: Any) -> nn.Module:
+    """``cls(**arguments, **options)`` (options win), MONAI's refusals as a message naming the options."""
+    try:
+        return cls(**{**arguments, **options})
     except (TypeError, ValueError, AssertionError) as error:
-        raise Sam3dError(f"cannot build {network} with options {extra}: {error}") from error
+        raise Sam3dError(f"cannot build {network} with options {options}: {error}") from None
