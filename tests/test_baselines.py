@@ -153,6 +153,8 @@ def _run(subcommand, method, root, workdir, cache_dir, *extra):
         "2",
         "--trainer.limit_val_batches",
         "1",
+        "--trainer.limit_test_batches",
+        "1",
         "--evaluation.overlap",
         "0",
         "--evaluation.window_batch_size",
@@ -162,11 +164,25 @@ def _run(subcommand, method, root, workdir, cache_dir, *extra):
     )
 
 
+@pytest.fixture(scope="module")
+def fitted(synthetic_root, tmp_path_factory, cache_dir):
+    """``fitted(method)``: the working folder and last checkpoint of a two-step run (each method fitted once)."""
+    runs: dict[str, tuple[Path, Path]] = {}
+
+    def fit(method: str) -> tuple[Path, Path]:
+        if method not in runs:
+            workdir = tmp_path_factory.mktemp(method)
+            main(_run("fit", method, synthetic_root, workdir, cache_dir))
+            runs[method] = workdir, next(workdir.glob("runs/**/checkpoints/last.ckpt"))
+        return runs[method]
+
+    return fit
+
+
 @pytest.mark.parametrize("method", ["dynunet", "swinunetr", "unetr", "automatic"])
-def test_each_method_trains_and_tests_through_the_shared_reports(method, synthetic_root, tmp_path, cache_dir):
-    main(_run("fit", method, synthetic_root, tmp_path, cache_dir))
-    checkpoint = next(tmp_path.glob("runs/**/checkpoints/last.ckpt"))
-    main(_run("test", method, synthetic_root, tmp_path, cache_dir, "--ckpt_path", str(checkpoint)))
+def test_each_method_trains_and_tests_through_the_shared_reports(method, fitted, synthetic_root, cache_dir):
+    workdir, checkpoint = fitted(method)
+    main(_run("test", method, synthetic_root, workdir, cache_dir, "--ckpt_path", str(checkpoint)))
     report = checkpoint.parent.parent / "test"
     with open(report / "cases.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -180,11 +196,9 @@ def test_each_method_trains_and_tests_through_the_shared_reports(method, synthet
     assert summary["settings"]["overlap"] == 0
 
 
-@pytest.fixture(scope="module")
-def baseline_checkpoint(synthetic_root, tmp_path_factory, cache_dir):
-    workdir = tmp_path_factory.mktemp("dynunet")
-    main(_run("fit", "dynunet", synthetic_root, workdir, cache_dir, "--trainer.limit_train_batches", "1"))
-    return next(workdir.glob("runs/**/checkpoints/last.ckpt"))
+@pytest.fixture
+def baseline_checkpoint(fitted):
+    return fitted("dynunet")[1]
 
 
 def _error_of(args, capsys):
@@ -215,8 +229,9 @@ def test_a_sam_checkpoint_is_refused_by_a_baseline_config(
     args = _run("test", "unetr", synthetic_root, tmp_path, cache_dir, "--ckpt_path", str(checkpoint))
     message = _error_of(args, capsys)
     assert "holds a VolumetricSamModule but the config builds a SupervisedBaselineModule" in message
-    with pytest.raises(CheckpointError, match="holds a VolumetricSamModule"):
-        SupervisedBaselineModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = SupervisedBaselineModule("dynunet", (32, 32, 32), feature_size=4)
+    with pytest.raises(CheckpointError, match="holds a VolumetricSamModule but this run builds a Supervised"):
+        module.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
 
 
 def test_predict_with_a_baseline_says_it_takes_no_clicks(
