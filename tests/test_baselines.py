@@ -72,7 +72,7 @@ def test_nnunet_plan_pools_each_axis_down_to_four_voxels():
     ],
 )
 def test_a_crop_the_network_cannot_take_is_refused_with_sizes_that_fit(network, crop, expected):
-    with pytest.raises(Sam3dError, match="data.patch_size") as error:
+    with pytest.raises(Sam3dError, match=r"data\.patch_size") as error:
         build_baseline(network, crop)
     assert expected in str(error.value)
 
