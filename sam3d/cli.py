@@ -211,6 +211,21 @@ class Sam3dCLI(LightningCLI):
         print(f"using checkpoint {found}", file=sys.stderr)
         return found
 
+    def instantiate_classes(self) -> None:
+        """Build the trainer, model and data; a sam3d error while building the model is raised as itself.
+
+        (jsonargparse reports a failed subclass as "does not validate against any of the Union subtypes".)
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause: BaseException | None = error
+            while cause is not None and not isinstance(cause, Sam3dError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
     def before_instantiate_classes(self) -> None:
         """Log to W&B offline when no credentials exist (``wandb sync`` uploads the run later)."""
         if "WANDB_MODE" not in os.environ and not wandb_credentials_present():

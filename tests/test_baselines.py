@@ -264,3 +264,13 @@ def test_overlays_compose_with_every_dataset_config(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert "class_path: sam3d." in printed
         assert "dataset: kits" in printed
+
+
+def test_a_crop_the_overlay_cannot_take_stops_the_command_with_one_message(synthetic_root, tmp_path):
+    args = synthetic_cli_args("fit", synthetic_root, tmp_path, "-c", "baselines/swinunetr.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data.patch_size", "[96, 80, 64]"])
+    message = exit_info.value.code
+    assert isinstance(message, str)
+    assert message.startswith("sam3d: error: crop size (96, 80, 64) cannot be taken by SwinUNETR")
+    assert "use 64 or 96" in message
