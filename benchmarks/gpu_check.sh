@@ -6,13 +6,14 @@
 #   3. benchmarks/network.py in bf16 on the GPU: training step and clicks, old path against new.
 # Random SAM weights (no download): memory and time are those of the real network.
 #   bash benchmarks/gpu_check.sh [output folder]        (from the repository root, .venv installed)
-# VARIANT=tiny ACCELERATOR=cpu PRECISION=32-true runs the same commands on a CPU as a smoke test.
+# VARIANT=tiny ACCELERATOR=cpu DEVICES=2 PRECISION=32-true runs the same commands on a CPU as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-$(mktemp -d)}
 bin=${BIN:-.venv/bin}
 variant=${VARIANT:-vit_b}
 accelerator=${ACCELERATOR:-gpu}
+devices=${DEVICES:--1}  # -1: every GPU
 precision=${PRECISION:-bf16-mixed}
 steps=${STEPS:-12}
 export WANDB_MODE=offline
@@ -21,7 +22,8 @@ $bin/python -c "import torch; print('torch', torch.__version__, [torch.cuda.get_
 
 common=(
   -c configs/kits.yaml -c configs/trainer/ddp_bf16.yaml
-  --model.variant "$variant" --trainer.accelerator "$accelerator" --trainer.precision "$precision"
+  --model.variant "$variant" --trainer.accelerator "$accelerator" --trainer.devices "$devices"
+  --trainer.precision "$precision"
   --data.dataset msd --data.root "$out/data" --data.cache_dir "$out/cache" --data.target_label "[1]"
   --data.intensity_window "[-100, 200]" --data.mean 50 --data.std 40 --data.num_workers 4
   --trainer.logger.init_args.save_dir "$out/runs"

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 import yaml
 from jsonargparse import CLI
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
 from sam3d.callbacks import PredictionWriter, RunConfig, TestReport
@@ -110,8 +112,38 @@ def newest_checkpoint(root: Path, name: str) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+class Sam3dTrainer(Trainer):
+    """Lightning's Trainer with one more entry point, :meth:`serve` (the ``sam3d serve`` subcommand)."""
+
+    def serve(
+        self,
+        model: VolumetricSamModule,
+        datamodule: VolumeDataModule,
+        ckpt_path: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_voxels: int = 2**28,
+        max_sessions: int = 4,
+    ) -> None:
+        """Serve a page to click on scans, see and correct their 3D masks and save them.
+
+        Args:
+            model: The module (its network gets the checkpoint's weights).
+            datamodule: Lists ``--data.predict_scans`` and holds the checkpoint's preprocessing.
+            ckpt_path: The trained checkpoint: a file, ``best`` or ``last``.
+            host: Address to listen on; any but 127.0.0.1/localhost shares the page, without authentication.
+            port: Port to listen on (0: any free port).
+            max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
+            max_sessions: Pages (browser tabs) served at once, each holding its scan in memory.
+        """
+        from sam3d.serve.command import serve  # the web stack is imported for `serve` only
+
+        assert ckpt_path is not None  # before_serve refuses a missing checkpoint
+        serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions)
+
+
 class Sam3dCLI(LightningCLI):
-    """LightningCLI with sam3d's links, checkpoint checks and run folders."""
+    """LightningCLI with sam3d's links, checkpoint checks and run folders, and the ``serve`` subcommand."""
 
     checkpoint_record: dict[str, Any] | None = None  # the `sam3d` record of --ckpt_path's file
     checkpoint_data: dict[str, Any] | None = None  # the data module's state in --ckpt_path's file
@@ -145,6 +177,13 @@ class Sam3dCLI(LightningCLI):
             raise Sam3dError(self.model.no_clicks_message())
         self.model.evaluation = self._get(self.config_init, "evaluation")
         self._restore_preprocessing(required=True)
+
+    before_serve = before_predict
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands and ``serve`` (:meth:`Sam3dTrainer.serve`)."""
+        return {**LightningCLI.subcommands(), "serve": {"model", "datamodule"}}
 
     def _restore_preprocessing(self, required: bool = False) -> None:
         """Give the data module the checkpoint's preprocessing before it caches or computes anything."""
@@ -234,6 +273,17 @@ class Sam3dCLI(LightningCLI):
                 "W&B: no credentials found, logging offline (upload later with `wandb sync`)", file=sys.stderr
             )
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's Trainer; a combination of trainer settings it refuses is an error naming them."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, TypeError, ValueError) as error:
+            raise Sam3dError(
+                f"the trainer settings do not fit this machine or each other: {error}. Check --trainer.accelerator, "
+                "--trainer.devices, --trainer.strategy and --trainer.precision (and any trainer overlay, e.g. "
+                "trainer/ddp_bf16.yaml, which asks for every GPU)"
+            ) from None
+
 
 # The config overlay of each trainer, for messages (the volumetric SAM needs none).
 TRAINER_OVERLAYS = {
@@ -317,6 +367,7 @@ def main(args: Sequence[str] | None = None) -> None:
             SegmentationTask,  # the volumetric SAM by default; other trainers by model.class_path
             VolumeDataModule,
             subclass_mode_model=True,
+            trainer_class=Sam3dTrainer,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"callbacks": [TestReport()]},

@@ -320,6 +320,11 @@ class ClickSession:
         self._anchor: torch.Tensor | None = None
         self.probability = torch.zeros_like(image)
 
+    @property
+    def anchor(self) -> torch.Tensor | None:
+        """Start ``(3,)`` of the crop the first clicks placed (``full`` builds its lattice through it); None before."""
+        return self._anchor
+
     def add_click(self, point: Sequence[float] | torch.Tensor, positive: bool = True) -> torch.Tensor:
         """Add one click ``(d, h, w)`` in voxels; returns the probability ``(D, H, W)``."""
         label = torch.tensor([POSITIVE if positive else NEGATIVE])

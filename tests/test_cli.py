@@ -163,6 +163,13 @@ def test_unknown_variant(capsys):
             "spacing",
         ),
         (["make-synthetic", "unused", "--num_cases", "0"], "num_cases must be >= 1"),
+        (
+            [
+                *("fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x"),
+                *("--trainer.accelerator", "cpu", "--trainer.devices", "-1"),
+            ],
+            "--trainer.devices",
+        ),
     ],
 )
 def test_config_mistakes_are_messages_not_tracebacks(args, expected, capsys):

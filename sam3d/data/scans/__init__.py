@@ -8,7 +8,7 @@ onto the network grid, :func:`sam3d.inference.segment` predicts, and :func:`to_s
 
 from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase, EvaluationCases, SkippedCase
-from sam3d.data.scans.loading import Scan, label_on_source_grid, load_label, load_scan
+from sam3d.data.scans.loading import Scan, describe_grid, label_on_source_grid, load_label, load_scan
 from sam3d.data.scans.prediction_cases import PredictionCase, PredictionCases, scan_files
 from sam3d.data.scans.writing import to_source_grid, write_like
 
@@ -21,6 +21,7 @@ __all__ = [
     "Scan",
     "SkippedCase",
     "clicks_to_network",
+    "describe_grid",
     "label_on_source_grid",
     "load_label",
     "load_scan",

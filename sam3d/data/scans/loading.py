@@ -26,7 +26,7 @@ from sam3d.data.files import case_id
 from sam3d.data.layout import to_network_layout
 from sam3d.data.preprocessing import BinarizeLabel, Normalize, Preprocessing, read_volume, to_grid
 
-__all__ = ["Scan", "label_on_source_grid", "load_label", "load_scan"]
+__all__ = ["Scan", "describe_grid", "label_on_source_grid", "load_label", "load_scan"]
 
 
 @dataclass  # not frozen: Lightning rebuilds dataclasses in step outputs
@@ -41,6 +41,8 @@ class Scan:
             (i.e. ``image`` axes reversed).
         source_shape: Shape of the file's array ``(i, j, k)``.
         source_affine: The file's voxel-to-RAS matrix.
+        intensities: ``(D, H, W)`` on the grid of ``image`` in the file's units (HU for CT), before
+            clipping and z-scoring (int16 for integer scans, else float32); None unless asked for.
     """
 
     path: Path
@@ -49,6 +51,7 @@ class Scan:
     affine: np.ndarray
     source_shape: tuple[int, int, int]
     source_affine: np.ndarray
+    intensities: torch.Tensor | None = None
 
     @property
     def case_id(self) -> str:
@@ -61,12 +64,13 @@ class Scan:
         return tuple(float(s) for s in np.linalg.norm(self.source_affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
-def load_scan(path: str | Path, preprocessing: Preprocessing) -> Scan:
+def load_scan(path: str | Path, preprocessing: Preprocessing, keep_intensities: bool = False) -> Scan:
     """Read one scan and preprocess it for the network exactly as the training cache does, then normalise it.
 
     Args:
         path: NIfTI, NRRD or MHA file of a single-channel 3D scan.
         preprocessing: The network's preprocessing (spacing, window and statistics are used).
+        keep_intensities: Also keep the resampled intensities before clipping (for display).
 
     Returns:
         The preprocessed scan.
@@ -86,10 +90,12 @@ def load_scan(path: str | Path, preprocessing: Preprocessing) -> Scan:
         affine=np.array(normalised.affine, dtype=float),
         source_shape=source.spatial_shape,
         source_affine=np.array(source.affine, dtype=float),
+        intensities=to_network_layout(grid.data[0]).contiguous() if keep_intensities else None,
     )
 
 
-def _describe(shape: Sequence[int], affine: np.ndarray) -> str:
+def describe_grid(shape: Sequence[int], affine: np.ndarray) -> str:
+    """A grid in words: shape, spacing, origin and orientation (axis codes)."""
     spacing = "x".join(f"{s:.4g}" for s in np.linalg.norm(affine[:3, :3], axis=0))
     origin = ", ".join(f"{o:.4g}" for o in affine[:3, 3])
     axes = "".join(nib.aff2axcodes(affine))
@@ -106,9 +112,9 @@ def _read_label(path: Path, scan: Scan) -> tio.LabelMap:
             "or fix its header:",
             [
                 Problem(
-                    scan.case_id, f"scan:  {_describe(scan.source_shape, scan.source_affine)}", scan.path
+                    scan.case_id, f"scan:  {describe_grid(scan.source_shape, scan.source_affine)}", scan.path
                 ),
-                Problem(scan.case_id, f"label: {_describe(shape, affine)}", path),
+                Problem(scan.case_id, f"label: {describe_grid(shape, affine)}", path),
             ],
         )
     return label  # type: ignore[return-value]

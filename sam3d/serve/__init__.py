@@ -1,0 +1,12 @@
+"""``sam3d serve``: a page to click on scans in the browser, see the 3D mask, correct it and save it.
+
+:mod:`~sam3d.serve.viewer` holds one open scan (clicks through :class:`sam3d.inference.ClickSession`,
+saving through the ``predict`` writer), :mod:`~sam3d.serve.app` the Starlette application and its
+pages, :mod:`~sam3d.serve.server` the socket and uvicorn; ``static/`` is the page (plain canvases).
+"""
+
+from sam3d.serve.app import ServeSettings, create_app
+from sam3d.serve.server import run
+from sam3d.serve.viewer import ScanView, ViewSettings, open_scan
+
+__all__ = ["ScanView", "ServeSettings", "ViewSettings", "create_app", "open_scan", "run"]

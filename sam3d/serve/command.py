@@ -1,0 +1,63 @@
+"""``sam3d serve``: the checkpoint's network, the ``predict`` options and writer, behind the page."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+
+from sam3d.callbacks import PredictionWriter
+from sam3d.data import VolumeDataModule
+from sam3d.data.scans import scan_files
+from sam3d.models.checkpoints import load_weights_file
+from sam3d.module import VolumetricSamModule
+from sam3d.serve.app import ServeSettings, create_app, memory_note
+from sam3d.serve.server import run
+from sam3d.serve.viewer import ViewSettings
+
+__all__ = ["serve"]
+
+
+def serve(
+    trainer: L.Trainer,
+    module: VolumetricSamModule,
+    datamodule: VolumeDataModule,
+    ckpt_path: str,
+    host: str,
+    port: int,
+    max_voxels: int,
+    max_sessions: int,
+) -> None:
+    """Load ``ckpt_path`` into ``module`` and serve the page on the trainer's device and precision.
+
+    The data module gives the scans listed (``--data.predict_scans``) and the checkpoint's preprocessing,
+    ``module.evaluation`` the protocol, the trainer's :class:`PredictionWriter` the output folder.
+    """
+    checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    net = module.net.to(trainer.strategy.root_device).eval()
+    writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), PredictionWriter())  # type: ignore[attr-defined]
+    files, problems = scan_files(datamodule.predict_scans or [])
+    for problem in problems:
+        print(f"sam3d serve: {problem}", file=sys.stderr)
+    evaluation = module.evaluation
+    settings = ServeSettings(
+        ViewSettings(evaluation.protocol, evaluation.threshold, evaluation.cache_size, max_voxels),
+        max_sessions,
+    )
+    app = create_app(
+        net,
+        datamodule.preprocessing,
+        writer,
+        files,
+        settings,
+        trainer.precision_plugin.forward_context,
+        [str(problem) for problem in problems],
+    )
+    print(
+        f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
+        f"masks are saved into {writer.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
+        file=sys.stderr,
+    )
+    run(app, host, port)

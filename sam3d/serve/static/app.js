@@ -1,0 +1,448 @@
+// sam3d serve: three slice views and a 3D view of the mask on plain canvases.
+// The volume is the network grid, (D, H, W) = (superior, anterior, right), sent once as int16;
+// each click returns the mask's bounding box (bit-packed) and the page redraws.
+"use strict";
+
+const VIEWS = {
+  // rows/cols: volume axes shown down/across; every axis is drawn reversed (radiological convention).
+  axial: { axis: 0, rows: 1, cols: 2, edges: ["A", "P", "R", "L"] },
+  coronal: { axis: 1, rows: 0, cols: 2, edges: ["S", "I", "R", "L"] },
+  sagittal: { axis: 2, rows: 0, cols: 1, edges: ["S", "I", "A", "P"] },
+};
+const PRESETS = { "soft tissue": [400, 40], liver: [150, 90], lung: [1500, -600], bone: [1800, 400] };
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  session: sessionId(),
+  config: null,
+  scan: null, // describe() of the server
+  volume: null, // Int16Array, (D, H, W) C order
+  result: { clicks: [], crop: null, mask: null, volume_ml: 0, seconds: null },
+  mask: null, // { start, shape, data: Uint8Array } of the mask's bounding box
+  cursor: [0, 0, 0],
+  window: [400, 40],
+  turn: [0.6, 0.35], // 3D view azimuth and elevation
+  queue: Promise.resolve(),
+};
+
+function sessionId() {
+  let id = sessionStorage.getItem("sam3d-session");
+  if (!id) {
+    id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem("sam3d-session", id);
+  }
+  return id;
+}
+
+// ---------------------------------------------------------------- server
+
+function show(text, kind) {
+  const box = $("message");
+  box.hidden = !text;
+  box.textContent = text || "";
+  box.className = kind || "";
+}
+
+async function api(path, options = {}) {
+  document.body.dataset.busy = "1";
+  try {
+    const response = await fetch(path, {
+      ...options,
+      headers: { "X-Sam3d-Session": state.session, ...(options.headers || {}) },
+    });
+    if (!response.ok) {
+      let message = `${response.status} ${response.statusText}`;
+      try {
+        message = (await response.json()).error || message;
+      } catch (_) {}
+      throw new Error(message);
+    }
+    return response;
+  } finally {
+    document.body.dataset.busy = "0";
+  }
+}
+
+// Requests run one after another, in the order of the user's actions; an error is shown, never thrown.
+function enqueue(task) {
+  state.queue = state.queue.then(task).catch((error) => show(error.message, "error"));
+  return state.queue;
+}
+
+const post = (path, body) =>
+  api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+
+async function loadScan(result) {
+  if (!result.scan) return;
+  const bytes = await (await api(`/api/volume?session=${state.session}`)).arrayBuffer();
+  state.scan = result.scan;
+  state.volume = new Int16Array(bytes);
+  state.cursor = result.scan.shape.map((n) => Math.floor(n / 2));
+  for (const [name, view] of Object.entries(VIEWS)) {
+    const slider = $(`${name}-slice`);
+    slider.max = result.scan.shape[view.axis] - 1;
+  }
+  setPreset("network");
+  show(`${result.scan.name}: ${result.scan.note}`, "info");
+  update(result);
+  if (result.clicks.length) state.cursor = result.clicks[result.clicks.length - 1].point.map(Math.round);
+  draw();
+}
+
+function update(result) {
+  state.result = result;
+  state.mask = result.mask ? unpack(result.mask) : null;
+  const clicks = result.clicks.length;
+  const positive = result.clicks.filter((c) => c.positive).length;
+  document.body.dataset.clicks = String(clicks);
+  document.body.dataset.maskVoxels = String(state.mask ? state.mask.count : 0);
+  const latency = result.seconds == null ? "" : ` · last update ${result.seconds.toFixed(2)} s`;
+  $("status").textContent =
+    `${state.scan.name} · file: ${state.scan.source} · ${clicks} click(s) (${positive}+, ${clicks - positive}−)` +
+    ` · ${result.volume_ml.toFixed(2)} mL${latency}`;
+  $("download-clicks").hidden = !clicks;
+  $("download-clicks").href = `/api/download/clicks?session=${state.session}`;
+  $("download-mask").hidden = true;
+  buildSurface();
+}
+
+function unpack(mask) {
+  const packed = Uint8Array.from(atob(mask.bits), (c) => c.charCodeAt(0));
+  const total = mask.shape[0] * mask.shape[1] * mask.shape[2];
+  const data = new Uint8Array(total);
+  let count = 0;
+  for (let i = 0; i < total; i++) {
+    data[i] = (packed[i >> 3] >> (7 - (i & 7))) & 1;
+    count += data[i];
+  }
+  return { start: mask.start, shape: mask.shape, data, count };
+}
+
+function masked(d, h, w) {
+  const m = state.mask;
+  if (!m) return 0;
+  const a = d - m.start[0], b = h - m.start[1], c = w - m.start[2];
+  if (a < 0 || b < 0 || c < 0 || a >= m.shape[0] || b >= m.shape[1] || c >= m.shape[2]) return 0;
+  return m.data[(a * m.shape[1] + b) * m.shape[2] + c];
+}
+
+// ---------------------------------------------------------------- slice views
+
+// Where a view's slice is drawn on its canvas: the rectangle keeping the voxels' physical aspect.
+function layout(name) {
+  const view = VIEWS[name], shape = state.scan.shape, spacing = state.scan.spacing;
+  const canvas = $(name);
+  const rows = shape[view.rows], cols = shape[view.cols];
+  const height = rows * spacing[view.rows], width = cols * spacing[view.cols];
+  const scale = Math.min(canvas.width / width, canvas.height / height);
+  const w = width * scale, h = height * scale;
+  return { rows, cols, x: (canvas.width - w) / 2, y: (canvas.height - h) / 2, w, h };
+}
+
+// Canvas position (CSS pixels from the canvas's top left) of voxel (d, h, w) in a view.
+function screenPoint(name, point) {
+  const view = VIEWS[name], box = layout(name);
+  const column = box.cols - 1 - point[view.cols], row = box.rows - 1 - point[view.rows];
+  return { x: box.x + ((column + 0.5) / box.cols) * box.w, y: box.y + ((row + 0.5) / box.rows) * box.h };
+}
+
+// The voxel under a canvas position in a view, on the view's current slice (may lie outside the volume).
+function voxelAt(name, x, y) {
+  const view = VIEWS[name], box = layout(name);
+  const column = Math.floor(((x - box.x) / box.w) * box.cols), row = Math.floor(((y - box.y) / box.h) * box.rows);
+  const point = state.cursor.slice();
+  point[view.cols] = box.cols - 1 - column;
+  point[view.rows] = box.rows - 1 - row;
+  return point;
+}
+
+function drawSlice(name) {
+  const view = VIEWS[name], shape = state.scan.shape, box = layout(name);
+  const canvas = $(name), ctx = canvas.getContext("2d");
+  const image = new ImageData(box.cols, box.rows);
+  const [width, level] = state.window, low = level - width / 2;
+  const { offset, scale } = state.scan;
+  const strides = [shape[1] * shape[2], shape[2], 1];
+  const point = state.cursor.slice();
+  for (let row = 0; row < box.rows; row++) {
+    point[view.rows] = box.rows - 1 - row;
+    for (let column = 0; column < box.cols; column++) {
+      point[view.cols] = box.cols - 1 - column;
+      const value = offset + scale * state.volume[point[0] * strides[0] + point[1] * strides[1] + point[2]];
+      const grey = Math.max(0, Math.min(255, ((value - low) / width) * 255));
+      const i = 4 * (row * box.cols + column);
+      if (masked(point[0], point[1], point[2])) {
+        image.data[i] = 0.55 * grey + 0.45 * 255;
+        image.data[i + 1] = 0.55 * grey + 0.45 * 40;
+        image.data[i + 2] = 0.55 * grey + 0.45 * 40;
+      } else {
+        image.data[i] = image.data[i + 1] = image.data[i + 2] = grey;
+      }
+      image.data[i + 3] = 255;
+    }
+  }
+  const pixels = new OffscreenCanvas(box.cols, box.rows);
+  pixels.getContext("2d").putImageData(image, 0, 0);
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(pixels, box.x, box.y, box.w, box.h);
+  drawOverlays(name, ctx, box);
+  $(`${name}-slice`).value = state.cursor[view.axis];
+  $(`${name}-caption`).textContent =
+    `${name[0].toUpperCase()}${name.slice(1)} ${state.cursor[view.axis] + 1} / ${shape[view.axis]}`;
+}
+
+function drawOverlays(name, ctx, box) {
+  const view = VIEWS[name];
+  const sx = box.w / box.cols, sy = box.h / box.rows;
+  // the crop: voxels [start, start + size) of the rows and columns axes, when this slice cuts it
+  const crop = state.result.crop;
+  const slice = state.cursor[view.axis];
+  if (crop && slice >= crop.start[view.axis] && slice < crop.start[view.axis] + crop.size[view.axis]) {
+    const left = box.x + (box.cols - crop.start[view.cols] - crop.size[view.cols]) * sx;
+    const top = box.y + (box.rows - crop.start[view.rows] - crop.size[view.rows]) * sy;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(box.x, box.y, box.w, box.h);
+    ctx.clip();
+    ctx.setLineDash([6, 4]);
+    ctx.strokeStyle = "#fd3";
+    ctx.strokeRect(left, top, crop.size[view.cols] * sx, crop.size[view.rows] * sy);
+    ctx.restore();
+  }
+  const cursor = screenPoint(name, state.cursor);
+  ctx.strokeStyle = "rgba(80, 200, 255, 0.35)";
+  ctx.setLineDash([]);
+  ctx.beginPath();
+  ctx.moveTo(cursor.x, box.y);
+  ctx.lineTo(cursor.x, box.y + box.h);
+  ctx.moveTo(box.x, cursor.y);
+  ctx.lineTo(box.x + box.w, cursor.y);
+  ctx.stroke();
+  for (const click of state.result.clicks) {
+    if (Math.abs(click.point[view.axis] - slice) > 1) continue;
+    const at = screenPoint(name, click.point);
+    ctx.fillStyle = click.positive ? "#3d3" : "#e3e";
+    ctx.beginPath();
+    ctx.arc(at.x, at.y, 5, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.fillStyle = "#000";
+    ctx.fillText(click.positive ? "+" : "−", at.x - 3, at.y + 4);
+  }
+  ctx.fillStyle = "#fd3";
+  ctx.font = "13px sans-serif";
+  const [top, bottom, left, right] = view.edges;
+  ctx.fillText(top, box.x + box.w / 2 - 4, box.y + 14);
+  ctx.fillText(bottom, box.x + box.w / 2 - 4, box.y + box.h - 4);
+  ctx.fillText(left, box.x + 4, box.y + box.h / 2);
+  ctx.fillText(right, box.x + box.w - 12, box.y + box.h / 2);
+}
+
+// ---------------------------------------------------------------- 3D view of the mask
+
+let surface = null; // Float32Array of x, y, z (mm, centred) of the mask's boundary voxels
+
+function buildSurface() {
+  const m = state.mask;
+  if (!m) {
+    surface = null;
+    return;
+  }
+  const [D, H, W] = m.shape, spacing = state.scan.spacing;
+  const inside = (a, b, c) => a >= 0 && b >= 0 && c >= 0 && a < D && b < H && c < W && m.data[(a * H + b) * W + c];
+  const points = [];
+  for (let a = 0; a < D; a++)
+    for (let b = 0; b < H; b++)
+      for (let c = 0; c < W; c++) {
+        if (!m.data[(a * H + b) * W + c]) continue;
+        const boundary = !(inside(a - 1, b, c) && inside(a + 1, b, c) && inside(a, b - 1, c) &&
+          inside(a, b + 1, c) && inside(a, b, c - 1) && inside(a, b, c + 1));
+        if (boundary) points.push((c - W / 2) * spacing[2], (b - H / 2) * spacing[1], (a - D / 2) * spacing[0]);
+      }
+  surface = Float32Array.from(points);
+}
+
+function drawRender() {
+  const canvas = $("render"), ctx = canvas.getContext("2d"), size = canvas.width;
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, size, size);
+  $("render-caption").textContent =
+    `Mask in 3D (drag to turn) · ${state.result.volume_ml.toFixed(2)} mL on the network grid`;
+  if (!surface || !surface.length) return;
+  let radius = 1;
+  for (let i = 0; i < surface.length; i++) radius = Math.max(radius, Math.abs(surface[i]));
+  const scale = (0.45 * size) / (radius * Math.sqrt(3));
+  const [azimuth, elevation] = state.turn;
+  const ca = Math.cos(azimuth), sa = Math.sin(azimuth), ce = Math.cos(elevation), se = Math.sin(elevation);
+  const depth = new Float32Array(size * size).fill(-Infinity);
+  const dot = Math.max(2, Math.ceil(Math.max(...state.scan.spacing) * scale) + 1);
+  let near = -Infinity, far = Infinity;
+  for (let i = 0; i < surface.length; i += 3) {
+    const x = surface[i], y = surface[i + 1], z = surface[i + 2];
+    const across = ca * x + sa * y, toward = ca * y - sa * x; // turned about the S axis; anterior faces us
+    const up = ce * z - se * toward, d = ce * toward + se * z;
+    const px = Math.round(size / 2 - across * scale), py = Math.round(size / 2 - up * scale);
+    near = Math.max(near, d);
+    far = Math.min(far, d);
+    for (let v = py; v < py + dot && v < size; v++)
+      for (let u = px; u < px + dot && u < size; u++)
+        if (u >= 0 && v >= 0 && d > depth[v * size + u]) depth[v * size + u] = d;
+  }
+  // Lambert shading with normals from the slopes of the depth map, smoothed over a dot (voxel steps).
+  const smooth = new Float32Array(size * size).fill(-Infinity);
+  for (let v = 0; v < size; v++)
+    for (let u = 0; u < size; u++) {
+      if (depth[v * size + u] === -Infinity) continue;
+      let total = 0, count = 0;
+      for (let y = Math.max(0, v - dot); y <= Math.min(size - 1, v + dot); y++)
+        for (let x = Math.max(0, u - dot); x <= Math.min(size - 1, u + dot); x++) {
+          const d = depth[y * size + x];
+          if (d !== -Infinity) (total += d), count++;
+        }
+      smooth[v * size + u] = total / count;
+    }
+  const image = ctx.createImageData(size, size);
+  const at = (u, v) => (u < 0 || v < 0 || u >= size || v >= size ? -Infinity : smooth[v * size + u]);
+  const slope = (a, b) => (a === -Infinity || b === -Infinity ? 0 : ((a - b) * scale) / 2);
+  for (let v = 0; v < size; v++)
+    for (let u = 0; u < size; u++) {
+      const d = smooth[v * size + u];
+      if (d === -Infinity) continue;
+      const nx = slope(at(u + 1, v), at(u - 1, v)), ny = slope(at(u, v + 1), at(u, v - 1));
+      const lambert = Math.max(0, (0.3 * nx + 0.4 * ny + 0.87) / Math.hypot(nx, ny, 1));
+      const light = 0.15 + 0.85 * lambert * (0.6 + (0.4 * (d - far)) / Math.max(near - far, 1e-6));
+      const i = 4 * (v * size + u);
+      image.data[i] = 255 * light;
+      image.data[i + 1] = 70 * light;
+      image.data[i + 2] = 60 * light;
+      image.data[i + 3] = 255;
+    }
+  ctx.putImageData(image, 0, 0);
+}
+
+function draw() {
+  if (!state.scan) return;
+  for (const name of Object.keys(VIEWS)) drawSlice(name);
+  drawRender();
+}
+
+// ---------------------------------------------------------------- controls
+
+function setPreset(name) {
+  const scan = state.scan, network = state.config.window;
+  const windows = {
+    network: [network[1] - network[0], (network[0] + network[1]) / 2],
+    ...PRESETS,
+    "full range": [scan.range[1] - scan.range[0], (scan.range[0] + scan.range[1]) / 2],
+  };
+  const select = $("preset");
+  if (!select.options.length)
+    for (const key of Object.keys(windows)) select.add(new Option(key === "network" ? "network's window" : key, key));
+  select.value = name;
+  state.window = windows[name];
+  $("width").value = Math.round(state.window[0]);
+  $("level").value = Math.round(state.window[1]);
+}
+
+function addClick(name, event, positive) {
+  if (!state.scan) return;
+  const bounds = $(name).getBoundingClientRect();
+  const point = voxelAt(name, event.clientX - bounds.left, event.clientY - bounds.top);
+  enqueue(async () => {
+    const result = await (await post("/api/click", { point, positive })).json();
+    show("");
+    state.cursor = point.map((c, axis) => Math.max(0, Math.min(state.scan.shape[axis] - 1, c)));
+    update(result);
+    draw();
+  });
+}
+
+function edit(path) {
+  enqueue(async () => {
+    update(await (await post(path)).json());
+    show("");
+    draw();
+  });
+}
+
+function bind() {
+  for (const [name, view] of Object.entries(VIEWS)) {
+    const canvas = $(name);
+    canvas.addEventListener("click", (event) => addClick(name, event, !event.shiftKey));
+    canvas.addEventListener("contextmenu", (event) => {
+      event.preventDefault();
+      addClick(name, event, false);
+    });
+    canvas.addEventListener("wheel", (event) => {
+      if (!state.scan) return;
+      event.preventDefault();
+      const n = state.scan.shape[view.axis];
+      state.cursor[view.axis] = Math.max(0, Math.min(n - 1, state.cursor[view.axis] + Math.sign(event.deltaY)));
+      for (const other of Object.keys(VIEWS)) drawSlice(other);
+    });
+    $(`${name}-slice`).addEventListener("input", (event) => {
+      state.cursor[view.axis] = Number(event.target.value);
+      draw();
+    });
+  }
+  const render = $("render");
+  render.addEventListener("pointermove", (event) => {
+    if (!event.buttons) return;
+    state.turn[0] += event.movementX * 0.01;
+    state.turn[1] = Math.max(-1.5, Math.min(1.5, state.turn[1] + event.movementY * 0.01));
+    drawRender();
+  });
+  $("open").addEventListener("click", () =>
+    enqueue(async () => loadScan(await (await post("/api/open", { index: $("scans").selectedIndex })).json())),
+  );
+  $("upload").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    show(`uploading ${file.name}…`, "info");
+    enqueue(async () => {
+      const response = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+      await loadScan(await response.json());
+    }).finally(() => (event.target.value = ""));
+  });
+  $("preset").addEventListener("change", (event) => {
+    setPreset(event.target.value);
+    draw();
+  });
+  for (const id of ["width", "level"])
+    $(id).addEventListener("change", () => {
+      state.window = [Math.max(1, Number($("width").value)), Number($("level").value)];
+      draw();
+    });
+  $("undo").addEventListener("click", () => edit("/api/undo"));
+  $("reset").addEventListener("click", () => edit("/api/reset"));
+  // A closed tab gives its place on the server to another page (a reload takes it back).
+  window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/leave?session=${state.session}`));
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "z") edit("/api/undo");
+  });
+  $("save").addEventListener("click", () =>
+    enqueue(async () => {
+      const saved = await (await post("/api/save")).json();
+      show(`saved ${Object.values(saved.files).join(", ")} (${saved.volume_ml.toFixed(2)} mL on the scan's grid)`, "info");
+      const link = $("download-mask");
+      link.href = `/api/download/mask?session=${state.session}`;
+      link.hidden = false;
+      document.body.dataset.saved = saved.files.mask;
+    }),
+  );
+}
+
+async function start() {
+  bind();
+  await enqueue(async () => {
+    state.config = await (await api("/api/config")).json();
+    for (const name of state.config.scans) $("scans").add(new Option(name));
+    $("open").disabled = !state.config.scans.length;
+    if (state.config.problems.length) show(`inputs skipped: ${state.config.problems.join("; ")}`, "error");
+    await loadScan(await (await api("/api/state")).json());
+  });
+  document.body.dataset.ready = "1";
+}
+
+window.sam3d = { screenPoint, voxelAt, state }; // for the tests and the console
+start();

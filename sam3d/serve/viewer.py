@@ -1,0 +1,275 @@
+"""One scan open in a browser: opening it within limits, its clicks and mask, the files it saves.
+
+Everything here is on the network grid of :func:`sam3d.data.scans.load_scan` (network layout
+``(D, H, W)``: superior, anterior, right); the page draws that grid and its clicks are voxels of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sam3d.callbacks import PredictionWriter
+from sam3d.data.checks import check_file
+from sam3d.data.errors import DatasetError
+from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.scans import Scan, describe_grid, load_scan
+from sam3d.errors import Sam3dError
+from sam3d.inference import ClickSession, Protocol
+from sam3d.models import VolumetricSam
+
+__all__ = ["ScanView", "ViewSettings", "open_scan"]
+
+# Bytes of memory a session holds per voxel of the network grid (image, intensities, probability and
+# the resampling's temporaries), for the messages about scans too large.
+BYTES_PER_VOXEL = 16
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """How the clicks of a page are segmented.
+
+    Args:
+        protocol: ``paper`` or ``full``, as ``sam3d predict`` (``--evaluation.protocol``).
+        threshold: Probability level of the mask, also where ``full`` follows the object (``--evaluation.threshold``).
+        cache_size: Crop encodings kept per page (``--evaluation.cache_size``).
+        max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
+    """
+
+    protocol: Protocol = "paper"
+    threshold: float = 0.5
+    cache_size: int = 8
+    max_voxels: int = 2**28
+
+
+def _millions(voxels: float) -> str:
+    return f"{voxels / 1e6:.1f}M"
+
+
+def grid_voxels(shape: tuple[int, ...], affine: np.ndarray, spacing: tuple[float, float, float]) -> int:
+    """Voxels of the network grid of a file: its world bounding box at ``spacing`` (``(D, H, W)`` mm)."""
+    extent = np.abs(affine[:3, :3]) @ np.asarray(shape, dtype=float)  # mm along R, A, S
+    return math.prod(math.ceil(e / s) for e, s in zip(extent, spacing[::-1], strict=True))
+
+
+def open_scan(path: Path, preprocessing: Preprocessing, max_voxels: int) -> Scan:
+    """Load a scan for the page after checking its file and its size against ``max_voxels``.
+
+    Raises:
+        Sam3dError: If the file is not a readable single-channel 3D scan, or is too large; the message
+            names the file and what to do.
+    """
+    if not path.name.lower().endswith(SCAN_SUFFIXES):
+        raise Sam3dError(
+            f"{path.name} is not a scan file: sam3d reads NIfTI (.nii, .nii.gz), NRRD (.nrrd) and MHA (.mha)"
+        )
+    header, problems = check_file(case_id(path), path, "scan")
+    if problems or header is None:
+        raise DatasetError(f"scan {path.name} cannot be used:", problems)
+    source = math.prod(header.shape[1:])
+    grid = grid_voxels(header.shape[1:], header.affine, preprocessing.spacing)
+    if max(source, grid) > max_voxels:
+        size = "x".join(str(n) for n in header.shape[1:])
+        raise Sam3dError(
+            f"scan {path.name} is too large for this server: {size} voxels ({_millions(source)}), "
+            f"{_millions(grid)} at the network's spacing, over the limit of {_millions(max_voxels)} "
+            f"(about {BYTES_PER_VOXEL} bytes each); crop it to the region of interest, or restart "
+            "`sam3d serve` with a larger --max_voxels on a machine with the memory"
+        )
+    try:
+        return load_scan(path, preprocessing, keep_intensities=True)
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        raise Sam3dError(
+            f"not enough memory to load scan {path.name} ({_millions(grid)} voxels at the network's spacing; "
+            f"{type(error).__name__}); close other pages or lower --max_voxels"
+        ) from None
+
+
+def _display_scale(intensities: torch.Tensor) -> tuple[float, float]:
+    """``(offset, scale)`` of the page's int16 copy of the intensities: value = offset + scale * stored."""
+    if intensities.dtype == torch.int16:
+        return 0.0, 1.0
+    low, high = float(intensities.min()), float(intensities.max())
+    return (low + high) / 2, max(high - low, 1e-6) / 65534
+
+
+class ScanView:
+    """A scan on the page: clicks segmented with the network, the mask as the page draws it, saving.
+
+    Args:
+        net: The network, on its device, in eval mode.
+        scan: The scan, loaded with its intensities (:func:`open_scan`).
+        settings: Protocol, threshold and cache size.
+        writer: The ``predict`` writer (output folder, probabilities).
+        forward_context: Context of every network call (the trainer's precision: autocast for bf16).
+    """
+
+    def __init__(
+        self,
+        net: VolumetricSam,
+        scan: Scan,
+        settings: ViewSettings,
+        writer: PredictionWriter,
+        forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        if scan.intensities is None:
+            raise ValueError("the scan must be loaded with its intensities (open_scan)")
+        self.scan, self.writer, self.forward_context = scan, writer, forward_context
+        self.threshold = settings.threshold
+        self.session = ClickSession(
+            net, scan.image, settings.protocol, settings.threshold, settings.cache_size
+        )
+        self.crop_size = tuple(net.config.crop_size)
+        self.seconds: float | None = None
+        self.saved: dict[str, Path] = {}
+
+    @property
+    def name(self) -> str:
+        """The scan's file name."""
+        return self.scan.path.name
+
+    def describe(self, display_name: str | None = None) -> dict[str, Any]:
+        """What the page needs to draw the scan, and the grids in words."""
+        scan = self.scan
+        note = (
+            f"shown and segmented on the network's grid: {describe_grid(scan.image.shape[::-1], scan.affine)}; "
+            "saved masks have the file's own grid"
+        )
+        intensities = self.scan.intensities
+        assert intensities is not None
+        offset, scale = _display_scale(intensities)
+        return {
+            "name": display_name or self.name,
+            "shape": list(scan.image.shape),
+            "spacing": list(scan.spacing),
+            "source": describe_grid(scan.source_shape, scan.source_affine),
+            "note": note,
+            "offset": offset,
+            "scale": scale,
+            "range": [float(intensities.min()), float(intensities.max())],
+        }
+
+    def display(self) -> bytes:
+        """The intensities for the page: int16 in ``(D, H, W)`` order (see ``offset`` and ``scale``)."""
+        intensities = self.scan.intensities
+        assert intensities is not None
+        if intensities.dtype == torch.int16:
+            return intensities.numpy().tobytes()
+        offset, scale = _display_scale(intensities)
+        stored = ((intensities.float() - offset) / scale).round().clamp(-32767, 32767)
+        return stored.to(torch.int16).numpy().tobytes()
+
+    def click(self, point: tuple[float, float, float], positive: bool) -> bool:
+        """Add a click ``(d, h, w)``; whether a crop was encoded for it (else an encoding was reused)."""
+        misses = self.session.encoder.misses
+        start = time.perf_counter()
+        with torch.no_grad(), self.forward_context():
+            try:
+                self.session.add_click(point, positive)
+            except Sam3dError:
+                raise  # refused before it was added
+            except Exception:
+                # The session adds a click before segmenting: take back one whose segmentation failed
+                # (undo restores the mask without it, or keeps the last one if it fails too).
+                with suppress(Exception):
+                    self.session.undo()
+                raise
+        self.seconds = time.perf_counter() - start
+        return self.session.encoder.misses > misses
+
+    def undo(self) -> None:
+        """Remove the last click."""
+        start = time.perf_counter()
+        with torch.no_grad(), self.forward_context():
+            self.session.undo()
+        self.seconds = time.perf_counter() - start
+
+    def reset(self) -> None:
+        """Remove every click."""
+        self.session.reset()
+        self.seconds = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """The mask on the network grid at ``evaluation.threshold`` (what Save writes)."""
+        return self.session.probability > self.threshold
+
+    def volume_ml(self) -> float:
+        """The mask's volume on the network grid in mL."""
+        return float(self.mask.sum()) * math.prod(self.scan.spacing) / 1000
+
+    def state(self) -> dict[str, Any]:
+        """Clicks, crop, mask (its bounding box, bit-packed) and volume, for the page."""
+        mask = self.mask
+        present = torch.nonzero(mask)
+        box = None
+        if len(present):
+            low, high = present.amin(0), present.amax(0) + 1
+            inside = mask[tuple(slice(a, b) for a, b in zip(low.tolist(), high.tolist(), strict=True))]
+            box = {
+                "start": low.tolist(),
+                "shape": list(inside.shape),
+                "bits": base64.b64encode(np.packbits(inside.numpy().ravel()).tobytes()).decode(),
+            }
+        anchor = self.session.anchor
+        return {
+            "clicks": [
+                {"point": [round(float(c), 2) for c in point], "positive": bool(label)}
+                for point, label in zip(
+                    self.session.points.tolist(), self.session.labels.tolist(), strict=True
+                )
+            ],
+            "crop": None if anchor is None else {"start": anchor.tolist(), "size": list(self.crop_size)},
+            "mask": box,
+            "volume_ml": self.volume_ml(),
+            "seconds": self.seconds,
+        }
+
+    def clicks_csv(self) -> str:
+        """The clicks as the CSV ``sam3d predict`` reads (world RAS+ mm, so any grid maps them back)."""
+        out = io.StringIO()
+        rows = csv.writer(out, lineterminator="\n")
+        rows.writerow(["scan", "x", "y", "z", "space", "label"])
+        affine = self.scan.affine
+        for point, label in zip(self.session.points.tolist(), self.session.labels.tolist(), strict=True):
+            world = affine[:3, :3] @ np.array(point[::-1]) + affine[:3, 3]  # (d, h, w) -> (x, y, z) voxel
+            kind = "positive" if label else "negative"
+            rows.writerow([self.name, *(f"{c:.4f}" for c in world), "world", kind])
+        return out.getvalue()
+
+    def save(self) -> dict[str, Any]:
+        """Write the mask (as ``sam3d predict`` does) and the clicks CSV into the writer's folder.
+
+        Raises:
+            Sam3dError: If there is no click yet or the folder cannot be written; nothing is lost.
+        """
+        if not len(self.session.points):
+            raise Sam3dError("nothing to save yet: click inside the object first")
+        clicks = self.writer.output_dir / f"{self.scan.case_id}_clicks.csv"
+        try:
+            mask, volume_ml = self.writer.write(self.scan, self.session.probability, self.threshold)
+            clicks.write_text(self.clicks_csv())
+        except OSError as error:
+            raise Sam3dError(
+                f"cannot write into {self.writer.output_dir} ({error}); the clicks are kept: free space or "
+                "restart with another --prediction.output_dir, then save again"
+            ) from None
+        self.saved = {"mask": mask, "clicks": clicks}
+        if self.writer.probabilities:
+            self.saved["probability"] = mask.with_name(f"{self.scan.case_id}_probability.nii.gz")
+        return {
+            "files": {kind: str(path.resolve()) for kind, path in self.saved.items()},
+            "volume_ml": volume_ml,
+        }

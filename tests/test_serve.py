@@ -1,0 +1,201 @@
+"""`sam3d serve`'s application without a browser: clicks, saving, replayable clicks and every bad input."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import nibabel as nib
+import numpy as np
+import pytest
+from serve_helpers import PREPROCESSING, MagicWand, Page, dice, lesion_centre, live_server, write_reoriented
+
+from sam3d.data.scans import clicks_to_network, load_scan, match_clicks, read_clicks
+from sam3d.errors import Sam3dError
+from sam3d.serve import ViewSettings
+from sam3d.serve.server import bind, is_loopback
+
+
+@pytest.fixture(scope="module")
+def phantom(synthetic_root):
+    """The first phantom: scan, label and its lesion's deepest voxel on the network grid."""
+    scan, label = (synthetic_root / part / "phantom_000.nii.gz" for part in ("imagesTr", "labelsTr"))
+    centre, _ = lesion_centre(scan, label)
+    return scan, label, centre
+
+
+def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog):
+    scan, label, centre = phantom
+    output = tmp_path / "out"
+    with live_server(MagicWand(), [scan], output) as address, caplog.at_level(logging.INFO, "sam3d.serve"):
+        page = Page(address)
+        opened = page("/api/open", {"index": 0})
+        assert opened["scan"]["name"] == scan.name
+        assert opened["clicks"] == []
+        assert opened["mask"] is None
+        assert "".join(nib.aff2axcodes(nib.load(scan).affine)) in opened["scan"]["source"]
+        _status, volume = page.request("/api/volume")
+        shape = opened["scan"]["shape"]
+        intensities = np.frombuffer(volume, np.int16).reshape(shape) * opened["scan"]["scale"]
+        np.testing.assert_allclose(  # the page shows the scan's own intensities (HU) on the network grid
+            intensities + opened["scan"]["offset"], load_scan(scan, PREPROCESSING, True).intensities.numpy()
+        )
+
+        first = page("/api/click", {"point": centre, "positive": True})
+        assert first["crop"] == {"start": [c - 32 for c in centre], "size": [64, 64, 64]}
+        saved = page("/api/save")
+        mask_file = output / "phantom_000_mask.nii.gz"
+        assert saved["files"]["mask"] == str(mask_file)
+        mask, truth = nib.load(mask_file), nib.load(label)
+        assert mask.shape == truth.shape
+        np.testing.assert_allclose(mask.affine, truth.affine)
+        assert dice(np.asarray(mask.dataobj), np.asarray(truth.dataobj)) > 0.7
+        assert saved["volume_ml"] == pytest.approx(first["volume_ml"], rel=0.1)
+        assert page.request(f"/api/download/mask?session={page.session}")[1] == mask_file.read_bytes()
+
+        edge = [centre[0], centre[1], centre[2] + 3]
+        second = page("/api/click", {"point": edge, "positive": False})
+        assert [c["positive"] for c in second["clicks"]] == [True, False]
+        assert first["volume_ml"] > second["volume_ml"] > 0
+        undone = page("/api/undo")
+        assert {**undone, "seconds": None} == {**first, "seconds": None}
+        page("/api/click", {"point": edge, "positive": False})
+
+        # the clicks file, as `sam3d predict` reads it, gives back the page's clicks
+        clicks = page.request("/api/download/clicks")[1].decode()
+        (tmp_path / "replay.csv").write_text(clicks)
+        matched, problems = match_clicks(read_clicks(tmp_path / "replay.csv"), [scan])
+        assert not problems
+        points, labels = clicks_to_network(matched[scan], load_scan(scan, PREPROCESSING))
+        np.testing.assert_allclose(points.numpy(), [centre, edge], atol=1e-3)
+        assert labels.tolist() == [1, 0]
+        page("/api/save")
+        assert (output / "phantom_000_clicks.csv").read_text() == clicks
+
+        reset = page("/api/reset")
+        assert reset["clicks"] == []
+        assert reset["mask"] is None
+        assert reset["crop"] is None
+    assert "click 1 (positive)" in caplog.text
+    assert "crop encoded" in caplog.text
+    assert "click 2 (negative)" in caplog.text
+    assert "crop encoding reused" in caplog.text
+
+
+def test_full_protocol_follows_the_object_beyond_the_first_crop(phantom, tmp_path):
+    scan, _, centre = phantom
+    results = {}
+    for protocol in ("paper", "full"):
+        settings = ViewSettings(protocol=protocol)
+        with live_server(MagicWand(crop_size=(16, 16, 16)), [scan], tmp_path, view=settings) as address:
+            page = Page(address)
+            page("/api/open", {"index": 0})
+            results[protocol] = page("/api/click", {"point": centre})
+    assert results["full"]["crop"] == results["paper"]["crop"]  # the outline: the crop the click placed
+    assert results["full"]["volume_ml"] > 1.5 * results["paper"]["volume_ml"]  # a lesion larger than 16^3 mm
+
+
+def test_scan_of_another_orientation_and_spacing_is_saved_in_its_own_geometry(phantom, tmp_path):
+    scan, label, _ = phantom
+    upload = write_reoriented(scan, tmp_path / "turned.nii.gz")
+    turned_label = write_reoriented(label, tmp_path / "turned_label.nii.gz")
+    assert nib.aff2axcodes(upload.affine) != nib.aff2axcodes(nib.load(scan).affine)
+    centre, _ = lesion_centre(tmp_path / "turned.nii.gz", tmp_path / "turned_label.nii.gz")
+    with live_server(MagicWand(), [], tmp_path / "out") as address:
+        page = Page(address)
+        opened = page("/api/upload?name=turned.nii.gz", data=(tmp_path / "turned.nii.gz").read_bytes())
+        assert opened["scan"]["name"] == "turned.nii.gz (uploaded)"
+        assert "".join(nib.aff2axcodes(upload.affine)) in opened["scan"]["source"]
+        assert "network's grid" in opened["scan"]["note"]
+        page("/api/click", {"point": centre})
+        page("/api/save")
+    mask = nib.load(tmp_path / "out" / "turned_mask.nii.gz")
+    assert mask.shape == turned_label.shape
+    np.testing.assert_allclose(mask.affine, turned_label.affine)
+    assert dice(np.asarray(mask.dataobj), np.asarray(turned_label.dataobj)) > 0.7
+
+
+def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path):
+    scan, _, centre = phantom
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)
+    ) as address:
+        page = Page(address)
+        assert "no scan is open" in page.error("/api/click", {"point": centre})
+        page("/api/open", {"index": 0})
+        assert "not a scan file" in page.error("/api/upload?name=notes.txt", data=b"hello")
+        assert "unreadable" in page.error("/api/upload?name=fake.nii.gz", data=b"this is not a NIfTI file")
+        big = nib.Nifti1Image(np.zeros((160, 160, 100), np.int16), np.diag([1.0, 1.0, 1.0, 1]))
+        message = page.error("/api/upload?name=big.nii.gz", data=big.to_bytes())
+        assert "too large" in message
+        assert "2.6M" in message
+        assert "--max_voxels" in message
+        flat = nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.diag([1.0, 1.0, 50.0, 1]))
+        assert "absurd voxel spacing" in page.error("/api/upload?name=flat.nii.gz", data=flat.to_bytes())
+        assert "no listed scan number 3" in page.error("/api/open", {"index": 3})
+        assert page("/api/state")["scan"]["name"] == scan.name  # a refused scan leaves the open one open
+
+        message = page.error("/api/click", {"point": centre, "positive": False})
+        assert "first clicks must include a positive click" in message
+        assert "nothing to save yet" in page.error("/api/save")
+        assert "press Save first" in page.error("/api/download/mask")
+        assert "lies outside the volume" in page.error("/api/click", {"point": [-3, 10, 10]})
+        assert "three numbers" in page.error("/api/click", {"point": [1, 2]})
+        assert "not valid JSON" in page.error("/api/click", data=b"{")
+        assert "session id" in Page(address, None).error("/api/state")
+        # after all that, the page's scan is intact and clicks work
+        state = page("/api/click", {"point": centre})
+        assert len(state["clicks"]) == 1
+        assert state["mask"] is not None
+
+
+def test_an_unexpected_error_answers_500_and_the_server_goes_on(phantom, tmp_path, monkeypatch):
+    scan, _, centre = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        monkeypatch.setattr(MagicWand, "segment", lambda *args: 1 / 0)
+        status, content = page.request("/api/click", {"point": centre})
+        assert status == 500
+        assert b"ZeroDivisionError" in content
+        assert b"server log" in content
+        monkeypatch.undo()
+        assert len(page("/api/click", {"point": centre})["clicks"]) == 1
+
+
+def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_path):
+    scan, _, centre = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out", max_sessions=2) as address:
+        first, second, third = Page(address, "first"), Page(address, "second"), Page(address, "third")
+        first("/api/open", {"index": 0})
+        second("/api/open", {"index": 0})
+        first("/api/click", {"point": centre})
+        assert second("/api/state")["clicks"] == []
+        assert len(first("/api/state")["clicks"]) == 1
+        assert third("/api/state") == {"scan": None}  # looking costs nothing
+        message = third.error("/api/open", {"index": 0})
+        assert "scans open in 2 other page(s)" in message
+        assert "--max_sessions" in message
+        assert len(first("/api/state")["clicks"]) == 1
+
+        second.request("/api/leave", data=b"")  # its tab was closed
+        third("/api/open", {"index": 0})
+        assert second("/api/state") == {"scan": None}
+        assert len(first("/api/state")["clicks"]) == 1
+    with live_server(MagicWand(), [scan], tmp_path / "out", max_sessions=1, session_timeout_s=0) as address:
+        Page(address, "first")("/api/open", {"index": 0})
+        Page(address, "second")("/api/open", {"index": 0})  # the idle page gives its place
+        assert Page(address, "first")("/api/state") == {"scan": None}
+
+
+def test_host_and_port_problems_are_explained():
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("localhost")
+    assert is_loopback("::1")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("192.168.1.10")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(Sam3dError, match="another --port"):
+            bind("127.0.0.1", taken.getsockname()[1])

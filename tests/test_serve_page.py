@@ -1,0 +1,242 @@
+"""`sam3d serve`'s page in a real headless Chromium: click, see the overlay, correct, save; bad inputs on the page.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skipped without them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from serve_helpers import MagicWand, dice, lesion_centre, live_server
+
+from sam3d.serve import ViewSettings
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is a dev extra: pip install -e '.[dev]'"
+)
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Root in a container needs --no-sandbox; the rest keeps Chromium from reaching out to the network.
+ARGUMENTS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1000,1000",
+]
+
+
+@pytest.fixture
+def browsers(tmp_path):
+    """Opens headless Chromium browsers (each with its own fresh profile); closes them after the test."""
+    driver_path = shutil.which("chromedriver")
+    binary = next((path for name in BROWSERS if (path := shutil.which(name))), None)
+    if driver_path is None or binary is None:
+        pytest.skip("no headless Chromium: install Debian's chromium and chromium-driver (.ci/run does)")
+    opened = []
+
+    def open_browser():
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for argument in (*ARGUMENTS, f"--user-data-dir={tmp_path / f'chromium-{len(opened)}'}"):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+        opened.append(driver)
+        metrics = {"width": 780, "height": 950, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # the whole page on screenshots
+        return driver
+
+    yield open_browser
+    for driver in opened:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def phantom(synthetic_root):
+    """The first phantom: scan, label, its lesion's deepest voxel on the network grid, its lesion's RAS x."""
+    scan, label = (synthetic_root / part / "phantom_000.nii.gz" for part in ("imagesTr", "labelsTr"))
+    centre, _ = lesion_centre(scan, label)
+    info = json.loads((synthetic_root / "dataset.json").read_text())["phantoms"]["phantom_000"]
+    return scan, label, centre, info["lesion_centre_mm"][0]
+
+
+def _wait(driver, script, timeout=60):
+    """Wait until the page's JavaScript expression ``script`` is true; return its value."""
+    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(f"return {script}"))
+
+
+def _open(driver, address, index=0):
+    driver.get(address)
+    _wait(driver, "document.body.dataset.ready === '1'")
+    driver.execute_script(f"document.getElementById('scans').selectedIndex = {index}")
+    driver.find_element(By.ID, "open").click()
+    _wait(driver, "window.sam3d.state.volume !== null")
+
+
+def _dataset(driver, key):
+    return driver.execute_script(f"return document.body.dataset.{key}")
+
+
+def _click(driver, view, point, negative=False):
+    """Scroll ``view`` to the point's slice with its slider, then click the point with the mouse."""
+    axis = {"axial": 0, "coronal": 1, "sagittal": 2}[view]
+    driver.execute_script(
+        "const slider = document.getElementById(arguments[0] + '-slice');"
+        "slider.value = arguments[1]; slider.dispatchEvent(new Event('input'));",
+        view,
+        point[axis],
+    )
+    at = driver.execute_script("return window.sam3d.screenPoint(arguments[0], arguments[1])", view, point)
+    canvas = driver.find_element(By.ID, view)
+    size = canvas.size
+    actions = ActionChains(driver).move_to_element_with_offset(
+        canvas, round(at["x"] - size["width"] / 2), round(at["y"] - size["height"] / 2)
+    )
+    (actions.context_click() if negative else actions.click()).perform()
+
+
+def _pixels(driver, view):
+    """The view's canvas as an ``(H, W, 4)`` RGBA array."""
+    width, height, data = driver.execute_script(
+        "const c = document.getElementById(arguments[0]);"
+        "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)];",
+        view,
+    )
+    return np.array(data, dtype=np.uint8).reshape(height, width, 4)
+
+
+def _red(pixels):
+    """Where the mask overlay is drawn (red over grey)."""
+    r, g, b = (pixels[..., i].astype(int) for i in range(3))
+    return (r > g + 60) & (r > b + 60)
+
+
+def _message(driver):
+    return driver.find_element(By.ID, "message").text
+
+
+def test_click_in_the_lesion_see_the_mask_correct_it_and_save_it(browsers, phantom, tmp_path):
+    scan, label, centre, lesion_x_mm = phantom
+    output = tmp_path / "out"
+    with live_server(MagicWand(), [scan], output) as address:
+        driver = browsers()
+        _open(driver, address)
+        assert not _red(_pixels(driver, "axial")).any()
+
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        axial = _pixels(driver, "axial")
+        overlay = _red(axial)
+        assert overlay.sum() > 50
+        # radiological display: the patient's right (RAS x > 0) on the left; the spine (white) posterior, below
+        assert (np.nonzero(overlay)[1].mean() < axial.shape[1] / 2) == (lesion_x_mm > 0)
+        white = axial[..., :3].min(-1) == 255
+        assert white[axial.shape[0] // 2 :].sum() > 10 * white[: axial.shape[0] // 2].sum()
+        assert "1 click(s) (1+, 0−)" in driver.find_element(By.ID, "status").text
+
+        driver.find_element(By.ID, "save").click()
+        saved = _wait(driver, "document.body.dataset.saved")
+        mask, truth = nib.load(saved), nib.load(label)
+        assert mask.shape == truth.shape
+        np.testing.assert_allclose(mask.affine, truth.affine)
+        assert dice(np.asarray(mask.dataobj), np.asarray(truth.dataobj)) > 0.7
+        assert "mL on the scan's grid" in _message(driver)
+
+        first = int(_dataset(driver, "maskVoxels"))
+        _click(driver, "axial", [centre[0], centre[1], centre[2] - 4], negative=True)
+        _wait(driver, "document.body.dataset.clicks === '2'")
+        assert 0 < int(_dataset(driver, "maskVoxels")) < first
+        assert _red(_pixels(driver, "axial")).sum() < overlay.sum()
+        assert "2 click(s) (1+, 1−)" in driver.find_element(By.ID, "status").text
+
+        screenshot = tmp_path / "sam3d-serve.png"
+        driver.save_screenshot(str(screenshot))
+        print(f"screenshot of the page: {screenshot}")
+
+        driver.find_element(By.ID, "undo").click()
+        _wait(driver, "document.body.dataset.clicks === '1'")
+        assert int(_dataset(driver, "maskVoxels")) == first
+
+
+def _outside_point(driver, centre):
+    """A view and a voxel just outside the volume that the view shows in its margin (the canvas's letterbox)."""
+    for view, axes in (("axial", (1, 2)), ("coronal", (0, 2)), ("sagittal", (0, 1))):
+        for axis in axes:
+            point = list(centre)
+            point[axis] = -3
+            at = driver.execute_script(
+                "return window.sam3d.screenPoint(arguments[0], arguments[1])", view, point
+            )
+            size = driver.find_element(By.ID, view).size
+            if 0 <= at["x"] < size["width"] and 0 <= at["y"] < size["height"]:
+                return view, point
+    raise AssertionError("every view fills its canvas")
+
+
+def test_bad_inputs_show_on_the_page_which_keeps_working(browsers, phantom, tmp_path):
+    scan, _, centre, _ = phantom
+    (tmp_path / "notes.txt").write_text("not a scan")
+    nib.save(nib.Nifti1Image(np.zeros((160, 160, 100), np.int16), np.eye(4)), tmp_path / "big.nii.gz")
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)
+    ) as address:
+        driver = browsers()
+        _open(driver, address)
+        upload = driver.find_element(By.ID, "upload")
+        upload.send_keys(str(tmp_path / "notes.txt"))
+        _wait(driver, "document.getElementById('message').textContent.includes('not a scan file')")
+        upload.send_keys(str(tmp_path / "big.nii.gz"))
+        _wait(driver, "document.getElementById('message').textContent.includes('too large')")
+        assert "--max_voxels" in _message(driver)
+
+        view, outside = _outside_point(driver, centre)
+        driver.execute_script(  # _click scrolls to the point's slice, which is outside too: stay on the centre's
+            "window.sam3d.state.cursor = arguments[0];", centre
+        )
+        at = driver.execute_script(
+            "return window.sam3d.screenPoint(arguments[0], arguments[1])", view, outside
+        )
+        canvas = driver.find_element(By.ID, view)
+        ActionChains(driver).move_to_element_with_offset(
+            canvas, round(at["x"] - canvas.size["width"] / 2), round(at["y"] - canvas.size["height"] / 2)
+        ).click().perform()
+        _wait(driver, "document.getElementById('message').textContent.includes('outside the volume')")
+        assert _dataset(driver, "clicks") == "0"
+
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        assert _message(driver) == ""
+
+
+def test_a_second_browser_is_told_when_the_server_is_full(browsers, phantom, tmp_path):
+    scan, _, centre, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out", max_sessions=1) as address:
+        first = browsers()
+        _open(first, address)
+        _click(first, "axial", centre)
+        _wait(first, "document.body.dataset.clicks === '1'")
+        second = browsers()
+        second.get(address)
+        _wait(second, "document.body.dataset.ready === '1'")
+        second.find_element(By.ID, "open").click()
+        _wait(second, "document.getElementById('message').textContent.includes('scans open in 1 other page')")
+        assert "--max_sessions" in _message(second)
+        first.find_element(By.ID, "undo").click()
+        _wait(first, "document.body.dataset.clicks === '0'")
+        assert _message(first) == ""
+        first.get("about:blank")  # the first tab leaves: its place goes to the second
+        second.find_element(By.ID, "open").click()
+        _wait(second, "window.sam3d.state.volume !== null")
+        assert _message(second).startswith("phantom_000.nii.gz: shown and segmented")
