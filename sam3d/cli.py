@@ -32,10 +32,11 @@ from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
-from sam3d.module import CHECKPOINT_MONITORS, VolumetricSamModule
+from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
 from sam3d.shipped import shipped_file
+from sam3d.task import CHECKPOINT_MONITORS, SegmentationTask, checkpoint_module, class_path
 
 UTILITIES: dict[str, Callable[..., object]] = {
     **DATA_UTILITIES,
@@ -157,7 +158,8 @@ class Sam3dCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
-        parser.link_arguments("data.patch_size", "model.crop_size")
+        parser.link_arguments("data.patch_size", "model.init_args.crop_size")
+        parser.set_defaults({"model": {"class_path": class_path(VolumetricSamModule)}})
         parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
@@ -179,6 +181,8 @@ class Sam3dCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Protocol and threshold from `evaluation`; the training's preprocessing from the checkpoint."""
+        if not self.model.takes_clicks:
+            raise Sam3dError(self.model.no_clicks_message())
         self.model.evaluation = self._get(self.config_init, "evaluation")
         self._restore_preprocessing(required=True)
 
@@ -218,7 +222,9 @@ class Sam3dCLI(LightningCLI):
                 )
             self.checkpoint_record = checkpoint["sam3d"]
             self.checkpoint_data = checkpoint.get(VolumeDataModule.__qualname__)
-            trained, requested = checkpoint["sam3d"]["variant"], config.model.get("variant")
+            _check_trainer(ckpt_path, checkpoint_module(checkpoint["sam3d"]), config.model.class_path)
+            trained = checkpoint["sam3d"].get("variant")
+            requested = config.model.init_args.get("variant")
             if requested != trained:
                 raise CheckpointError(
                     f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
@@ -230,12 +236,12 @@ class Sam3dCLI(LightningCLI):
                     f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
                     f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
                 )
-        requested_sam = config.model.get("sam_checkpoint")
+        requested_sam = config.model.init_args.get("sam_checkpoint")
         super()._parse_ckpt_path()
         if requested_sam is not None:
             # The checkpoint's hyperparameters replace the model config; a SAM file named on this command
             # line still wins (its SHA-256 is checked against the one the checkpoint was trained from).
-            self._subcommand_config().model.sam_checkpoint = requested_sam
+            self._subcommand_config().model.init_args.sam_checkpoint = requested_sam
 
     def _resolve_named(self, config: Any, name: str) -> Path:
         logger = config.trainer.get("logger")
@@ -252,11 +258,26 @@ class Sam3dCLI(LightningCLI):
         print(f"using checkpoint {found}", file=sys.stderr)
         return found
 
+    def instantiate_classes(self) -> None:
+        """Build the trainer, model and data; a sam3d error while building the model is raised as itself.
+
+        (jsonargparse reports a failed subclass as "does not validate against any of the Union subtypes".)
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause: BaseException | None = error
+            while cause is not None and not isinstance(cause, Sam3dError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
     def before_instantiate_classes(self) -> None:
         """Matmul precision, best-checkpoint metric; W&B offline when no credentials exist (``wandb sync`` later)."""
         config = self._subcommand_config() if self.config.get("subcommand") else self.config
         torch.set_float32_matmul_precision(matmul_precision(config.trainer.precision))
-        monitor = config.model.get("checkpoint_monitor")
+        monitor = (config.model.get("init_args") or {}).get("checkpoint_monitor")
         for callback in config.trainer.get("callbacks") or []:
             init_args = getattr(callback, "init_args", None)
             if monitor and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS:
@@ -277,6 +298,24 @@ class Sam3dCLI(LightningCLI):
                 "--trainer.devices, --trainer.strategy and --trainer.precision (and any trainer overlay, e.g. "
                 "trainer/ddp_bf16.yaml, which asks for every GPU)"
             ) from None
+
+
+# The config overlay of each trainer, for messages (the volumetric SAM needs none).
+TRAINER_OVERLAYS = {
+    "sam3d.automatic.AutomaticSamModule": "-c automatic/sam.yaml",
+    "sam3d.supervised.SupervisedBaselineModule": "-c baselines/<network>.yaml",
+}
+
+
+def _check_trainer(ckpt_path: str, written_by: str, configured: str) -> None:
+    """Refuse a checkpoint of another trainer than the config's (e.g. a baseline's for the volumetric SAM)."""
+    if written_by == configured:
+        return
+    overlay = TRAINER_OVERLAYS.get(written_by, f"--model.class_path {written_by}")
+    raise CheckpointError(
+        f"--ckpt_path {ckpt_path} holds a {written_by.rsplit('.', 1)[-1]} but the config builds a "
+        f"{configured.rsplit('.', 1)[-1]}; add the config of the run that wrote it ({overlay})"
+    )
 
 
 def config_file(value: str) -> str:
@@ -343,8 +382,9 @@ def main(args: Sequence[str] | None = None) -> None:
             CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
             return
         Sam3dCLI(
-            VolumetricSamModule,
+            SegmentationTask,  # the volumetric SAM by default; other trainers by model.class_path
             VolumeDataModule,
+            subclass_mode_model=True,
             trainer_class=Sam3dTrainer,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},

@@ -1,15 +1,19 @@
 """Evaluation protocols on whole volumes (pure torch): clicks, crops, correction clicks and metrics.
 
-A case is evaluated ``repeats`` times with seeded clicks. Each repeat starts from ``num_clicks`` clicks
+Promptable methods: a case is evaluated ``repeats`` times with seeded clicks. Each repeat starts from ``num_clicks`` clicks
 and adds ``refinement_clicks`` correction clicks, recording the metrics after every click (a
 clicks-vs-Dice curve). Correction clicks keep the crops of the first clicks, so they reuse those crops'
 encodings and cost only the decoding (see :class:`sam3d.inference.ClickSession`).
+
+Methods without clicks (fully supervised baselines, automatic SAM): one prediction per case, reported as
+repeat 0 with 0 clicks in the same rows (:func:`evaluate_without_clicks`).
 """
 
 from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +45,8 @@ class EvaluationSettings:
         tolerance_mm: Normalised surface Dice tolerance.
         threshold: Foreground probability threshold (test metrics, and the masks `sam3d predict` writes).
         cache_size: Crop encodings kept per case for correction clicks and repeats (0: none).
+        overlap: Methods without clicks (baselines, automatic SAM): the sliding-window overlap of crops.
+        window_batch_size: Methods without clicks: crops segmented together (faster, more memory).
     """
 
     protocol: Protocol = "paper"
@@ -52,12 +58,18 @@ class EvaluationSettings:
     tolerance_mm: float = 5.0
     threshold: float = 0.5
     cache_size: int = 8
+    overlap: float = 0.5
+    window_batch_size: int = 2
 
     def __post_init__(self) -> None:
         if self.num_clicks < 1 or self.refinement_clicks < 0 or self.repeats < 1 or self.cache_size < 0:
             raise Sam3dError(
                 f"need num_clicks >= 1, refinement_clicks >= 0, repeats >= 1 and cache_size >= 0, got "
                 f"{self.num_clicks}, {self.refinement_clicks}, {self.repeats} and {self.cache_size}"
+            )
+        if not 0 <= self.overlap < 1 or self.window_batch_size < 1:
+            raise Sam3dError(
+                f"need 0 <= overlap < 1 and window_batch_size >= 1, got {self.overlap} and {self.window_batch_size}"
             )
 
 
@@ -117,3 +129,28 @@ def evaluate_case(
                 new_points, new_labels = correction_click(prediction, case.label, case.spacing)
         points = session.points
     return rows, prediction, points
+
+
+def evaluate_without_clicks(
+    probability_of: Callable[[torch.Tensor], torch.Tensor], case: EvaluationCase, settings: EvaluationSettings
+) -> tuple[list[dict[str, float | int | str]], torch.Tensor, torch.Tensor]:
+    """Score one case segmented without clicks; returns its row, the predicted mask and a point to show it.
+
+    A case without target voxels is skipped (no row), as the promptable methods skip it, so every method
+    of a comparison is scored on the same cases.
+
+    Args:
+        probability_of: Maps the ``(D, H, W)`` volume to its foreground probability.
+        case: The test case.
+        settings: The threshold and NSD tolerance.
+    """
+    centre, _ = first_click(case.label, "center")
+    if not len(centre):
+        return [], torch.zeros_like(case.label, dtype=torch.bool), centre
+    start = time.perf_counter()
+    probability = probability_of(case.image)
+    on_grid = case.to_label_grid(probability) > settings.threshold
+    seconds = time.perf_counter() - start
+    metrics = case_metrics(on_grid, case.label_on_grid, case.label_spacing, settings.tolerance_mm)
+    row = {"case": case.case_id, "repeat": 0, "clicks": 0, **metrics, "seconds": seconds}
+    return [row], probability > settings.threshold, centre

@@ -1,6 +1,6 @@
-"""Segmenting whole volumes with a network trained on crops (pure torch, network layout ``(D, H, W)``).
+"""Segmenting whole volumes with a network trained on crops (network layout ``(D, H, W)``).
 
-Two protocols:
+Two protocols with clicks:
 
 * ``paper``: one crop centred on the midpoint of the clicks' bounding box (rounded down), zero
   probability elsewhere; where the crop passes the volume's edge it is padded with 0, the dataset
@@ -12,6 +12,9 @@ Two protocols:
   prediction connected to the positive clicks. sam3d's own choice: crops are padded with the
   volume's minimum (air, as outside a patient) rather than with the dataset mean.
 
+Without clicks (the fully supervised baselines and the automatic SAM), :func:`sliding_window_probability`
+covers the whole volume with overlapping crops (MONAI's sliding-window inference, Gaussian blending).
+
 Encoding a crop is the expensive part of the network; :class:`CropEncoder` keeps encodings for reuse, and
 :class:`ClickSession` uses it so that clicks added one by one (corrections) cost only the decoding.
 """
@@ -20,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from sam3d.errors import Sam3dError
@@ -386,3 +390,45 @@ class ClickSession:
                 self.encoder, self.image, self.points, self.labels, start=self._anchor
             )
         return self.probability
+
+
+def sliding_window_probability(
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    crop_size: tuple[int, int, int],
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Whole-volume foreground probability ``(D, H, W)`` of a network without prompts (automatic methods).
+
+    MONAI's ``sliding_window_inference``: crops of ``crop_size`` overlapping by ``overlap``, their softmax
+    probabilities blended with a Gaussian weight (nnU-Net's), a volume smaller than a crop padded with its
+    minimum (as :func:`predict_crop` pads).
+
+    Args:
+        logits: Maps ``(B, 1, *crop_size)`` crops on ``device`` to two-class logits ``(B, 2, *crop_size)``.
+        image: ``(D, H, W)`` normalised volume on the CPU.
+        crop_size: The network's crop.
+        overlap: Fraction of a crop shared with its neighbour along each axis, in ``[0, 1)``.
+        batch_size: Crops segmented together.
+        device: Where the crops are segmented (the probability is assembled on the CPU).
+    """
+    if image.ndim != 3 or not image.is_floating_point():
+        raise Sam3dError(f"the volume must be a 3D float tensor (D, H, W), got {tuple(image.shape)}")
+    if not 0 <= overlap < 1:
+        raise Sam3dError(f"the sliding-window overlap must be in [0, 1), got {overlap}")
+    with torch.no_grad():
+        probability = sliding_window_inference(
+            image[None, None],
+            roi_size=crop_size,
+            sw_batch_size=batch_size,
+            predictor=lambda crops: logits(crops).float().softmax(1),
+            overlap=overlap,
+            mode="gaussian",
+            cval=float(image.min()),
+            sw_device=device,
+            device="cpu",
+        )
+    assert isinstance(probability, torch.Tensor)
+    return probability[0, 1]

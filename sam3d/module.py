@@ -5,23 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
-from torch.optim import AdamW
-from torch.optim.lr_scheduler import LinearLR
 
-from sam3d import __version__
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
-from sam3d.errors import Sam3dError
-from sam3d.evaluation import EvaluationSettings, evaluate_case
+from sam3d.evaluation import evaluate_case
 from sam3d.inference import segment
 from sam3d.models import (
     Adaptation,
@@ -30,11 +22,7 @@ from sam3d.models import (
     build_volumetric_sam,
     trainable_parameter_groups,
 )
-from sam3d.visualize import orthogonal_slices, png_bytes
-
-Batch = dict[str, Any]
-# Validation metrics that can choose the `best` checkpoint, and whether higher or lower is better.
-CHECKPOINT_MONITORS: dict[str, Literal["max", "min"]] = {"val/dice": "max", "val/dice_loss": "min"}
+from sam3d.task import Batch, CaseResult, SegmentationTask
 
 
 def file_sha256(path: str) -> str:
@@ -52,7 +40,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-class VolumetricSamModule(L.LightningModule):
+class VolumetricSamModule(SegmentationTask):
     """The paper's training recipe around :class:`sam3d.models.VolumetricSam`.
 
     DiceCE loss (0.5/0.5, softmax, Dice without background), AdamW on the trainable parameters only with
@@ -85,7 +73,11 @@ class VolumetricSamModule(L.LightningModule):
             (2D adapters), ``lora`` (low-rank qkv updates), ``frozen`` (no adapters) or ``full`` (no
             adapters, every weight trains); see :class:`sam3d.models.VolumetricSamConfig`.
         lora_rank: Rank of the ``lora`` updates.
+        input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's
+            sizes: 128^3 crops become 512^3).
     """
+
+    takes_clicks = True
 
     def __init__(
         self,
@@ -103,13 +95,10 @@ class VolumetricSamModule(L.LightningModule):
         checkpoint_monitor: Literal["val/dice", "val/dice_loss"] = "val/dice",
         adaptation: Adaptation = "spatial",
         lora_rank: int = 4,
+        input_scale: float | None = None,
     ) -> None:
-        super().__init__()
-        if lr <= 0 or weight_decay < 0 or not 0 < final_lr_factor <= 1:
-            raise Sam3dError(
-                f"need lr > 0, weight_decay >= 0 and 0 < final_lr_factor <= 1; got lr={lr}, "
-                f"weight_decay={weight_decay}, final_lr_factor={final_lr_factor}"
-            )
+        super().__init__(dice_weight, ce_weight)
+        self.check_recipe(lr, weight_decay, final_lr_factor)
         self.save_hyperparameters()
         self.net = build_volumetric_sam(
             variant,
@@ -118,24 +107,11 @@ class VolumetricSamModule(L.LightningModule):
             freeze=freeze_sam,
             adaptation=adaptation,
             lora_rank=lora_rank,
+            input_scale=input_scale,
         )
         if activation_checkpointing is None:
             activation_checkpointing = variant != "tiny"
         self.net.activation_checkpointing = activation_checkpointing
-        self.loss = DiceCELoss(
-            include_background=False,
-            softmax=True,
-            to_onehot_y=True,
-            lambda_dice=dice_weight,
-            lambda_ce=ce_weight,
-        )
-        self.val_dice = DiceMetric(include_background=False)
-        # Set by the CLI from the `evaluation` config group (not a hyperparameter: a checkpoint's
-        # hyperparameters override the model config, and evaluation choices must not be overridden).
-        self.evaluation = EvaluationSettings()
-        self.test_rows: list[dict[str, Any]] = []
-        self.test_pictures: dict[str, bytes] = {}
-        self.test_skipped: dict[str, str] = {}
 
     @property
     def method(self) -> str:
@@ -154,73 +130,13 @@ class VolumetricSamModule(L.LightningModule):
         # Losses and metrics in float32 whatever the autocast precision.
         return self(batch["image"], batch["points"], batch["point_labels"]).float()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """One optimisation step's loss."""
-        loss = self.loss(self._logits(batch), batch["label"])
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=len(batch["image"]),
-        )
-        return loss
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The paper's parts: encoder, prompt encoder and decoder (one optimiser group and clip each)."""
+        return trainable_parameter_groups(self.net)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Loss and Dice of validation patches; returns the predicted masks for picture callbacks."""
-        logits = self._logits(batch)
-        label = batch["label"]
-        self.log("val/loss", self.loss(logits, label), on_epoch=True, sync_dist=True, batch_size=len(label))
-        dice_loss = self.loss.dice(logits, label)  # soft Dice: the authors' checkpoint criterion
-        self.log("val/dice_loss", dice_loss, on_epoch=True, sync_dist=True, batch_size=len(label))
-        prediction = logits.argmax(1, keepdim=True)
-        self.val_dice(
-            y_pred=torch.cat([prediction == 0, prediction == 1], 1), y=torch.cat([label == 0, label == 1], 1)
-        )
-        return {"prediction": prediction}
-
-    def on_validation_epoch_end(self) -> None:
-        """Log the mean validation Dice (gathered over all ranks by MONAI)."""
-        dice = self.val_dice.aggregate()
-        self.val_dice.reset()
-        self.log(
-            "val/dice",
-            dice.item() if dice.numel() == 1 else dice.mean().item(),
-            prog_bar=True,
-            sync_dist=False,
-        )
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Whole test volumes stay on the CPU; their crops move to the device one at a time."""
-        if isinstance(batch, EvaluationCase | PredictionCase | SkippedCase):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def on_test_epoch_start(self) -> None:
-        """Start collecting per-case rows and pictures."""
-        self.test_rows, self.test_pictures, self.test_skipped = [], {}, {}
-
-    def test_step(self, case: EvaluationCase | SkippedCase, batch_idx: int) -> None:
-        """Evaluate one whole case with the configured protocol."""
-        if isinstance(case, SkippedCase):
-            warnings.warn(f"test case {case.case_id} skipped: {case.reason}", stacklevel=1)
-            self.test_skipped[case.case_id] = case.reason
-            return
-        rows, prediction, points = evaluate_case(self.net, case, self.evaluation)
-        if not rows:
-            self.test_skipped[case.case_id] = "the label has no target voxel to click"
-            return
-        self.test_rows += rows
-        final = rows[-1]
-        title = f"{case.case_id}: Dice {final['dice']:.3f} with {final['clicks']} click(s)"
-        self.test_pictures[case.case_id] = png_bytes(
-            orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
-        )
-        self.log(
-            "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True
-        )
+    def evaluate_test_case(self, case: EvaluationCase) -> CaseResult:
+        """Click the case with the configured protocol (see :func:`sam3d.evaluation.evaluate_case`)."""
+        return evaluate_case(self.net, case, self.evaluation)
 
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
         """Foreground probability of a new scan from its clicks, with the `evaluation` settings' protocol."""
@@ -233,36 +149,6 @@ class VolumetricSamModule(L.LightningModule):
         )
         return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW with one parameter group per part, linear decay to ``final_lr_factor`` over the run."""
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            raise Sam3dError(
-                "trainer.max_epochs must be set (>= 1): the learning rate decays linearly over the epochs"
-            )
-        groups = [
-            {"params": params, "name": name}
-            for name, params in trainable_parameter_groups(self.net).items()
-            if params
-        ]
-        optimizer = AdamW(groups, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
-        scheduler = LinearLR(optimizer, 1.0, self.hparams["final_lr_factor"], total_iters=max_epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip each part's gradient norm separately, as the paper's three optimisers do."""
-        if gradient_clip_val is None:
-            return
-        if gradient_clip_algorithm not in (None, "norm"):
-            raise Sam3dError("only gradient_clip_algorithm 'norm' is supported (the paper clips norms)")
-        for group in optimizer.param_groups:
-            torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)
-
     # Checkpoints --------------------------------------------------------------------------------------
     def _frozen_keys(self) -> set[str]:
         return {f"net.{name}" for name, p in self.net.named_parameters() if not p.requires_grad}
@@ -274,7 +160,7 @@ class VolumetricSamModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record sam3d's version and SAM source; drop frozen SAM weights that the SAM file restores."""
         checkpoint["sam3d"] = {
-            "version": __version__,
+            **self.checkpoint_record(),
             "variant": self.hparams["variant"],
             "sam": self._sam_record(),
         }
@@ -284,12 +170,7 @@ class VolumetricSamModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of other programs or trained from another SAM file; restore dropped frozen weights."""
-        record = checkpoint.get("sam3d")
-        if record is None:
-            raise CheckpointError(
-                "this checkpoint was not written by sam3d (no 'sam3d' record); import the authors' checkpoints "
-                "with `sam3d import-reference`"
-            )
+        record = self.checked_record(checkpoint)
         trained_from, current = record["sam"], self._sam_record()
         if trained_from["sha256"] and trained_from["sha256"] != current["sha256"]:
             raise CheckpointError(

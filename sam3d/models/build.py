@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def build_volumetric_sam(
     freeze: bool = True,
     adaptation: Adaptation = "spatial",
     lora_rank: int = 4,
+    input_scale: float | None = None,
 ) -> VolumetricSam:
     """Build the paper's network.
 
@@ -95,6 +97,7 @@ def build_volumetric_sam(
         adaptation: ``spatial`` (the paper's), ``bottleneck``, ``lora``, ``frozen`` or ``full`` (see
             :class:`VolumetricSamConfig`).
         lora_rank: Rank of the ``lora`` adaptation's updates.
+        input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's sizes).
 
     Returns:
         The network, on the CPU, in training mode.
@@ -104,6 +107,8 @@ def build_volumetric_sam(
     config = VARIANTS[variant].with_adaptation(adaptation, lora_rank)
     if crop_size is not None:
         config = config.with_crop_size(crop_size)
+    if input_scale is not None:
+        config = replace(config, input_scale=input_scale)
     net = VolumetricSam(config)
     if sam_checkpoint is not None:
         load_sam_image_encoder(net, sam_checkpoint, build_sam_2d(config, device="meta"))

@@ -80,6 +80,10 @@ class VolumetricSam(nn.Module):
         conditioned = self.prompt_encoder(encoding.last_map, points, labels)
         return self.mask_decoder(encoding.decoder_context, conditioned)
 
+    def segment_without_clicks(self, encoding: CropEncoding) -> torch.Tensor:
+        """Logits of the automatic mode: the decoder on the encoder's last map, without the prompt encoder."""
+        return self.mask_decoder(encoding.decoder_context, encoding.last_map)
+
     def _check_image(self, image: torch.Tensor) -> None:
         crop = tuple(self.config.crop_size)
         if image.ndim != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != crop:

@@ -1,0 +1,276 @@
+"""Fully supervised baselines and the SAM's automatic mode: networks, crops, loss, sliding windows, CLI runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import synthetic_cli_args
+
+from sam3d.automatic import AutomaticSamModule
+from sam3d.baselines import build_baseline, nnunet_plan
+from sam3d.cli import main
+from sam3d.errors import Sam3dError
+from sam3d.inference import sliding_window_probability
+from sam3d.models import CheckpointError
+from sam3d.supervised import SupervisedBaselineModule, deep_supervision_weights
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Tiny sizes of each method for the CPU (32^3 crops); the overlays' networks otherwise.
+TINY = {
+    "dynunet": ["--model.init_args.feature_size", "4"],
+    "swinunetr": [
+        "--model.init_args.feature_size",
+        "12",
+        "--model.init_args.options",
+        '{"depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}',
+    ],
+    "unetr": [
+        "--model.init_args.feature_size",
+        "4",
+        "--model.init_args.options",
+        '{"hidden_size": 48, "mlp_dim": 96, "num_heads": 4}',
+    ],
+    "automatic": [],
+}
+OVERLAYS = {
+    "dynunet": "baselines/dynunet.yaml",
+    "swinunetr": "baselines/swinunetr.yaml",
+    "unetr": "baselines/unetr.yaml",
+    "automatic": "automatic/sam.yaml",
+}
+
+
+def test_nnunet_plan_for_a_128_crop_is_the_full_resolution_unet():
+    plan = nnunet_plan((128, 128, 128))
+    assert plan.filters == (32, 64, 128, 256, 320, 320)
+    assert plan.strides == ((1, 1, 1),) + ((2, 2, 2),) * 5
+    assert plan.kernel_size == ((3, 3, 3),) * 6
+    assert plan.deep_supervision_heads == 3
+    assert plan.divisor == (32, 32, 32)
+
+
+def test_nnunet_plan_pools_each_axis_down_to_four_voxels():
+    plan = nnunet_plan((32, 64, 128), base_filters=8)
+    assert plan.divisor == (8, 16, 32)  # 32 -> 4 after 3 poolings, 64 after 4, 128 after 5
+    assert plan.strides[4:] == ((1, 2, 2), (1, 1, 2))
+    assert plan.filters == (8, 16, 32, 64, 80, 80)  # capped at 10x the base, as 320 for 32
+
+
+@pytest.mark.parametrize(
+    ("network", "crop", "expected"),
+    [
+        ("dynunet", (100, 128, 128), "multiple of 16; use 96 or 112"),
+        ("dynunet", (4, 128, 128), "at least 8 voxels"),
+        ("swinunetr", (96, 80, 64), "multiple of 32 (axis 1: use 64 or 96"),
+        ("swinunetr", (32, 64, 64), "at least 64 voxels"),
+        ("unetr", (64, 40, 64), "multiple of 16 (axis 1: use 32 or 48"),
+    ],
+)
+def test_a_crop_the_network_cannot_take_is_refused_with_sizes_that_fit(network, crop, expected):
+    with pytest.raises(Sam3dError, match=r"data\.patch_size") as error:
+        build_baseline(network, crop)
+    assert expected in str(error.value)
+
+
+def test_bad_network_options_are_refused_naming_them():
+    with pytest.raises(Sam3dError, match="hidden_size"):
+        build_baseline("unetr", (32, 32, 32), options={"hidden_size": 50, "num_heads": 4})
+
+
+@pytest.mark.parametrize("network", ["dynunet", "swinunetr", "unetr"])
+def test_each_baseline_maps_crops_to_two_class_logits(network):
+    width, options = {"dynunet": (4, {}), "swinunetr": (12, TINY_SWIN), "unetr": (4, TINY_UNETR)}[network]
+    crop = CROPS[network]
+    module = SupervisedBaselineModule(network, crop, feature_size=width, options=options).eval()
+    with torch.no_grad():
+        assert module(torch.randn(1, 1, *crop)).shape == (1, 2, *crop)
+
+
+TINY_UNETR = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 4}
+TINY_SWIN = {"depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+CROPS = {"dynunet": (32, 32, 32), "swinunetr": (64, 64, 64), "unetr": (32, 32, 32), "automatic": (64, 64, 64)}
+
+
+def test_dynunet_trains_its_deep_supervision_heads_with_halving_weights():
+    module = SupervisedBaselineModule("dynunet", (32, 32, 32), feature_size=4)
+    batch = {"image": torch.randn(1, 1, 32, 32, 32), "label": (torch.rand(1, 1, 32, 32, 32) > 0.9).float()}
+    heads = module(batch["image"]).unbind(1)
+    assert len(heads) == 2  # 32^3: three poolings, one head besides the full-resolution output
+    expected = (2 * module.loss(heads[0], batch["label"]) + module.loss(heads[1], batch["label"])) / 3
+    assert module.training_loss(batch, 0).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert deep_supervision_weights(3) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    module.eval()
+    assert module(batch["image"]).shape == (1, 2, 32, 32, 32)  # the full-resolution output only
+
+
+def test_sliding_window_covers_the_whole_volume_and_blends_probabilities():
+    image = torch.randn(37, 50, 21)  # not a multiple of the crop, and smaller than it along one axis
+    seen: list[tuple[int, ...]] = []
+
+    def logits(crops: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(crops.shape))
+        return torch.cat([torch.zeros_like(crops), crops], 1)  # foreground probability sigmoid(x)
+
+    probability = sliding_window_probability(logits, image, (16, 16, 32), overlap=0.5, batch_size=3)
+    assert probability.shape == image.shape
+    torch.testing.assert_close(probability, image.sigmoid())
+    assert all(shape[0] <= 3 and shape[2:] == (16, 16, 32) for shape in seen)
+
+
+def test_automatic_sam_segments_without_clicks_at_the_paper_token_count():
+    module = AutomaticSamModule(variant="tiny", crop_size=(128, 128, 128), freeze_sam=False)
+    assert module.net.config.input_scale == 2.0  # 128^3 x 2 = 256^3, as tiny's 64^3 x 4
+    assert module.net.config.token_grid == (16, 16, 16)
+    assert not any(p.requires_grad for p in module.net.prompt_encoder.parameters())
+    assert "prompt_encoder" not in {name for name, params in module.parameter_groups().items() if params}
+    small = AutomaticSamModule(variant="tiny", freeze_sam=False).eval()
+    with torch.no_grad():
+        assert small(torch.randn(1, 1, 64, 64, 64)).shape == (1, 2, 64, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("baseline-cache")
+
+
+def _run(subcommand, method, root, workdir, cache_dir, *extra):
+    return synthetic_cli_args(
+        subcommand,
+        root,
+        workdir,
+        "-c",
+        str(CONFIGS / OVERLAYS[method]),
+        "--data.patch_size",
+        str(list(CROPS[method])),
+        "--data.cache_dir",
+        str(cache_dir),
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+        "--evaluation.overlap",
+        "0",
+        "--evaluation.window_batch_size",
+        "8",
+        *TINY[method],
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_root, tmp_path_factory, cache_dir):
+    """``fitted(method)``: the working folder and last checkpoint of a two-step run (each method fitted once)."""
+    runs: dict[str, tuple[Path, Path]] = {}
+
+    def fit(method: str) -> tuple[Path, Path]:
+        if method not in runs:
+            workdir = tmp_path_factory.mktemp(method)
+            main(_run("fit", method, synthetic_root, workdir, cache_dir))
+            runs[method] = workdir, next(workdir.glob("runs/**/checkpoints/last.ckpt"))
+        return runs[method]
+
+    return fit
+
+
+@pytest.mark.parametrize("method", ["dynunet", "swinunetr", "unetr", "automatic"])
+def test_each_method_trains_and_tests_through_the_shared_reports(method, fitted, synthetic_root, cache_dir):
+    workdir, checkpoint = fitted(method)
+    main(_run("test", method, synthetic_root, workdir, cache_dir, "--ckpt_path", str(checkpoint)))
+    report = checkpoint.parent.parent / "test"
+    with open(report / "cases.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    summary = json.loads((report / "summary.json").read_text())
+    assert rows
+    assert {(row["repeat"], row["clicks"]) for row in rows} == {("0", "0")}
+    assert summary["cases"] == len(rows)
+    assert list(summary["by_clicks"]) == ["0"]
+    dice = [float(row["dice"]) for row in rows]
+    assert summary["final"]["dice"]["mean"] == pytest.approx(sum(dice) / len(dice))
+    assert summary["settings"]["overlap"] == 0
+
+
+@pytest.fixture
+def baseline_checkpoint(fitted):
+    return fitted("dynunet")[1]
+
+
+def _error_of(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code != 0
+    captured = capsys.readouterr()
+    return f"{exit_info.value.code}\n{captured.err}"
+
+
+def test_a_baseline_checkpoint_is_refused_by_the_volumetric_sam(
+    baseline_checkpoint, synthetic_root, tmp_path, capsys
+):
+    for subcommand in ("test", "predict"):
+        args = synthetic_cli_args(
+            subcommand, synthetic_root, tmp_path, "--ckpt_path", str(baseline_checkpoint)
+        )
+        message = _error_of(args, capsys)
+        assert "holds a SupervisedBaselineModule but the config builds a VolumetricSamModule" in message
+        assert "baselines/<network>.yaml" in message
+        assert "Traceback" not in message
+
+
+def test_a_sam_checkpoint_is_refused_by_a_baseline_config(
+    trained, synthetic_root, tmp_path, cache_dir, capsys
+):
+    _, checkpoint = trained
+    args = _run("test", "unetr", synthetic_root, tmp_path, cache_dir, "--ckpt_path", str(checkpoint))
+    message = _error_of(args, capsys)
+    assert "holds a VolumetricSamModule but the config builds a SupervisedBaselineModule" in message
+    module = SupervisedBaselineModule("dynunet", (32, 32, 32), feature_size=4)
+    with pytest.raises(CheckpointError, match="holds a VolumetricSamModule but this run builds a Supervised"):
+        module.on_load_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=True))
+
+
+def test_predict_with_a_baseline_says_it_takes_no_clicks(
+    baseline_checkpoint, synthetic_root, tmp_path, capsys
+):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("scan,x,y,z\nphantom_000,0,0,0\n")
+    args = _run(
+        "predict",
+        "dynunet",
+        synthetic_root,
+        tmp_path,
+        tmp_path / "cache",
+        "--ckpt_path",
+        str(baseline_checkpoint),
+        "--data.predict_scans",
+        f"[{synthetic_root / 'imagesTr'}]",
+        "--data.predict_clicks",
+        str(clicks),
+    )
+    message = _error_of(args, capsys)
+    assert "does not take" in message
+    assert "sam3d test" in message
+
+
+def test_overlays_compose_with_every_dataset_config(tmp_path, capsys):
+    for overlay in OVERLAYS.values():
+        with pytest.raises(SystemExit):
+            main(["fit", "-c", "kits.yaml", "-c", overlay, "--data.root", str(tmp_path), "--print_config"])
+        printed = capsys.readouterr().out
+        assert "class_path: sam3d." in printed
+        assert "dataset: kits" in printed
+
+
+def test_a_crop_the_overlay_cannot_take_stops_the_command_with_one_message(synthetic_root, tmp_path):
+    args = synthetic_cli_args("fit", synthetic_root, tmp_path, "-c", "baselines/swinunetr.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data.patch_size", "[96, 80, 64]"])
+    message = exit_info.value.code
+    assert isinstance(message, str)
+    assert message.startswith("sam3d: error: crop size (96, 80, 64) cannot be taken by SwinUNETR")
+    assert "use 64 or 96" in message
