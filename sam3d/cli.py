@@ -118,6 +118,7 @@ class Sam3dCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
         parser.link_arguments("data.patch_size", "model.crop_size")
+        parser.link_arguments("data.click_mode", "model.click_mode")
         parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")

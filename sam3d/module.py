@@ -18,6 +18,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LinearLR
 
 from sam3d import __version__
+from sam3d.data.clicks import ClickMode, correction_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
@@ -51,6 +52,16 @@ class VolumetricSamModule(L.LightningModule):
     one group per part (encoder, prompt encoder, decoder), linear learning-rate decay per epoch, gradient
     norms clipped per part (the paper's three optimisers each clip their own parameters).
 
+    ``click_mode: interactive`` (beyond the paper) trains corrections as SAM-Med3D and nnInteractive do:
+    each step encodes its crops once, then simulates a user for a random number of rounds (0 to
+    ``correction_rounds``): the network predicts from the clicks so far and a click is added at the
+    deepest point of each sample's largest error region (positive where the tumour is missed, negative
+    where the prediction spills over). Only the last prediction is backpropagated; the simulation rounds
+    run without gradients, as in RITM's iterative training. They reach the loss only through where the
+    clicks land (a thresholded, non-differentiable choice), and the network takes no mask prompt, so
+    backpropagating them would only add losses on shorter click sequences, which the random number of
+    rounds trains anyway, at one decoder's activation memory instead of one per round.
+
     Checkpoints leave out the frozen SAM weights when ``sam_checkpoint`` is given (they come back from that
     file, whose path and SHA-256 are recorded and checked on loading).
 
@@ -69,6 +80,9 @@ class VolumetricSamModule(L.LightningModule):
         activation_checkpointing: Recompute each encoder block's activations and the decoder's upsampled
             maps in the backward pass instead of keeping them (same gradients, a fraction of the memory,
             more time per step); None turns it on for SAM's ViT sizes and off for the tiny network.
+        click_mode: The training clicks (linked from ``data.click_mode`` by the CLI); ``interactive`` adds
+            the simulated correction rounds above.
+        correction_rounds: ``interactive`` only: the most correction clicks simulated in one step.
     """
 
     def __init__(
@@ -84,6 +98,8 @@ class VolumetricSamModule(L.LightningModule):
         store_frozen_weights: bool = False,
         freeze_sam: bool = True,
         activation_checkpointing: bool | None = None,
+        click_mode: ClickMode = "reference",
+        correction_rounds: int = 4,
     ) -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or not 0 < final_lr_factor <= 1:
@@ -91,6 +107,10 @@ class VolumetricSamModule(L.LightningModule):
                 f"need lr > 0, weight_decay >= 0 and 0 < final_lr_factor <= 1; got lr={lr}, "
                 f"weight_decay={weight_decay}, final_lr_factor={final_lr_factor}"
             )
+        if click_mode not in ("reference", "labelled", "interactive"):
+            raise Sam3dError(f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}")
+        if not isinstance(correction_rounds, int) or correction_rounds < 0:
+            raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
         self.save_hyperparameters()
         self.net = build_volumetric_sam(
             variant, sam_checkpoint=sam_checkpoint, crop_size=crop_size, freeze=freeze_sam
@@ -123,9 +143,32 @@ class VolumetricSamModule(L.LightningModule):
         # Losses and metrics in float32 whatever the autocast precision.
         return self(batch["image"], batch["points"], batch["point_labels"]).float()
 
+    def _corrected_logits(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Logits after a random number of simulated correction clicks on one encoding of the crops."""
+        encoding = self.net.encode_image(batch["image"])
+        points, labels = batch["points"], batch["point_labels"]
+        target = batch["label"][:, 0] > 0
+        for _ in range(self._correction_rounds(batch_idx)):
+            with torch.no_grad():
+                prediction = self.net.segment(encoding, points, labels).argmax(1)
+            points, labels = correction_clicks(prediction, target, points, labels)
+        return self.net.segment(encoding, points, labels).float()
+
+    def _correction_rounds(self, batch_idx: int) -> int:
+        """Rounds of this step, uniform in 0..correction_rounds; a function of (seed, epoch, batch, rank) so a
+        resumed run simulates the same rounds."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        key = ((seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009 + self.global_rank
+        generator = torch.Generator().manual_seed(key % 2**63)
+        return int(torch.randint(self.hparams["correction_rounds"] + 1, (), generator=generator))
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One optimisation step's loss."""
-        loss = self.loss(self._logits(batch), batch["label"])
+        if self.hparams["click_mode"] == "interactive":
+            logits = self._corrected_logits(batch, batch_idx)
+        else:
+            logits = self._logits(batch)
+        loss = self.loss(logits, batch["label"])
         self.log(
             "train/loss",
             loss,
