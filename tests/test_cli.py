@@ -251,3 +251,24 @@ def test_last_checkpoint_follows_every_epoch_when_validation_is_rarer(synthetic_
     )
     last = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
     assert last["epoch"] == 1
+
+
+@pytest.mark.parametrize("dataset", ["kits", "pancreas", "lits", "colon"])
+def test_interactive_overlay_composes_with_each_dataset_config(dataset, tmp_path, capsys):
+    args = ["fit", "-c", f"{dataset}.yaml", "-c", "clicks/interactive.yaml", "--data.root", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data"]["dataset"], printed["data"]["click_mode"]) == (dataset, "interactive")
+    assert (printed["data"]["num_positive_clicks"], printed["data"]["num_context_clicks"]) == (1, 1)
+    assert printed["model"]["correction_rounds"] == 4
+    assert printed["evaluation"]["refinement_clicks"] == 4
+    assert printed["model"]["variant"] == "vit_b"
+
+
+def test_fit_with_the_interactive_overlay_gives_the_model_its_click_mode(synthetic_root, tmp_path):
+    overlay = ["-c", str(CONFIGS / "clicks" / "interactive.yaml"), "--trainer.logger", "false"]
+    main(_fit_args(synthetic_root, tmp_path, *overlay, "--trainer.limit_train_batches", "2"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["click_mode"] == "interactive"
+    assert checkpoint["hyper_parameters"]["correction_rounds"] == 4
