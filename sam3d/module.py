@@ -108,7 +108,9 @@ class VolumetricSamModule(L.LightningModule):
                 f"weight_decay={weight_decay}, final_lr_factor={final_lr_factor}"
             )
         if click_mode not in ("reference", "labelled", "interactive"):
-            raise Sam3dError(f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}")
+            raise Sam3dError(
+                f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}"
+            )
         if not isinstance(correction_rounds, int) or correction_rounds < 0:
             raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
         self.save_hyperparameters()
@@ -155,9 +157,11 @@ class VolumetricSamModule(L.LightningModule):
         return self.net.segment(encoding, points, labels).float()
 
     def _correction_rounds(self, batch_idx: int) -> int:
-        """Rounds of this step, uniform in 0..correction_rounds; a function of (seed, epoch, batch, rank) so a
-        resumed run simulates the same rounds."""
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        """This step's number of rounds, uniform in 0..correction_rounds.
+
+        A function of (run seed, epoch, batch, rank), so a resumed run simulates the rounds of an uninterrupted one.
+        """
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         key = ((seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009 + self.global_rank
         generator = torch.Generator().manual_seed(key % 2**63)
         return int(torch.randint(self.hparams["correction_rounds"] + 1, (), generator=generator))

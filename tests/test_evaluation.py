@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy.integrate import trapezoid
 from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
+from scipy.integrate import trapezoid
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -172,7 +174,7 @@ def test_interactive_step_encodes_once_and_trains_on_its_last_correction_round(m
     assert len(encodings) == 1
     assert [logits.requires_grad for _, _, logits in decodings] == [False, False, False, True]
     target = batch["label"][:, 0] > 0
-    for (points, labels, logits), (next_points, next_labels, _) in zip(decodings, decodings[1:]):
+    for (points, labels, logits), (next_points, next_labels, _) in itertools.pairwise(decodings):
         expected = correction_clicks(logits.argmax(1), target, points, labels)
         assert torch.equal(next_points, expected[0])
         assert torch.equal(next_labels, expected[1])
