@@ -70,7 +70,7 @@ def run_arm(name: str, common: list[str], args: argparse.Namespace) -> dict:
     folder = args.workdir / name
     run = [*common, "--trainer.default_root_dir", str(folder), *ARMS[name]]
     log = args.workdir / f"{name}.log"
-    fit_seconds = _sam3d(["fit", *run], log)
+    fit_seconds = None if args.test_only else _sam3d(["fit", *run], log)
     evaluation = [
         *EVALUATION,
         "--evaluation.first_click",
@@ -98,7 +98,7 @@ def table(results: dict[str, dict]) -> str:
         auc = result["click_auc"]
         lines.append(
             f"| {name} | {' | '.join(f'{d:.3f}' for d in dice)} | {auc['dice']['mean']:.3f} | "
-            f"{auc['nsd']['mean']:.3f} | {result['seconds']['fit']:.0f} |"
+            f"{auc['nsd']['mean']:.3f} | {result['seconds']['fit'] or float('nan'):.0f} |"
         )
     return "\n".join(lines)
 
@@ -116,6 +116,11 @@ def main() -> None:
     parser.add_argument("--first-click", choices=["random", "center"], default="random")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["paper", "interactive"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--test-only",
+        action="store_true",
+        help="test each arm's existing <workdir>/<arm>/checkpoints/last.ckpt",
+    )
     parser.add_argument(
         "--extra", nargs=argparse.REMAINDER, default=[], help="more sam3d arguments for every run"
     )
@@ -146,7 +151,7 @@ def main() -> None:
     results = {}
     for name in args.arms:
         results[name] = run_arm(name, common, args)
-        print(f"{name}: done in {results[name]['seconds']['fit']:.0f} s (fit)", flush=True)
+        print(f"{name}: done in {sum(filter(None, results[name]['seconds'].values())):.0f} s", flush=True)
     (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
