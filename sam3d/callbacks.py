@@ -258,6 +258,11 @@ def _print_table(rows: list[dict[str, Any]], result: dict[str, Any], folder: Pat
         f"mean over {result['cases']} cases: Dice {stats['dice']['mean']:.4f} +- {stats['dice']['std']:.4f}, "
         f"NSD {stats['nsd']['mean']:.4f}, HD95 {stats['hd95']['mean']:.2f} mm; report in {folder}"
     )
+    if auc := result["click_auc"]:
+        print(
+            f"area under the clicks curve ({auc['steps']} predictions, at most {auc['steps'] - 1}): "
+            f"DSC-AUC {auc['dice']['mean']:.4f}, NSD-AUC {auc['nsd']['mean']:.4f}"
+        )
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -277,7 +277,10 @@ class Sam3dCLI(LightningCLI):
         """Matmul precision, best-checkpoint metric; W&B offline when no credentials exist (``wandb sync`` later)."""
         config = self._subcommand_config() if self.config.get("subcommand") else self.config
         torch.set_float32_matmul_precision(matmul_precision(config.trainer.precision))
-        monitor = (config.model.get("init_args") or {}).get("checkpoint_monitor")
+        model_args = config.model.get("init_args") or {}
+        monitor = model_args.get("checkpoint_monitor")
+        if "click_mode" in model_args:  # a link that methods without clicks (no such argument) skip
+            model_args.click_mode = config.data.click_mode
         for callback in config.trainer.get("callbacks") or []:
             init_args = getattr(callback, "init_args", None)
             if monitor and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS:

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 import torch
 
+from sam3d.data.clicks import ClickMode, correction_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
+from sam3d.errors import Sam3dError
 from sam3d.evaluation import evaluate_case
 from sam3d.inference import segment
 from sam3d.models import (
@@ -47,6 +49,16 @@ class VolumetricSamModule(SegmentationTask):
     one group per part (encoder, prompt encoder, decoder), linear learning-rate decay per epoch, gradient
     norms clipped per part (the paper's three optimisers each clip their own parameters).
 
+    ``click_mode: interactive`` (beyond the paper) trains corrections as SAM-Med3D and nnInteractive do:
+    each step encodes its crops once, then simulates a user for a random number of rounds (0 to
+    ``correction_rounds``): the network predicts from the clicks so far and a click is added at the
+    deepest point of each sample's largest error region (positive where the tumour is missed, negative
+    where the prediction spills over). Only the last prediction is backpropagated; the simulation rounds
+    run without gradients, as in RITM's iterative training. They reach the loss only through where the
+    clicks land (a thresholded, non-differentiable choice), and the network takes no mask prompt, so
+    backpropagating them would only add losses on shorter click sequences, which the random number of
+    rounds trains anyway, at one decoder's activation memory instead of one per round.
+
     Checkpoints leave out the frozen SAM weights when ``sam_checkpoint`` is given (they come back from that
     file, whose path and SHA-256 are recorded and checked on loading).
 
@@ -75,6 +87,9 @@ class VolumetricSamModule(SegmentationTask):
         lora_rank: Rank of the ``lora`` updates.
         input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's
             sizes: 128^3 crops become 512^3).
+        click_mode: The training clicks (``data.click_mode``, set by the CLI); ``interactive`` adds
+            the simulated correction rounds above.
+        correction_rounds: ``interactive`` only: the most correction clicks simulated in one step.
     """
 
     takes_clicks = True
@@ -96,9 +111,17 @@ class VolumetricSamModule(SegmentationTask):
         adaptation: Adaptation = "spatial",
         lora_rank: int = 4,
         input_scale: float | None = None,
+        click_mode: ClickMode = "reference",
+        correction_rounds: int = 4,
     ) -> None:
         super().__init__(dice_weight, ce_weight)
         self.check_recipe(lr, weight_decay, final_lr_factor)
+        if click_mode not in ("reference", "labelled", "interactive"):
+            raise Sam3dError(
+                f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}"
+            )
+        if not isinstance(correction_rounds, int) or correction_rounds < 0:
+            raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
         self.save_hyperparameters()
         self.net = build_volumetric_sam(
             variant,
@@ -133,6 +156,33 @@ class VolumetricSamModule(SegmentationTask):
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The paper's parts: encoder, prompt encoder and decoder (one optimiser group and clip each)."""
         return trainable_parameter_groups(self.net)
+
+    def _corrected_logits(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Logits after a random number of simulated correction clicks on one encoding of the crops."""
+        encoding = self.net.encode_image(batch["image"])
+        points, labels = batch["points"], batch["point_labels"]
+        target = batch["label"][:, 0] > 0
+        for _ in range(self._correction_rounds(batch_idx)):
+            with torch.no_grad():
+                prediction = self.net.segment(encoding, points, labels).argmax(1)
+            points, labels = correction_clicks(prediction, target, points, labels)
+        return self.net.segment(encoding, points, labels).float()
+
+    def _correction_rounds(self, batch_idx: int) -> int:
+        """This step's number of rounds, uniform in 0..correction_rounds.
+
+        A function of (run seed, epoch, batch, rank), so a resumed run simulates the rounds of an uninterrupted one.
+        """
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        key = ((seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009 + self.global_rank
+        generator = torch.Generator().manual_seed(key % 2**63)
+        return int(torch.randint(self.hparams["correction_rounds"] + 1, (), generator=generator))
+
+    def training_loss(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """The loss of the batch's clicks; ``interactive``: after this step's simulated correction rounds."""
+        if self.hparams["click_mode"] != "interactive":
+            return super().training_loss(batch, batch_idx)
+        return self.loss(self._corrected_logits(batch, batch_idx), batch["label"])
 
     def evaluate_test_case(self, case: EvaluationCase) -> CaseResult:
         """Click the case with the configured protocol (see :func:`sam3d.evaluation.evaluate_case`)."""

@@ -20,8 +20,30 @@ METRICS = ("dice", "nsd", "hd95")
 Row = Mapping[str, Any]
 
 
+def click_auc(rows: Sequence[Row], steps: int) -> dict[str, list[float]]:
+    """Area under the Dice and NSD curves over the click sequence, one value per (case, repeat).
+
+    As the CVPR 2025 interactive 3D segmentation challenge scores (DSC-AUC, NSD-AUC): trapezoids one click
+    wide over the ``steps`` predictions of a sequence (the first clicks' and each correction's), so the area
+    runs from 0 to ``steps - 1``. A sequence that stopped early (a perfect prediction gets no correction
+    click) keeps its last value, as the challenge scores an unchanged prediction again. Unlike the
+    challenge, NSD is not zeroed where Dice is at most 0.2.
+    """
+    curves: dict[tuple[str, int], list[Row]] = defaultdict(list)
+    for row in rows:
+        curves[(str(row["case"]), int(row["repeat"]))].append(row)
+    areas: dict[str, list[float]] = {"dice": [], "nsd": []}
+    for curve in curves.values():
+        curve = sorted(curve, key=lambda row: int(row["clicks"]))[:steps]
+        for metric, values in areas.items():
+            points = [float(row[metric]) for row in curve]
+            points += points[-1:] * (steps - len(points))
+            values.append(sum(points) - (points[0] + points[-1]) / 2)
+    return areas
+
+
 def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]:
-    """Mean, std and median of every metric per click count, and the spread across repeats.
+    """Mean, std and median of every metric per click count, the spread across repeats, the clicks-curve AUC.
 
     Also the clicks of the final rows (0 for methods without clicks) and the inference seconds per case
     (all clicks of one repeat), for comparisons between methods.
@@ -51,6 +73,12 @@ def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]
         seconds[(str(row["case"]), int(row["repeat"]))] += float(row["seconds"])
     result["seconds_per_case"] = statistics.fmean(seconds.values()) if seconds else None
     result["final"] = {metric: summarize([float(r[metric]) for r in final]) for metric in METRICS}
+    steps = settings.refinement_clicks + 1
+    result["click_auc"] = (
+        {"steps": steps, **{metric: summarize(areas) for metric, areas in click_auc(rows, steps).items()}}
+        if steps > 1
+        else None  # one prediction per sequence: no curve
+    )
     result["across_repeats"] = {
         metric: {
             "mean": statistics.fmean(finite) if (finite := [v for v in values if v is not None]) else None,

@@ -280,3 +280,24 @@ def test_authors_checkpoint_criterion_in_a_full_fp32_run(synthetic_root, tmp_pat
     ]
     assert len(states) == 1
     assert "'mode': 'min'" in states[0]  # the lowest soft Dice loss wins
+
+
+@pytest.mark.parametrize("dataset", ["kits", "pancreas", "lits", "colon"])
+def test_interactive_overlay_composes_with_each_dataset_config(dataset, tmp_path, capsys):
+    args = ["fit", "-c", f"{dataset}.yaml", "-c", "clicks/interactive.yaml", "--data.root", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["data"]["dataset"], printed["data"]["click_mode"]) == (dataset, "interactive")
+    assert (printed["data"]["num_positive_clicks"], printed["data"]["num_context_clicks"]) == (1, 1)
+    assert printed["model"]["init_args"]["correction_rounds"] == 4
+    assert printed["evaluation"]["refinement_clicks"] == 4
+    assert printed["model"]["init_args"]["variant"] == "vit_b"
+
+
+def test_fit_with_the_interactive_overlay_gives_the_model_its_click_mode(synthetic_root, tmp_path):
+    overlay = ["-c", str(CONFIGS / "clicks" / "interactive.yaml"), "--trainer.logger", "false"]
+    main(_fit_args(synthetic_root, tmp_path, *overlay, "--trainer.limit_train_batches", "2"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["click_mode"] == "interactive"
+    assert checkpoint["hyper_parameters"]["correction_rounds"] == 4

@@ -10,10 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
+from scipy.integrate import trapezoid
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule
 from sam3d.data.synthetic import make_synthetic_dataset
+from sam3d.evaluation import EvaluationSettings
+from sam3d.reporting import click_auc, summary
 
 CONFIG = SYNTHETIC_CONFIG
 _args = synthetic_cli_args
@@ -42,6 +45,14 @@ def test_report_with_refinement_and_repeats_is_reproducible(synthetic_root, trai
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in again]
     assert set(summary["by_clicks"]) == {"1", "2", "3"}
+    for metric in ("dice", "nsd"):
+        curves = {}
+        for row in rows:  # rows come ordered by case, repeat and clicks
+            curves.setdefault((row["case"], row["repeat"]), []).append(float(row[metric]))
+        areas = [trapezoid(curve) for curve in curves.values()]
+        assert summary["click_auc"][metric]["mean"] == pytest.approx(np.mean(areas))
+        assert summary["click_auc"][metric]["count"] == len(test_cases) * 2
+    assert summary["click_auc"]["steps"] == 3
     assert summary["across_repeats"]["dice"]["repeats"] == 2
     assert summary["settings"]["seed"] == 7
     assert len(list(folder.glob("best_*.png"))) == 1
@@ -200,3 +211,22 @@ def test_aggregate_folds_reports_mean_and_std_across_folds(tmp_path, capsys):
     assert "| 1 | 2 | 70.00 +- 14.14 | 90.00 +- 0.00 | 4.50 +- 0.71 |" in table
     with pytest.raises(SystemExit, match="does not exist"):
         main(["aggregate-folds", json.dumps([str(tmp_path / "nope.json")])])
+
+
+def test_click_auc_is_the_challenges_trapezoid_over_the_click_sequence():
+    dice = {1: 0.2, 2: 0.5, 3: 0.7, 4: 0.8, 5: 0.9}
+    rows = [
+        {"case": "a", "repeat": 0, "clicks": clicks, "dice": value, "nsd": value / 2, "hd95": 1.0}
+        for clicks, value in reversed(dice.items())
+    ]
+    # Perfect after two clicks: no correction click is added, the last scores stand for the rest.
+    rows += [
+        {"case": "b", "repeat": 0, "clicks": clicks, "dice": value, "nsd": value, "hd95": 0.0}
+        for clicks, value in ((1, 0.5), (2, 1.0))
+    ]
+    areas = click_auc(rows, steps=5)
+    assert areas["dice"] == pytest.approx([trapezoid(list(dice.values())), trapezoid([0.5, 1, 1, 1, 1])])
+    assert areas["nsd"][0] == pytest.approx(trapezoid([v / 2 for v in dice.values()]))
+    settings = EvaluationSettings(refinement_clicks=4)
+    assert summary(rows, settings)["click_auc"]["dice"]["mean"] == pytest.approx(np.mean(areas["dice"]))
+    assert summary(rows[:1], EvaluationSettings())["click_auc"] is None  # a single prediction has no curve

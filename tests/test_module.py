@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
+from sam3d.data.clicks import correction_clicks
 from sam3d.models import CheckpointError
 from sam3d.module import VolumetricSamModule
 
@@ -132,3 +135,61 @@ def test_file_hash_follows_a_file_rewritten_in_place(tmp_path):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert file_sha256(str(path)) != first
     assert file_sha256(str(path)) == file_sha256(str(path))
+
+
+def _ball_batch() -> dict:
+    grid = torch.stack(torch.meshgrid(*(torch.arange(64),) * 3, indexing="ij"), -1).float()
+    label = torch.stack([((grid - c) ** 2).sum(-1) <= 100 for c in (20.0, 40.0)])[:, None].float()
+    return {
+        "image": torch.randn(2, 1, 64, 64, 64) + 2 * label,
+        "label": label,
+        "points": torch.tensor([[[20.0, 20.0, 20.0]], [[40.0, 40.0, 40.0]]]),
+        "point_labels": torch.ones(2, 1, dtype=torch.long),
+        "case_id": ["a", "b"],
+    }
+
+
+def test_interactive_step_encodes_once_and_trains_on_its_last_correction_round(monkeypatch):
+    module = VolumetricSamModule(variant="tiny", click_mode="interactive", correction_rounds=3)
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    rounds = [module._correction_rounds(batch_idx) for batch_idx in range(40)]
+    assert set(rounds) == {0, 1, 2, 3}
+    assert rounds == [module._correction_rounds(batch_idx) for batch_idx in range(40)]  # resumable
+    net, encodings, decodings = module.net, [], []
+    encode, segment = net.encode_image, net.segment
+
+    def recording_encode(image):
+        encodings.append(image)
+        return encode(image)
+
+    def recording_segment(encoding, points, labels):
+        logits = segment(encoding, points, labels)
+        decodings.append((points, labels, logits))
+        return logits
+
+    monkeypatch.setattr(net, "encode_image", recording_encode)
+    monkeypatch.setattr(net, "segment", recording_segment)
+    batch = _ball_batch()
+    loss = module.training_step(batch, rounds.index(3))
+    assert len(encodings) == 1
+    assert [logits.requires_grad for _, _, logits in decodings] == [False, False, False, True]
+    target = batch["label"][:, 0] > 0
+    for (points, labels, logits), (next_points, next_labels, _) in itertools.pairwise(decodings):
+        expected = correction_clicks(logits.argmax(1), target, points, labels)
+        assert torch.equal(next_points, expected[0])
+        assert torch.equal(next_labels, expected[1])
+    final_points, final_labels, _ = decodings[-1]
+    assert final_points.shape == (2, 4, 3)
+    monkeypatch.undo()
+    assert loss.item() == pytest.approx(
+        module.loss(module.net(batch["image"], final_points, final_labels), batch["label"]).item(), rel=1e-5
+    )
+    loss.backward()
+    assert all(p.grad is not None for p in module.net.image_encoder.parameters() if p.requires_grad)
+
+
+def test_interactive_settings_are_checked():
+    with pytest.raises(ValueError, match="correction_rounds"):
+        VolumetricSamModule(variant="tiny", click_mode="interactive", correction_rounds=-1)
+    with pytest.raises(ValueError, match="click_mode"):
+        VolumetricSamModule(variant="tiny", click_mode="boxes")  # type: ignore[arg-type]

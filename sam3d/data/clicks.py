@@ -19,6 +19,7 @@ __all__ = [
     "ClickMode",
     "FirstClick",
     "correction_click",
+    "correction_clicks",
     "deepest_point",
     "first_click",
     "largest_component",
@@ -26,7 +27,7 @@ __all__ = [
     "training_clicks",
 ]
 
-ClickMode = Literal["reference", "labelled"]
+ClickMode = Literal["reference", "labelled", "interactive"]
 FirstClick = Literal["random", "center"]
 Clicks = tuple[torch.Tensor, torch.Tensor]
 
@@ -67,15 +68,16 @@ def training_clicks(
     Args:
         mask: Binary target ``(D, H, W)``.
         num_positive: Clicks drawn from the target.
-        num_context: Clicks drawn from the whole patch (reference) or the background (labelled).
-        mode: ``"reference"`` or ``"labelled"``.
+        num_context: Clicks drawn from the whole patch (reference) or the background (labelled; interactive:
+            only in a patch without target).
+        mode: ``"reference"``, ``"labelled"`` or ``"interactive"``.
         generator: Source of randomness, on the mask's device.
 
     Returns:
         ``points (N, 3)`` float32 and ``labels (N,)`` int64, positives first.
     """
-    if mode not in ("reference", "labelled"):
-        raise ValueError(f"click mode must be 'reference' or 'labelled', got {mode!r}")
+    if mode not in ("reference", "labelled", "interactive"):
+        raise ValueError(f"click mode must be 'reference', 'labelled' or 'interactive', got {mode!r}")
     if num_positive < 0 or num_context < 0:
         raise ValueError(f"click counts must be >= 0, got {num_positive} positive, {num_context} context")
     mask = _as_mask(mask)
@@ -86,6 +88,8 @@ def training_clicks(
     if len(target) and num_positive:
         points.append(_draw(target, num_positive, generator))
         labels.append(torch.ones(num_positive, dtype=torch.long, device=mask.device))
+    if mode == "interactive" and len(target):
+        num_context = 0
     if num_context:
         if mode == "reference":
             # Uniform over all voxels == independent uniform index per axis.
@@ -197,6 +201,34 @@ def correction_click(
     if deepest is None:
         return _no_clicks(target.device)
     return deepest[None].float(), torch.tensor([label], dtype=torch.long, device=target.device)
+
+
+def correction_clicks(
+    prediction: torch.Tensor, target: torch.Tensor, points: torch.Tensor, labels: torch.Tensor
+) -> Clicks:
+    """A batch's clicks with one :func:`correction_click` per sample appended (a simulated user's next click).
+
+    Args:
+        prediction: Binary predictions ``(B, D, H, W)``.
+        target: Binary targets ``(B, D, H, W)``.
+        points: ``(B, N, 3)`` clicks so far.
+        labels: ``(B, N)`` their labels (-1 padding).
+
+    Returns:
+        ``(B, N + 1, 3)`` points and ``(B, N + 1)`` labels; a sample predicted perfectly gets a padding click.
+    """
+    if prediction.ndim != 4 or prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction and target must be (B, D, H, W) of one shape, got {tuple(prediction.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    new_points = points.new_zeros(len(points), 1, 3)
+    new_labels = labels.new_full((len(labels), 1), -1)
+    for sample, (predicted, wanted) in enumerate(zip(prediction, target, strict=True)):
+        point, label = correction_click(predicted, wanted)
+        if len(point):
+            new_points[sample], new_labels[sample] = point.to(points), label.to(labels)
+    return torch.cat([points, new_points], 1), torch.cat([labels, new_labels], 1)
 
 
 def pad_clicks(clicks: Sequence[Clicks]) -> Clicks:

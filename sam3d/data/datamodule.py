@@ -98,9 +98,12 @@ class VolumeDataModule(L.LightningDataModule):
         in_plane_augmentation: Zoom/rotate in the axial plane only; None for the dataset's default
             (True for pancreas and colon).
         pos_neg_ratio: Relative frequency of positive and negative training patch centres.
-        click_mode: ``"reference"`` (all clicks labelled 1, as the reference) or ``"labelled"``.
+        click_mode: ``"reference"`` (all clicks labelled 1, as the reference), ``"labelled"`` or
+            ``"interactive"`` (first clicks here; the model adds simulated corrections, see
+            :class:`sam3d.module.VolumetricSamModule`). The CLI passes it on to ``model.click_mode``.
         num_positive_clicks: Clicks drawn from the target (training and validation).
-        num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled).
+        num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled;
+            interactive: only in patches without target).
         seed: Seed of on-the-fly folds and validation patches (and of training patches when the run
             sets no seed with ``seed_everything``).
         predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
@@ -162,8 +165,10 @@ class VolumeDataModule(L.LightningDataModule):
             raise Sam3dError(
                 f"pos_neg_ratio must be two non-negative numbers, not both 0, got {pos_neg_ratio!r}"
             )
-        if click_mode not in ("reference", "labelled"):
-            raise Sam3dError(f"click_mode must be 'reference' or 'labelled', got {click_mode!r}")
+        if click_mode not in ("reference", "labelled", "interactive"):
+            raise Sam3dError(
+                f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}"
+            )
         self.root = Path(root).expanduser() if root is not None else None
         self.dataset, self.fold = dataset, fold
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks

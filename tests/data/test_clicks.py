@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from sam3d.data.clicks import correction_click, first_click, pad_clicks, training_clicks
+from sam3d.data.clicks import (
+    correction_click,
+    correction_clicks,
+    first_click,
+    pad_clicks,
+    training_clicks,
+)
 from sam3d.data.layout import from_network_layout, to_network_layout
 
 
@@ -86,6 +92,35 @@ def test_correction_click_false_negative_positive_and_false_positive_negative():
     assert labels.tolist() == [0]
     assert points.tolist() == [[5.0, 5.0, 25.0]]
     assert len(correction_click(target, target)[0]) == 0
+
+
+def test_interactive_first_clicks_positive_in_target_negative_only_without_target():
+    target = ball((20, 20, 20), (10, 10, 10), 4)
+    points, labels = training_clicks(target, 1, 1, "interactive", torch.Generator().manual_seed(0))
+    assert labels.tolist() == [1]
+    assert inside(target, points).all()
+    points, labels = training_clicks(torch.zeros(20, 20, 20, dtype=torch.bool), 1, 2, "interactive")
+    assert labels.tolist() == [0, 0]
+
+
+def test_correction_clicks_add_one_click_per_sample_where_its_own_prediction_errs():
+    target = torch.stack([ball((30, 30, 30), (15, 15, 15), 8)] * 3)
+    prediction = torch.stack(
+        [
+            target[0] & ~ball((30, 30, 30), (15, 15, 15), 3),  # misses the core: positive click there
+            target[1] | ball((30, 30, 30), (5, 5, 25), 4),  # spills over: negative click there
+            target[2],  # perfect: a padding click
+        ]
+    )
+    points = torch.tensor([[[15.0, 15.0, 15.0]], [[15.0, 15.0, 15.0]], [[14.0, 15.0, 15.0]]])
+    labels = torch.ones(3, 1, dtype=torch.long)
+    new_points, new_labels = correction_clicks(prediction, target, points, labels)
+    assert new_labels.tolist() == [[1, 1], [1, 0], [1, -1]]
+    assert torch.equal(new_points[:, :1], points)
+    assert torch.equal(new_points[0, 1], correction_click(prediction[0], target[0])[0][0])
+    assert new_points[1, 1].tolist() == [5.0, 5.0, 25.0]
+    with pytest.raises(ValueError, match="one shape"):
+        correction_clicks(prediction[0], target[0], points, labels)
 
 
 def test_pad_clicks_pads_with_label_minus_one():

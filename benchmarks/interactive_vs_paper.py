@@ -1,0 +1,160 @@
+"""Clicks-vs-Dice curves of the tiny network trained in the paper's click mode and in the interactive mode.
+
+Both arms train with the same budget (the same epochs, patches, seed and optimiser: only the training
+clicks differ), then ``sam3d test`` scores each on the held-out fold with one first click and four
+correction clicks (``paper`` protocol), giving Dice/NSD after each click and the area under the clicks
+curve (DSC-AUC, NSD-AUC, as the CVPR 2025 interactive-segmentation challenge).
+
+* ``paper``: ``click_mode: reference``, 10 clicks in the tumour and 20 anywhere, all labelled 1 (the authors').
+* ``interactive``: ``configs/clicks/interactive.yaml``: a first click, then up to 4 simulated corrections.
+* ``labelled`` (optional): 10 positive and 20 negative clicks, no correction rounds.
+
+Run (CPU, synthetic phantoms; ~1 h on two shared cores with the defaults):
+``.venv/bin/python benchmarks/interactive_vs_paper.py --workdir /tmp/sam3d-interactive``
+Other data: ``--root DIR --target-label N`` (an MSD-style folder); everything else as ``configs/synthetic.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sam3d.data import make_synthetic_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ARMS = {
+    "paper": [
+        "--data.click_mode",
+        "reference",
+        "--data.num_positive_clicks",
+        "10",
+        "--data.num_context_clicks",
+        "20",
+    ],
+    "interactive": ["-c", str(CONFIGS / "clicks" / "interactive.yaml")],
+    "labelled": [
+        "--data.click_mode",
+        "labelled",
+        "--data.num_positive_clicks",
+        "10",
+        "--data.num_context_clicks",
+        "20",
+    ],
+}
+EVALUATION = [
+    "--evaluation.num_clicks",
+    "1",
+    "--evaluation.refinement_clicks",
+    "4",
+    "--evaluation.protocol",
+    "paper",
+]
+
+
+def _sam3d(args: list[str], log: Path) -> float:
+    """Run ``sam3d`` in a fresh process, its output appended to ``log``; returns the seconds it took."""
+    start = time.perf_counter()
+    with open(log, "a") as stream:
+        subprocess.run(
+            [sys.executable, "-m", "sam3d", *args], stdout=stream, stderr=subprocess.STDOUT, check=True
+        )
+    return time.perf_counter() - start
+
+
+def run_arm(name: str, common: list[str], args: argparse.Namespace) -> dict:
+    """Train and test one arm; its summary.json with the fit and test times."""
+    folder = args.workdir / name
+    run = [*common, "--trainer.default_root_dir", str(folder), *ARMS[name]]
+    log = args.workdir / f"{name}.log"
+    fit_seconds = None if args.test_only else _sam3d(["fit", *run], log)
+    evaluation = [
+        *EVALUATION,
+        "--evaluation.first_click",
+        args.first_click,
+        "--evaluation.repeats",
+        str(args.repeats),
+    ]
+    test_seconds = _sam3d(
+        ["test", *run, *evaluation, "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")], log
+    )
+    result = json.loads((folder / "test" / "summary.json").read_text())
+    result["seconds"] = {"fit": fit_seconds, "test": test_seconds}
+    return result
+
+
+def table(results: dict[str, dict]) -> str:
+    """Markdown table: Dice after 1, 3 and 5 clicks, DSC-AUC and NSD-AUC (mean over cases and repeats)."""
+    lines = [
+        "| training clicks | Dice, 1 click | Dice, 3 clicks | Dice, 5 clicks | DSC-AUC (0-4) | NSD-AUC (0-4) | fit s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        by_clicks = result["by_clicks"]
+        dice = [by_clicks[str(n)]["dice"]["mean"] if str(n) in by_clicks else float("nan") for n in (1, 3, 5)]
+        auc = result["click_auc"]
+        lines.append(
+            f"| {name} | {' | '.join(f'{d:.3f}' for d in dice)} | {auc['dice']['mean']:.3f} | "
+            f"{auc['nsd']['mean']:.3f} | {result['seconds']['fit'] or float('nan'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="data, runs and logs go here")
+    parser.add_argument(
+        "--root", type=Path, help="an MSD-style dataset; default: synthetic phantoms made here"
+    )
+    parser.add_argument("--target-label", type=int, default=1)
+    parser.add_argument("--num-cases", type=int, default=24, help="synthetic phantoms to make")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3, help="test repeats (random first clicks)")
+    parser.add_argument("--first-click", choices=["random", "center"], default="random")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["paper", "interactive"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--test-only",
+        action="store_true",
+        help="test each arm's existing <workdir>/<arm>/checkpoints/last.ckpt",
+    )
+    parser.add_argument(
+        "--extra", nargs=argparse.REMAINDER, default=[], help="more sam3d arguments for every run"
+    )
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    root = args.root
+    if root is None:
+        root = args.workdir / "data"
+        if not (root / "dataset.json").is_file():
+            make_synthetic_dataset(root, num_cases=args.num_cases, seed=args.seed)
+    common = [
+        "-c",
+        str(CONFIGS / "synthetic.yaml"),
+        "--data.root",
+        str(root),
+        "--data.target_label",
+        str(args.target_label),
+        "--data.cache_dir",
+        str(args.workdir / "cache"),
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.logger",
+        "false",
+        "--seed_everything",
+        str(args.seed),
+        *args.extra,
+    ]
+    results = {}
+    for name in args.arms:
+        results[name] = run_arm(name, common, args)
+        print(f"{name}: done in {sum(filter(None, results[name]['seconds'].values())):.0f} s", flush=True)
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
