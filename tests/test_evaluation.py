@@ -216,12 +216,20 @@ def test_aggregate_folds_reports_mean_and_std_across_folds(tmp_path, capsys):
 def test_click_auc_is_the_challenges_trapezoid_over_the_click_sequence():
     dice = {1: 0.2, 2: 0.5, 3: 0.7, 4: 0.8, 5: 0.9}
     rows = [
-        {"case": "a", "repeat": 0, "clicks": clicks, "dice": value, "nsd": value / 2, "hd95": 1.0}
+        {
+            "case": "a",
+            "repeat": 0,
+            "clicks": clicks,
+            "dice": value,
+            "nsd": value / 2,
+            "hd95": 1.0,
+            "seconds": 0.1,
+        }
         for clicks, value in reversed(dice.items())
     ]
     # Perfect after two clicks: no correction click is added, the last scores stand for the rest.
     rows += [
-        {"case": "b", "repeat": 0, "clicks": clicks, "dice": value, "nsd": value, "hd95": 0.0}
+        {"case": "b", "repeat": 0, "clicks": clicks, "dice": value, "nsd": value, "hd95": 0.0, "seconds": 0.1}
         for clicks, value in ((1, 0.5), (2, 1.0))
     ]
     areas = click_auc(rows, steps=5)
