@@ -297,9 +297,9 @@ class Sam3dCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, TypeError, ValueError) as error:
             raise Sam3dError(
-                f"the trainer settings do not fit this machine or each other: {error}. Check --trainer.accelerator, "
-                "--trainer.devices, --trainer.strategy and --trainer.precision (and any trainer overlay, e.g. "
-                "trainer/ddp_bf16.yaml, which asks for every GPU)"
+                f"Lightning refused the trainer settings: {error}. Change the --trainer setting it names; "
+                "settings that must fit the machine are accelerator, devices, strategy and precision (and "
+                "any trainer overlay, e.g. trainer/ddp_bf16.yaml, which asks for every GPU)"
             ) from None
 
 

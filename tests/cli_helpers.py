@@ -34,6 +34,20 @@ def synthetic_cli_args(subcommand: str, root: Path, workdir: Path, *extra: str) 
     ]
 
 
+def predict_options(
+    checkpoint: Path, scans: list[Path], clicks: Path, output_dir: Path, *, probabilities: bool = False
+) -> list[str]:
+    """``sam3d predict`` options that segment ``scans`` at ``clicks`` with ``checkpoint`` into ``output_dir``."""
+    options = {
+        "--ckpt_path": checkpoint,
+        "--data.predict_scans": json.dumps([str(scan) for scan in scans]),
+        "--data.predict_clicks": clicks,
+        "--prediction.output_dir": output_dir,
+        "--prediction.probabilities": str(probabilities).lower(),
+    }
+    return [str(x) for kv in options.items() for x in kv]
+
+
 class HangAt(L.Callback):
     """Writes ``marker`` and hangs at the start of training batch ``batch`` of ``epoch`` (to be killed there)."""
 

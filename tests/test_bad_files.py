@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
+from cli_helpers import SYNTHETIC_CONFIG, predict_options, synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.data.splits import save_splits
@@ -144,6 +144,9 @@ def _manifest(tmp, files, how, root, checkpoint):
 
 def _config(tmp, files, how, root, checkpoint):
     path = _broken(tmp / "config.yaml", how, files["config"], files["split"])
+    if how == "truncated":  # cut inside a key: a cut at a line end can leave a shorter, valid config
+        valid = files["config"]
+        path.write_bytes(valid[: valid.index(b":", len(valid) // 2)])
     return path, _refusal(["fit", "--config", str(path), "--data.root", str(root)])
 
 
@@ -180,14 +183,8 @@ def test_predict_skips_each_broken_scan_and_writes_the_others(
     good = small_dataset / "imagesTr" / "phantom_000.nii.gz"
     broken = [_broken(tmp_path / f"{how}.nii.gz", how, files["scan"], files["sam3d"]) for how in BREAKAGES]
     clicks = _write_clicks(tmp_path / "clicks.csv", [good, *broken])
-    extra = [
-        "--ckpt_path",
-        str(trained[1]),
-        "--data.predict_scans",
-        json.dumps([str(good), *map(str, broken)]),
-    ]
-    extra += ["--data.predict_clicks", str(clicks), "--prediction.output_dir", str(tmp_path / "masks")]
-    main(synthetic_cli_args("predict", small_dataset, tmp_path, *extra))
+    options = predict_options(trained[1], [good, *broken], clicks, tmp_path / "masks")
+    main(synthetic_cli_args("predict", small_dataset, tmp_path, *options))
     printed = capsys.readouterr().out
     assert (tmp_path / "masks" / "phantom_000_mask.nii.gz").is_file()
     for path in broken:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import synthetic_cli_args
+from cli_helpers import predict_options, synthetic_cli_args
 
 from sam3d.cli import main
 from sam3d.data import VolumeDataModule
@@ -54,25 +54,9 @@ def _clicks_file(root, path):
 
 def _predict(root, workdir, checkpoint, clicks, *extra):
     output = workdir / "masks"
-    scans = json.dumps([str(p) for p in sorted((root / "imagesTr").glob("*.nii.gz"))[:2]])
-    main(
-        synthetic_cli_args(
-            "predict",
-            root,
-            workdir,
-            "--ckpt_path",
-            str(checkpoint),
-            "--data.predict_scans",
-            scans,
-            "--data.predict_clicks",
-            str(clicks),
-            "--prediction.output_dir",
-            str(output),
-            "--prediction.probabilities",
-            "true",
-            *extra,
-        )
-    )
+    scans = sorted((root / "imagesTr").glob("*.nii.gz"))[:2]
+    options = predict_options(checkpoint, scans, clicks, output, probabilities=True)
+    main(synthetic_cli_args("predict", root, workdir, *options, *extra))
     return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(output.glob("*.nii.gz"))}
 
 

@@ -168,7 +168,14 @@ def test_unknown_variant(capsys):
                 *("fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x"),
                 *("--trainer.accelerator", "cpu", "--trainer.devices", "-1"),
             ],
-            "--trainer.devices",
+            "refused the trainer settings: `devices`",
+        ),
+        (
+            [
+                *("fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x"),
+                *("--trainer.enable_checkpointing", "false"),
+            ],
+            "refused the trainer settings: Trainer was configured with `enable_checkpointing=False`",
         ),
     ],
 )

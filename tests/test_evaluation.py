@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
+from cli_helpers import SYNTHETIC_CONFIG, predict_options, synthetic_cli_args
 from scipy.integrate import trapezoid
 
 from sam3d.cli import main
@@ -116,16 +116,7 @@ def test_predict_writes_masks_in_each_scans_own_geometry(shared_ct_root, trained
                 "predict",
                 "--config",
                 str(CONFIG),
-                "--ckpt_path",
-                str(checkpoint),
-                "--data.predict_scans",
-                json.dumps([str(s) for s in scans]),
-                "--data.predict_clicks",
-                str(clicks),
-                "--prediction.output_dir",
-                str(output),
-                "--prediction.probabilities",
-                "true",
+                *predict_options(checkpoint, scans, clicks, output, probabilities=True),
                 "--trainer.logger",
                 "false",
             ]
@@ -151,16 +142,19 @@ def test_predict_masks_use_the_one_threshold_and_keep_their_config(synthetic_roo
     i, j, k = np.argwhere(label > 0)[len(np.argwhere(label > 0)) // 2]
     clicks = _write_clicks(tmp_path / "clicks.csv", [(scan.name, i, j, k, "voxel", "positive")])
     output = tmp_path / "masks"
-    settings = {
-        "--ckpt_path": checkpoint,
-        "--data.predict_scans": json.dumps([str(scan)]),
-        "--data.predict_clicks": clicks,
-        "--prediction.output_dir": output,
-        "--prediction.probabilities": "true",
-        "--evaluation.threshold": 0.3,
-        "--trainer.logger": "false",
-    }
-    main(["predict", "--config", str(CONFIG), *(str(x) for kv in settings.items() for x in kv)])
+    options = predict_options(checkpoint, [scan], clicks, output, probabilities=True)
+    main(
+        [
+            "predict",
+            "--config",
+            str(CONFIG),
+            *options,
+            "--evaluation.threshold",
+            "0.3",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     case = scan.name.removesuffix(".nii.gz")
     probability = np.asarray(nib.load(output / f"{case}_probability.nii.gz").dataobj)
     mask = np.asarray(nib.load(output / f"{case}_mask.nii.gz").dataobj)
