@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from sam3d.data.clicks import ClickMode, correction_clicks
+from sam3d.data.clicks import CLICK_MODES, ClickMode, correction_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
@@ -116,10 +116,8 @@ class VolumetricSamModule(SegmentationTask):
     ) -> None:
         super().__init__(dice_weight, ce_weight)
         self.check_recipe(lr, weight_decay, final_lr_factor)
-        if click_mode not in ("reference", "labelled", "interactive"):
-            raise Sam3dError(
-                f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}"
-            )
+        if click_mode not in CLICK_MODES:
+            raise Sam3dError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if not isinstance(correction_rounds, int) or correction_rounds < 0:
             raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
         self.save_hyperparameters()

@@ -9,13 +9,14 @@ same clicks every time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 __all__ = [
+    "CLICK_MODES",
     "ClickMode",
     "FirstClick",
     "correction_click",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 ClickMode = Literal["reference", "labelled", "interactive"]
+CLICK_MODES: tuple[str, ...] = get_args(ClickMode)
 FirstClick = Literal["random", "center"]
 Clicks = tuple[torch.Tensor, torch.Tensor]
 
@@ -76,8 +78,8 @@ def training_clicks(
     Returns:
         ``points (N, 3)`` float32 and ``labels (N,)`` int64, positives first.
     """
-    if mode not in ("reference", "labelled", "interactive"):
-        raise ValueError(f"click mode must be 'reference', 'labelled' or 'interactive', got {mode!r}")
+    if mode not in CLICK_MODES:
+        raise ValueError(f"click mode must be one of {CLICK_MODES}, got {mode!r}")
     if num_positive < 0 or num_context < 0:
         raise ValueError(f"click counts must be >= 0, got {num_positive} positive, {num_context} context")
     mask = _as_mask(mask)

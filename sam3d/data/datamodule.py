@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import check_targets
-from sam3d.data.clicks import ClickMode
+from sam3d.data.clicks import CLICK_MODES, ClickMode
 from sam3d.data.errors import DatasetError, format_problems
 from sam3d.data.folds import FoldCases, Part, fold_cases
 from sam3d.data.preprocessing import Preprocessing, RequestedPreprocessing
@@ -165,10 +165,8 @@ class VolumeDataModule(L.LightningDataModule):
             raise Sam3dError(
                 f"pos_neg_ratio must be two non-negative numbers, not both 0, got {pos_neg_ratio!r}"
             )
-        if click_mode not in ("reference", "labelled", "interactive"):
-            raise Sam3dError(
-                f"click_mode must be 'reference', 'labelled' or 'interactive', got {click_mode!r}"
-            )
+        if click_mode not in CLICK_MODES:
+            raise Sam3dError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         self.root = Path(root).expanduser() if root is not None else None
         self.dataset, self.fold = dataset, fold
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks
