@@ -6,12 +6,19 @@ correction clicks (``paper`` protocol), giving Dice/NSD after each click and the
 curve (DSC-AUC, NSD-AUC, as the CVPR 2025 interactive-segmentation challenge).
 
 * ``paper``: ``click_mode: reference``, 10 clicks in the tumour and 20 anywhere, all labelled 1 (the authors').
-* ``interactive``: ``configs/clicks/interactive.yaml``: a first click, then up to 4 simulated corrections.
+* ``interactive``: ``configs/clicks/interactive.yaml``: a first click, then up to 4 simulated corrections,
+  with click maps (the prompt encoder is told where each click is).
+* ``interactive-without-maps`` (optional): the same training clicks on the paper's network, whose clicks
+  carry only the features under them.
 * ``labelled`` (optional): 10 positive and 20 negative clicks, no correction rounds.
 
 Run (CPU, synthetic phantoms; ~1 h on two shared cores with the defaults):
 ``.venv/bin/python benchmarks/interactive_vs_paper.py --workdir /tmp/sam3d-interactive``
-Other data: ``--root DIR --target-label N`` (an MSD-style folder); everything else as ``configs/synthetic.yaml``.
+Other data: ``--root DIR --target-label N`` (an MSD-style folder), ``--leave-out ID ...`` to test those cases
+after training on all the others (no validation: each arm tests its last checkpoint anyway), ``--extra ...``
+for any other ``sam3d`` argument; everything else as ``configs/synthetic.yaml``. The real CT of ``../shared``:
+``... --root ../shared/data/ibsi-sts-ct --leave-out sts_002 --epochs 30 --repeats 5 --extra
+--data.target_spacing 2.0 --data.samples_per_volume 8`` (2 mm voxels: the sarcomas outgrow a 64 mm crop).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import time
 from pathlib import Path
 
 from sam3d.data import make_synthetic_dataset
+from sam3d.data.catalog import discover
+from sam3d.data.splits import save_splits
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = {
@@ -36,6 +45,12 @@ ARMS = {
         "20",
     ],
     "interactive": ["-c", str(CONFIGS / "clicks" / "interactive.yaml")],
+    "interactive-without-maps": [
+        "-c",
+        str(CONFIGS / "clicks" / "interactive.yaml"),
+        "--model.init_args.click_maps",
+        "false",
+    ],
     "labelled": [
         "--data.click_mode",
         "labelled",
@@ -86,6 +101,31 @@ def run_arm(name: str, common: list[str], args: argparse.Namespace) -> dict:
     return result
 
 
+def leave_out_split(root: Path, test_ids: list[str], path: Path) -> Path:
+    """A one-fold split file of an MSD-style folder: ``test_ids`` tested, every other case trained on."""
+    cases = discover(root, "msd").cases
+    unknown = sorted(set(test_ids) - set(cases))
+    if unknown:
+        raise SystemExit(
+            f"--leave-out: no case {', '.join(unknown)} under {root} (cases: {', '.join(sorted(cases))})"
+        )
+
+    def entry(case_id: str) -> dict[str, str]:
+        case = cases[case_id]
+        return {
+            "case_id": case_id,
+            "image": case.image.relative_to(root).as_posix(),
+            "label": case.label.relative_to(root).as_posix(),
+        }
+
+    fold = {
+        "train": [entry(case) for case in sorted(cases) if case not in test_ids],
+        "val": [],
+        "test": [entry(case) for case in test_ids],
+    }
+    return save_splits(path, "msd", f"leave out {', '.join(test_ids)}", [fold])
+
+
 def table(results: dict[str, dict]) -> str:
     """Markdown table: Dice after 1, 3 and 5 clicks, DSC-AUC and NSD-AUC (mean over cases and repeats)."""
     lines = [
@@ -115,6 +155,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="test repeats (random first clicks)")
     parser.add_argument("--first-click", choices=["random", "center"], default="random")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["paper", "interactive"])
+    parser.add_argument("--leave-out", nargs="+", default=[], help="test these case ids, train on the rest")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--test-only",
@@ -148,6 +189,9 @@ def main() -> None:
         str(args.seed),
         *args.extra,
     ]
+    if args.leave_out:
+        split = leave_out_split(root.resolve(), args.leave_out, args.workdir / "split.json")
+        common += ["--data.split_file", str(split), "--data.fold", "0"]
     results = {}
     for name in args.arms:
         results[name] = run_arm(name, common, args)

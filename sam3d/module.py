@@ -90,6 +90,9 @@ class VolumetricSamModule(SegmentationTask):
         click_mode: The training clicks (``data.click_mode``, set by the CLI); ``interactive`` adds
             the simulated correction rounds above.
         correction_rounds: ``interactive`` only: the most correction clicks simulated in one step.
+        click_maps: Beyond the paper: the prompt encoder also gets Gaussian maps of where the positive and
+            negative clicks are (the paper's clicks carry only the features under them, so a correction
+            cannot say which of two look-alike regions it means); see ``build_volumetric_sam``.
     """
 
     takes_clicks = True
@@ -113,6 +116,7 @@ class VolumetricSamModule(SegmentationTask):
         input_scale: float | None = None,
         click_mode: ClickMode = "reference",
         correction_rounds: int = 4,
+        click_maps: bool = False,
     ) -> None:
         super().__init__(dice_weight, ce_weight)
         self.check_recipe(lr, weight_decay, final_lr_factor)
@@ -129,6 +133,7 @@ class VolumetricSamModule(SegmentationTask):
             adaptation=adaptation,
             lora_rank=lora_rank,
             input_scale=input_scale,
+            click_maps=click_maps,
         )
         if activation_checkpointing is None:
             activation_checkpointing = variant != "tiny"

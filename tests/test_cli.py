@@ -298,13 +298,17 @@ def test_interactive_overlay_composes_with_each_dataset_config(dataset, tmp_path
     assert (printed["data"]["dataset"], printed["data"]["click_mode"]) == (dataset, "interactive")
     assert (printed["data"]["num_positive_clicks"], printed["data"]["num_context_clicks"]) == (1, 1)
     assert printed["model"]["init_args"]["correction_rounds"] == 4
+    assert printed["model"]["init_args"]["click_maps"] is True
     assert printed["evaluation"]["refinement_clicks"] == 4
     assert printed["model"]["init_args"]["variant"] == "vit_b"
 
 
-def test_fit_with_the_interactive_overlay_gives_the_model_its_click_mode(synthetic_root, tmp_path):
+def test_fit_with_the_interactive_overlay_gives_the_model_its_click_mode_and_maps(synthetic_root, tmp_path):
     overlay = ["-c", str(CONFIGS / "clicks" / "interactive.yaml"), "--trainer.logger", "false"]
     main(_fit_args(synthetic_root, tmp_path, *overlay, "--trainer.limit_train_batches", "2"))
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["hyper_parameters"]["click_mode"] == "interactive"
     assert checkpoint["hyper_parameters"]["correction_rounds"] == 4
+    # The overlay's network knows where clicks are, and two steps already train that part.
+    assert checkpoint["hyper_parameters"]["click_maps"] is True
+    assert checkpoint["state_dict"]["net.prompt_encoder.click_maps.project.weight"].abs().sum() > 0

@@ -84,6 +84,7 @@ def build_volumetric_sam(
     adaptation: Adaptation = "spatial",
     lora_rank: int = 4,
     input_scale: float | None = None,
+    click_maps: bool = False,
 ) -> VolumetricSam:
     """Build the paper's network.
 
@@ -98,6 +99,8 @@ def build_volumetric_sam(
             :class:`VolumetricSamConfig`).
         lora_rank: Rank of the ``lora`` adaptation's updates.
         input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's sizes).
+        click_maps: Beyond the paper: tell the prompt encoder where the clicks are, with Gaussian maps
+            1/16 and 1/4 of the crop's smallest edge wide (see ``VolumetricSamConfig.click_map_sigmas``).
 
     Returns:
         The network, on the CPU, in training mode.
@@ -109,6 +112,9 @@ def build_volumetric_sam(
         config = config.with_crop_size(crop_size)
     if input_scale is not None:
         config = replace(config, input_scale=input_scale)
+    if click_maps:
+        edge = min(config.crop_size)
+        config = replace(config, click_map_sigmas=(edge / 16, edge / 4))
     net = VolumetricSam(config)
     if sam_checkpoint is not None:
         load_sam_image_encoder(net, sam_checkpoint, build_sam_2d(config, device="meta"))

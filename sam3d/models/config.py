@@ -46,6 +46,11 @@ class VolumetricSamConfig:
             no adapter; ``full``: no adapter, every weight trains. Besides the adapters, the new embeddings,
             the layer norms, the necks, the prompt encoder and the decoder train in all of them.
         lora_rank: Rank of the ``lora`` updates.
+        click_map_sigmas: Beyond the paper, empty in it: widths (crop voxels) of Gaussian maps of the positive
+            and negative clicks that the prompt encoder adds to the last map, so that the network knows
+            where each click is. The paper's clicks enter only as the features under them, which tells
+            the network what the tumour looks like but not where: a correction click cannot single out
+            one region among look-alikes. See :class:`sam3d.models.prompt_encoder.ClickMaps`.
     """
 
     variant: Variant = "vit_b"
@@ -71,6 +76,7 @@ class VolumetricSamConfig:
     num_classes: int = 2
     adaptation: Adaptation = "spatial"
     lora_rank: int = 4
+    click_map_sigmas: tuple[float, ...] = ()
     neck_after_blocks: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,8 @@ class VolumetricSamConfig:
             )
         if self.lora_rank < 1:
             raise Sam3dError(f"lora_rank must be at least 1, got {self.lora_rank}")
+        if any(sigma <= 0 for sigma in self.click_map_sigmas):
+            raise Sam3dError(f"click_map_sigmas must be positive, got {self.click_map_sigmas}")
         step = self.depth // 4
         object.__setattr__(self, "neck_after_blocks", tuple(step * (i + 1) - 1 for i in range(4)))
         _ = self.token_grid  # raises if the crop size does not fit the network

@@ -102,13 +102,56 @@ class ClickSampler(nn.Module):
         return sampled.flatten(2).transpose(1, 2).to(image_map.dtype)
 
 
+class ClickMaps(nn.Module):
+    """Where the clicks are: Gaussian maps of the positive and of the negative clicks on the token grid.
+
+    One map per label and width, the maximum over that label's clicks of ``exp(-d^2 / (2 sigma^2))`` with
+    ``d`` the distance in crop voxels from a token's centre, projected to the map's channels by a
+    zero-initialised 1x1 convolution (a network that has not trained it behaves as without the maps).
+    """
+
+    crop_size: torch.Tensor
+
+    def __init__(self, crop_size: tuple[int, int, int], sigmas: tuple[float, ...], dim: int) -> None:
+        super().__init__()
+        self.sigmas = sigmas
+        self.register_buffer("crop_size", torch.tensor(crop_size, dtype=torch.float32), persistent=False)
+        self.project = nn.Conv3d(2 * len(sigmas), dim, 1)
+        for parameter in self.project.parameters():
+            nn.init.zeros_(parameter)
+
+    def maps(self, points: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """``(B, 2 * len(sigmas), *grid)`` float32: the positive then the negative clicks' map, per width."""
+        maps = points.new_zeros(len(points), 2 * len(self.sigmas), *grid, dtype=torch.float32)
+        if not points.shape[1]:
+            return maps
+        step = self.crop_size / self.crop_size.new_tensor(grid)
+        squared = points.new_zeros(*points.shape[:2], *grid, dtype=torch.float32)
+        for axis, size in enumerate(grid):
+            centres = (torch.arange(size, device=points.device) + 0.5) * step[axis] - 0.5
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = size
+            squared = squared + (centres.view(shape) - points[..., axis, None, None, None].float()) ** 2
+        for index, sigma in enumerate(self.sigmas):
+            gaussian = torch.exp(-squared / (2 * sigma**2))  # (B, N, *grid)
+            for offset, label in enumerate((POSITIVE, NEGATIVE)):
+                chosen = (labels == label)[..., None, None, None]
+                maps[:, 2 * index + offset] = (gaussian * chosen).amax(1)
+        return maps
+
+    def forward(self, points: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """The maps projected to ``(B, dim, *grid)``, in the projection's dtype."""
+        return self.project(self.maps(points, labels, grid).to(self.project.weight.dtype))
+
+
 class ClickPromptEncoder(nn.Module):
     """Turns clicks into an updated last feature map.
 
     Click features are sampled (trilinear) from the map at the clicks; a zero-initialised label embedding
     distinguishes positive from negative clicks (the paper has no labels, so imported weights behave as
     the paper's network). The paper's code also computes random-Fourier positional encodings here but its
-    layers never read them; they are therefore not computed.
+    layers never read them; they are therefore not computed. With ``config.click_map_sigmas`` (beyond the
+    paper), :class:`ClickMaps` add where the clicks are to the map before the two-way layers.
     """
 
     def __init__(self, config: VolumetricSamConfig) -> None:
@@ -127,6 +170,9 @@ class ClickPromptEncoder(nn.Module):
             )
             for _ in range(config.prompt_depth)
         )
+        self.click_maps = (
+            ClickMaps(config.crop_size, config.click_map_sigmas, dim) if config.click_map_sigmas else None
+        )
 
     def forward(self, image_map: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Condition ``image_map (B, C, D, H, W)`` on ``points (B, N, 3)`` (crop voxels, d/h/w) and ``labels``."""
@@ -134,6 +180,10 @@ class ClickPromptEncoder(nn.Module):
         real = labels != PADDING
         label_embedding = self.label_embed(labels.clamp(min=0)).to(click_tokens.dtype)
         click_tokens = click_tokens + label_embedding * real[..., None]
+        if self.click_maps is not None:
+            image_map = image_map + self.click_maps(points, labels, tuple(image_map.shape[2:])).to(
+                image_map.dtype
+            )
         image_tokens = image_map.flatten(2).transpose(1, 2)
         for layer in self.layers:
             image_tokens, click_tokens = layer(image_tokens, click_tokens, real)
