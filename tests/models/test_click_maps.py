@@ -50,8 +50,8 @@ def test_untrained_maps_leave_the_papers_network_unchanged():
     torch.manual_seed(0)
     with_maps = build_volumetric_sam("tiny", click_maps=True).eval()
     without = build_volumetric_sam("tiny").eval()
-    missing = without.load_state_dict(with_maps.state_dict(), strict=False)
-    assert set(missing.unexpected_keys) == {
+    keys = without.load_state_dict(with_maps.state_dict(), strict=False)
+    assert set(keys.unexpected_keys) == {
         "prompt_encoder.click_maps.project.weight",
         "prompt_encoder.click_maps.project.bias",
     }
