@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sam3d.data import make_synthetic_dataset
 from sam3d.data.catalog import discover
-from sam3d.data.splits import save_splits
+from sam3d.data.splits import save_splits, split_entry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ARMS = {
@@ -103,25 +103,16 @@ def run_arm(name: str, common: list[str], args: argparse.Namespace) -> dict:
 
 def leave_out_split(root: Path, test_ids: list[str], path: Path) -> Path:
     """A one-fold split file of an MSD-style folder: ``test_ids`` tested, every other case trained on."""
-    cases = discover(root, "msd").cases
-    unknown = sorted(set(test_ids) - set(cases))
+    catalog = discover(root, "msd")
+    unknown = sorted(set(test_ids) - set(catalog.cases))
     if unknown:
         raise SystemExit(
-            f"--leave-out: no case {', '.join(unknown)} under {root} (cases: {', '.join(sorted(cases))})"
+            f"--leave-out: no case {', '.join(unknown)} under {root} (cases: {', '.join(sorted(catalog.cases))})"
         )
-
-    def entry(case_id: str) -> dict[str, str]:
-        case = cases[case_id]
-        return {
-            "case_id": case_id,
-            "image": case.image.relative_to(root).as_posix(),
-            "label": case.label.relative_to(root).as_posix(),
-        }
-
     fold = {
-        "train": [entry(case) for case in sorted(cases) if case not in test_ids],
+        "train": [split_entry(catalog, case, root) for case in sorted(catalog.cases) if case not in test_ids],
         "val": [],
-        "test": [entry(case) for case in test_ids],
+        "test": [split_entry(catalog, case, root) for case in test_ids],
     }
     return save_splits(path, "msd", f"leave out {', '.join(test_ids)}", [fold])
 

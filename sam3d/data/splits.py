@@ -32,6 +32,7 @@ __all__ = [
     "load_splits",
     "make_kfold",
     "save_splits",
+    "split_entry",
 ]
 
 FORMAT = "sam3d-splits/1"
@@ -188,16 +189,19 @@ def folds_from_catalog(
 ) -> list[Fold]:
     """Seeded folds of a catalog's cases as split entries with paths relative to ``base``."""
     folds = make_kfold(list(catalog.cases), num_folds, val_fraction, seed)
+    return [
+        {part: [split_entry(catalog, case, base) for case in fold[part]] for part in PARTS} for fold in folds
+    ]
 
-    def entry(case_id: str) -> Entry:
-        case = catalog.cases[case_id]
-        return {
-            "case_id": case_id,
-            "image": Path(os.path.relpath(case.image, base)).as_posix(),
-            "label": Path(os.path.relpath(case.label, base)).as_posix(),
-        }
 
-    return [{part: [entry(case) for case in fold[part]] for part in PARTS} for fold in folds]
+def split_entry(catalog: Catalog, case_id: str, base: Path) -> Entry:
+    """The split-file entry of one of a catalog's cases, its paths relative to ``base``."""
+    case = catalog.cases[case_id]
+    return {
+        "case_id": case_id,
+        "image": Path(os.path.relpath(case.image, base)).as_posix(),
+        "label": Path(os.path.relpath(case.label, base)).as_posix(),
+    }
 
 
 def convert_reference_splits(source: str | Path, destination: str | Path) -> Path:
