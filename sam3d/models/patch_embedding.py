@@ -59,31 +59,37 @@ def upsampling_weights(scale: float, outputs_per_token: int) -> tuple[torch.Tens
 def folded_patch_embedding(
     volume: torch.Tensor, patch_embed: nn.Conv2d, slice_embed: nn.Conv3d, scale: float
 ) -> torch.Tensor:
-    """:func:`direct_patch_embedding` as one strided 3D convolution of the crop (equal to float rounding)."""
-    weights: list[torch.Tensor] = []
-    pads: list[int] = []
-    strides: list[int] = []
-    for size in (slice_embed.kernel_size[0], *patch_embed.kernel_size):
-        axis_weights, before, after = upsampling_weights(scale, size)
-        weights.append(axis_weights.to(volume.device, patch_embed.weight.dtype))
-        pads = [before, after, *pads]  # F.pad lists the last axis first
-        strides.append(round(size / scale))
-    depth_weights, height_weights, width_weights = weights
-    # The kernel is parameter-sized: built in float32 (sums of products), cast by autocast for the convolution.
+    """:func:`direct_patch_embedding` as one strided 3D convolution of the crop (equal to float rounding).
+
+    The convolution is computed as a matrix product of each token's source voxels with the folded kernel,
+    in the autocast dtype: CPU backends' low-precision convolutions with a single input channel read
+    padding lanes of memory they never wrote (bf16 results depended on the allocator's contents).
+    Returns a channels-first view of channels-last tokens, as the encoder uses them.
+    """
+    kernel_sizes = (slice_embed.kernel_size[0], *patch_embed.kernel_size)
+    axes = [upsampling_weights(scale, size) for size in kernel_sizes]
+    pads = [pad for _, before, after in reversed(axes) for pad in (before, after)]  # F.pad: last axis first
+    strides = [round(size / scale) for size in kernel_sizes]
+    dtype = autocast_dtype(volume)
+    # The kernel is parameter-sized: built in float32 (sums of products) whatever the weights' dtype.
     with torch.autocast(volume.device.type, enabled=False):
-        patch = patch_embed.weight.sum(dim=1)  # (E, h, w): the RGB kernels on a grey image
-        slice_kernel = slice_embed.weight.flatten(1)  # (E, d): depthwise over slices
+        depth_weights, height_weights, width_weights = (
+            weights.to(volume.device, torch.float32) for weights, _, _ in axes
+        )
+        patch = patch_embed.weight.float().sum(dim=1)  # (E, h, w): the RGB kernels on a grey image
+        slice_kernel = slice_embed.weight.float().flatten(1)  # (E, d): depthwise over slices
         in_plane = torch.einsum("ua,euv,vb->eab", height_weights, patch, width_weights)
         kernel = (slice_kernel @ depth_weights)[:, :, None, None] * in_plane[:, None]
         bias = torch.zeros_like(slice_kernel[:, 0])
         if patch_embed.bias is not None:
-            bias = bias + patch_embed.bias * slice_kernel.sum(1)
+            bias = bias + patch_embed.bias.float() * slice_kernel.sum(1)
         if slice_embed.bias is not None:
-            bias = bias + slice_embed.bias
-    dtype = autocast_dtype(volume)
-    with torch.autocast(volume.device.type, enabled=False):  # autocast would pad in float32 on the CPU
-        padded = F.pad(volume.to(dtype), pads, mode="replicate")
-    return F.conv3d(padded, kernel[:, None], bias, stride=strides)
+            bias = bias + slice_embed.bias.float()
+        windows = F.pad(volume.to(dtype), pads, mode="replicate")[:, 0]
+        for axis, (taps, stride) in enumerate(zip(kernel.shape[1:], strides, strict=True)):
+            windows = windows.unfold(axis + 1, taps, stride)  # (B, D', H', W', d, h, w): views, no copy
+        tokens = F.linear(windows.flatten(4), kernel.flatten(1).to(dtype), bias.to(dtype))
+    return tokens.permute(0, 4, 1, 2, 3)
 
 
 def can_fold(scale: float, patch_size: int, slice_kernel: int) -> bool:

@@ -54,24 +54,61 @@ def test_upsampling_weights_reproduce_linear_interpolation_with_clamped_borders(
         torch.testing.assert_close(weights @ sources, expected, rtol=1e-6, atol=1e-6)
 
 
+def _random_embedding_case(seed: int) -> tuple[nn.Conv2d, nn.Conv3d, torch.Tensor, float]:
+    """Layers, crop and scale of one random case: integer and non-integer scales, odd sizes, any batch."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def pick(options: list) -> object:
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    patch_size = pick([8, 16])
+    stride = pick([s for s in (1, 2, 3, 4, 5, 8) if s < patch_size])
+    scale = patch_size / stride
+    slice_kernel = pick([patch_size, 2 * patch_size]) if scale.is_integer() else patch_size
+    dim = pick([3, 6, 8])
+    torch.manual_seed(seed)
+    patch = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size).requires_grad_(False)
+    slices = nn.Conv3d(dim, dim, kernel_size=(slice_kernel, 1, 1), stride=(slice_kernel, 1, 1), groups=dim)
+    # Sizes that are not multiples of the token stride too: the upsampled edge is then cut off.
+    smallest = (int(slice_kernel / scale) + 1, stride + 1, stride + 1)
+    shape = [int(torch.randint(low, low + 3 * stride + 2, (1,), generator=generator)) for low in smallest]
+    volume = torch.randn(pick([1, 2, 3]), 1, *shape, generator=generator)
+    return patch, slices, volume, scale
+
+
+def _poison_the_allocator(volume: torch.Tensor, dim: int) -> None:
+    """Free NaN-filled blocks of the sizes the embedding allocates: a read of unwritten memory shows as NaN."""
+    for numel in (volume.numel(), 4 * volume.numel(), 64 * volume.numel(), dim * volume.numel()):
+        for dtype in (torch.float32, torch.bfloat16):
+            del_me = torch.full((numel,), float("nan"), dtype=dtype)
+            del del_me
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), PRECISIONS)
-@pytest.mark.parametrize(("shape", "scale"), [((12, 8, 20), 4.0), ((6, 9, 3), 16 / 3)])
-def test_folded_patch_embedding_equals_the_direct_path(shape, scale, dtype, tolerance):
-    patch, slices = _embedding_layers()
-    volume = torch.randn(2, 1, *shape)
-    results = []
-    for embedding in (direct_patch_embedding, folded_patch_embedding):
-        slices.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            tokens = embedding(volume, patch, slices, scale)
-        (tokens.float() * torch.linspace(-1, 1, tokens.numel()).view(tokens.shape)).sum().backward()
-        results.append((tokens, slices.weight.grad.clone(), slices.bias.grad.clone()))
-    (direct, direct_weight, direct_bias), (folded, folded_weight, folded_bias) = results
-    assert folded.shape == direct.shape == (2, 6, *(round(n * scale / 16) for n in shape))
-    assert folded.dtype == direct.dtype == dtype
-    assert _scaled_error(folded, direct) < tolerance
-    assert _scaled_error(folded_weight, direct_weight) < tolerance
-    assert _scaled_error(folded_bias, direct_bias) < tolerance
+def test_folded_patch_embedding_equals_the_direct_path(dtype, tolerance):
+    checked_non_integer_scale = checked_cut_edge = False
+    for seed in range(50):
+        patch, slices, volume, scale = _random_embedding_case(seed)
+        results = []
+        for embedding in (direct_patch_embedding, folded_patch_embedding):
+            slices.zero_grad()
+            _poison_the_allocator(volume, slices.out_channels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                tokens = embedding(volume, patch, slices, scale)
+            (tokens.float() * torch.linspace(-1, 1, tokens.numel()).view(tokens.shape)).sum().backward()
+            results.append((tokens, slices.weight.grad.clone(), slices.bias.grad.clone()))
+        (direct, direct_weight, direct_bias), (folded, folded_weight, folded_bias) = results
+        case = f"seed {seed}: crop {tuple(volume.shape)}, scale {scale:.3f}"
+        assert folded.shape == direct.shape, case
+        assert folded.dtype == direct.dtype == dtype, case
+        assert torch.isfinite(folded).all(), case
+        assert _scaled_error(folded, direct) < tolerance, case
+        assert _scaled_error(folded_weight, direct_weight) < tolerance, case
+        assert _scaled_error(folded_bias, direct_bias) < tolerance, case
+        checked_non_integer_scale |= not scale.is_integer()
+        checked_cut_edge |= any(n * scale % patch.kernel_size[0] for n in volume.shape[3:])
+    assert checked_non_integer_scale
+    assert checked_cut_edge
 
 
 def _attention(rel_pos_length: int = 7, dim: int = 12, heads: int = 2, window: int = 4) -> WindowAttention3D:
