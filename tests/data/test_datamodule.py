@@ -1,9 +1,14 @@
 import os
 
 import lightning as L
+import pytest
 import torch
 
 from sam3d.data import VolumeDataModule
+from sam3d.data.catalog import discover
+from sam3d.data.splits import folds_from_catalog, save_splits
+from sam3d.data.training import patches
+from sam3d.data.training.augmentation import random_warp
 from sam3d.data.training.queue import EpochSampler
 
 
@@ -80,26 +85,43 @@ def test_training_and_validation_batches_follow_the_contract(tmp_path, synthetic
 def test_validation_patches_are_fixed_by_the_seed(tmp_path, synthetic_root):
     first = next(iter(make(synthetic_root, tmp_path).val_dataloader()))
     again = next(iter(make(synthetic_root, tmp_path).val_dataloader()))
-    other = next(iter(make(synthetic_root, tmp_path, seed=5, num_folds=3).val_dataloader()))
     assert torch.equal(first["image"], again["image"])
     assert torch.equal(first["points"], again["points"])
-    assert first["case_id"] != other["case_id"] or not torch.equal(first["points"], other["points"])
+    # Another seed with the same folds (a split file): the same cases, other patches and clicks.
+    folds = folds_from_catalog(discover(synthetic_root, "msd"), synthetic_root, num_folds=3, seed=0)
+    split_file = save_splits(tmp_path / "folds.json", "msd", "test", folds)
+    fixed = next(iter(make(synthetic_root, tmp_path, split_file=str(split_file)).val_dataloader()))
+    other = next(iter(make(synthetic_root, tmp_path, split_file=str(split_file), seed=5).val_dataloader()))
+    assert fixed["case_id"] == first["case_id"] == other["case_id"]
+    assert torch.equal(fixed["points"], first["points"])
+    assert not torch.equal(first["points"], other["points"])
 
 
-def test_labelled_clicks_and_in_plane_augmentation(tmp_path, synthetic_root):
+@pytest.mark.parametrize("in_plane", [False, True])
+def test_labelled_clicks_and_in_plane_augmentation(tmp_path, synthetic_root, monkeypatch, in_plane):
+    drawn = []
+
+    def recording_warp(in_plane_only):
+        drawn.append(in_plane_only)
+        return random_warp(in_plane_only)
+
+    monkeypatch.setattr(patches, "random_warp", recording_warp)
     dm = make(
         synthetic_root,
         tmp_path,
         click_mode="labelled",
         num_positive_clicks=3,
         num_context_clicks=4,
-        in_plane_augmentation=True,
+        in_plane_augmentation=in_plane,
         patch_size=(16, 32, 32),
     )
     for batch in dm.train_dataloader():
         for label, points, labels in zip(batch["label"], batch["points"], batch["point_labels"], strict=True):
             valid = labels >= 0
             assert (at(label[0], points[valid]) == labels[valid].float()).all()
+    # Every training crop's zoom and rotation were drawn for the requested plane.
+    assert len(drawn) == len(dm.cases("train")) * dm.samples_per_volume
+    assert set(drawn) == {in_plane}
 
 
 def test_cache_is_reused_and_keyed_by_spacing(tmp_path, synthetic_root):
