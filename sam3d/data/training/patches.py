@@ -231,10 +231,8 @@ class StackedPatchSampler(PatchSampler):
     """Queue sampler yielding, one at a time, the patches :class:`TrainingPatches` stacked per volume.
 
     A cursor stored on the subject makes a volume the Queue splits across two fills continue where it
-    stopped instead of repeating patches.
-
-    Args:
-        patch_size: Patch size along X, Y, Z.
+    stopped instead of repeating patches. It takes the ``patch_size`` (along X, Y, Z) of TorchIO's
+    ``PatchSampler``.
     """
 
     def _generate_patches(
