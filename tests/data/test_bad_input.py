@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from sam3d.data import DatasetError, VolumeDataModule
 
@@ -151,9 +152,17 @@ def test_patch_larger_than_volume_is_padded_with_a_warning(tmp_path, blob_root):
     ):
         dm.prepare_data()
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape[2:] == (32, 40, 32)
-    assert batch["label"].sum() > 0 or (batch["point_labels"] >= 0).any()
+    batches = list(dm.train_dataloader())
+    for batch in batches:
+        assert batch["image"].shape[2:] == (32, 40, 32)
+        for image, label, points in zip(batch["image"], batch["label"], batch["points"], strict=True):
+            # A patch larger than the volume holds all of it: the lesion, a click on it, air padding.
+            assert label.sum() > 0
+            assert label[0][tuple(points[0].long())] == 1
+            corners = image[0][[0, -1]][:, [0, -1]][:, :, [0, -1]]
+            torch.testing.assert_close(corners, corners.flatten()[0].expand_as(corners))
+            assert corners.flatten()[0] < image[0][label[0] > 0].min()
+    assert sum(len(batch["image"]) for batch in batches) == len(dm.cases("train")) * dm.samples_per_volume
     val = next(iter(dm.val_dataloader()))
     assert val["image"].shape[2:] == (32, 40, 32)
     assert val["label"].sum() == 216

@@ -1,5 +1,3 @@
-import pytest
-
 from sam3d.data.splits import load_splits
 from sam3d.data.tools import UTILITIES, dataset_stats, make_splits, make_synthetic
 
@@ -36,9 +34,10 @@ def test_make_synthetic_and_check_dataset_agree(tmp_path, capsys):
     assert "all 2 cases are usable" in capsys.readouterr().out
 
 
-def test_cli_wiring_when_available(tmp_path):
-    cli = pytest.importorskip("sam3d.cli")
-    if "make-synthetic" not in cli.UTILITIES:
-        pytest.skip("sam3d.cli does not register the data utilities yet")
-    cli.main(["make-synthetic", str(tmp_path / "cli"), "--num_cases", "1"])
+def test_the_cli_runs_the_data_utilities(tmp_path, capsys):
+    from sam3d.cli import main
+
+    main(["make-synthetic", str(tmp_path / "cli"), "--num_cases", "1"])
     assert (tmp_path / "cli" / "dataset.json").is_file()
+    main(["check-dataset", str(tmp_path / "cli"), "--dataset", "msd"])
+    assert "all 1 cases are usable" in capsys.readouterr().out

@@ -212,11 +212,32 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_fewer_tenso
     assert checkpointed_kept < kept / 2
 
 
-def test_activation_checkpointing_is_off_outside_training():
-    net = _tiny(checkpointing=True).eval()
-    image = torch.randn(1, 1, 64, 48, 32)
+def test_activation_checkpointing_is_off_outside_training(monkeypatch):
+    """Evaluation, and training steps without gradients, run every block once: nothing is recomputed."""
+    from sam3d.models import image_encoder, mask_decoder
+
+    calls: list[str] = []
+
+    def counting(module):
+        original = module.checkpoint
+
+        def checkpoint(*args, **kwargs):
+            calls.append(module.__name__)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "checkpoint", checkpoint)
+
+    counting(image_encoder)
+    counting(mask_decoder)
+    net = _tiny(checkpointing=True)
+    image, points = torch.randn(1, 1, 64, 48, 32), torch.tensor([[[10.0, 20.0, 30.0]]])
     with torch.no_grad():
-        net(image, torch.tensor([[[10.0, 20.0, 30.0]]]))  # no recomputation machinery without gradients
+        net.eval()(image, points)
+        net.train()(image, points)
+    net.eval()(image, points).sum().backward()
+    assert calls == []
+    net.train()(image, points)  # the counter sees the checkpointed training forward
+    assert {"sam3d.models.image_encoder", "sam3d.models.mask_decoder"} <= set(calls)
 
 
 class _Float32Activations(TorchDispatchMode):
