@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -236,11 +237,46 @@ def matmul_precision():
     torch.set_float32_matmul_precision(before)
 
 
-def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path, matmul_precision):
+def test_validate_from_a_checkpoint_and_bf16_mixed(synthetic_root, tmp_path, matmul_precision, monkeypatch):
+    from sam3d.cli import Sam3dTrainer
+    from sam3d.module import VolumetricSamModule
+
+    autocast_seen, validated = [], []
+    network_logits, trainer_validate = VolumetricSamModule._logits, Sam3dTrainer.validate
+
+    def recording_logits(self, batch):
+        autocast_seen.append(
+            (self.training, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        )
+        return network_logits(self, batch)
+
+    @functools.wraps(trainer_validate)  # the CLI reads validate's parameters from its signature
+    def recording_validate(self, *args, **kwargs):
+        validated.extend(trainer_validate(self, *args, **kwargs))
+        return validated
+
+    monkeypatch.setattr(VolumetricSamModule, "_logits", recording_logits)
+    monkeypatch.setattr(Sam3dTrainer, "validate", recording_validate)
     main(_fit_args(synthetic_root, tmp_path, "--trainer.precision", "bf16-mixed"))
     assert torch.get_float32_matmul_precision() == "high"  # TF32 outside autocast
+    assert {training for training, *_ in autocast_seen} == {True, False}  # training and validation steps
+    assert {seen[1:] for seen in autocast_seen} == {(True, torch.bfloat16)}
     best = next(tmp_path.glob("**/checkpoints/best-*.ckpt"))
-    main(["validate", *_fit_args(synthetic_root, tmp_path, "--ckpt_path", str(best))[1:]])
+    best_dice = torch.load(best, weights_only=True)["callbacks"]
+    best_dice = next(float(s["best_model_score"]) for k, s in best_dice.items() if "val/dice" in k)
+    autocast_seen.clear()
+    main(
+        [
+            "validate",
+            *_fit_args(
+                synthetic_root, tmp_path, "--ckpt_path", str(best), "--trainer.precision", "bf16-mixed"
+            )[1:],
+        ]
+    )
+    assert {seen[1:] for seen in autocast_seen} == {(True, torch.bfloat16)}
+    # The same weights on the same validation patches: the Dice that chose the checkpoint.
+    assert len(validated) == 1
+    assert validated[0]["val/dice"] == pytest.approx(best_dice, abs=1e-4)
 
 
 def test_disk_full_while_saving_keeps_the_last_checkpoint(synthetic_root, tmp_path, monkeypatch):

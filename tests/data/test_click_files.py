@@ -62,7 +62,11 @@ def check_clicks_land_where_the_file_says(image_path, label_path):
 
 
 def test_clicks_on_every_phantom_orientation(synthetic_root):
-    for image_path, label_path in cases(synthetic_root):
+    phantoms = cases(synthetic_root)
+    orientations = {nib.aff2axcodes(nib.load(image_path).affine) for image_path, _ in phantoms}
+    assert len(phantoms) == 6  # the session's phantoms, in axis orders and directions of their own
+    assert len(orientations) >= 3
+    for image_path, label_path in phantoms:
         check_clicks_land_where_the_file_says(image_path, label_path)
 
 
