@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -99,77 +100,113 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
     assert "pickled code ran" not in capsys.readouterr().out
 
 
-# Our names -> the authors' (the inverse of sam3d.models.reference), to write files in their format.
-_TO_REFERENCE = {
-    "image_encoder": [
-        (r"attn\.rel_pos_scale$", "attn.lr"),
-        (r"adapter\.down\.", "adapter.linear1."),
-        (r"adapter\.up\.", "adapter.linear2."),
-        (r"^necks\.", "neck_3d."),
-    ],
-    "prompt_encoder": [(r"global_queries$", "global_query"), (r"^layers\.", "transformer.layers.")],
-    "mask_decoder": [(r"^fuse\.", "cls.")],
-}
+# The keys and shapes of the authors' best.pth.tar; files in their format are written from it, not from us.
+REFERENCE_LAYOUT = json.loads(
+    (Path(__file__).parent / "fixtures" / "reference_checkpoint_keys.json").read_text()
+)
+# What the import leaves out: attention masks (recomputed), and prompt-encoder tensors their code never reads.
+NOT_IMPORTED = (r"attn_mask$", r"^positional_encoding_gaussian_matrix$", r"\.cross_attn_token_to_image\.")
+USED_PROMPT_ENCODER = 3  # the authors' code runs the last of its four prompt encoders
 
 
-def _reference_state(part: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _reference_tensors(layout: dict[str, list[int]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random values in every tensor of one of the authors' state dicts (left-out ones as zero views)."""
     state = {}
-    for key, value in module.state_dict().items():
-        if key.startswith("label_embed."):
-            continue
-        for pattern, replacement in _TO_REFERENCE[part]:
-            key = re.sub(pattern, replacement, key)
-        key = re.sub(r"^levels\.(\d)\.", lambda m: f"mlahead.head{int(m.group(1)) + 2}.", key)
-        # the authors' maps are (H, W, D): move our leading depth axis of each 3D kernel to the end
-        state[key] = value.permute(0, 1, 3, 4, 2).clone() if value.ndim == 5 else value.clone()
+    for key, shape in layout.items():
+        if any(re.search(pattern, key) for pattern in NOT_IMPORTED):
+            state[key] = torch.zeros(1).expand(shape)  # saved as one value: the masks are 64x512x512 each
+        else:
+            state[key] = torch.randn(shape, generator=generator)
     return state
 
 
 @pytest.fixture(scope="module")
 def reference_file(tmp_path_factory):
-    torch.manual_seed(3)
-    net = build_volumetric_sam("vit_b", freeze=False)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.normal_(0, 0.02)
-    prompt = _reference_state("prompt_encoder", net.prompt_encoder)
-    prompt["positional_encoding_gaussian_matrix"] = torch.randn(3, 128)
-    for layer in range(2):
-        prompt[f"transformer.layers.{layer}.cross_attn_token_to_image.q_proj.weight"] = torch.randn(128, 256)
-    encoder = _reference_state("image_encoder", net.image_encoder)
-    encoder["blocks.0.attn_mask"] = torch.zeros(64, 512, 512)
+    generator = torch.Generator().manual_seed(3)
     checkpoint = {
         "epoch": 200,
         "best_val_loss": np.float64(0.31),
-        "encoder_dict": encoder,
-        "decoder_dict": _reference_state("mask_decoder", net.mask_decoder),
-        "feature_dict": [{}, {}, {}, prompt],
+        "encoder_dict": _reference_tensors(REFERENCE_LAYOUT["encoder_dict"], generator),
+        "decoder_dict": _reference_tensors(REFERENCE_LAYOUT["decoder_dict"], generator),
+        "feature_dict": [_reference_tensors(REFERENCE_LAYOUT["feature_dict"], generator) for _ in range(4)],
         "encoder_opt": {"state": {}, "param_groups": [{"lr": 4e-4, "params": [0, 1]}]},
     }
     path = tmp_path_factory.mktemp("reference") / "best.pth.tar"
     torch.save(checkpoint, path)
-    return path, net.state_dict(), checkpoint
+    return path, checkpoint
 
 
-def test_reference_checkpoint_round_trip(reference_file):
-    path, expected, checkpoint = reference_file
-    net = load_reference_checkpoint(path)
-    loaded = net.state_dict()
-    for key, value in expected.items():
-        if not key.startswith("prompt_encoder.label_embed"):
-            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
-    assert (net.prompt_encoder.label_embed.weight == 0).all()
-    # the authors' slice embedding is (E, 1, 1, 1, 16) over their trailing depth axis
-    slice_kernel = checkpoint["encoder_dict"]["slice_embed.weight"]
-    assert slice_kernel.shape == (768, 1, 1, 1, 16)
+def _fingerprint(tensor: torch.Tensor) -> tuple[int, float, float]:
+    """Identifies a random tensor whatever the order of its axes."""
+    values = tensor.detach().double()
+    return tensor.numel(), round(float(values.sum()), 6), round(float(values.square().sum()), 6)
+
+
+def test_reference_checkpoint_fills_every_tensor_from_the_authors_file(reference_file):
+    path, checkpoint = reference_file
+    sources = {
+        "image_encoder": "encoder_dict",
+        "mask_decoder": "decoder_dict",
+        "prompt_encoder": "feature_dict",
+    }
+    files = {
+        "encoder_dict": checkpoint["encoder_dict"],
+        "decoder_dict": checkpoint["decoder_dict"],
+        "feature_dict": checkpoint["feature_dict"][USED_PROMPT_ENCODER],
+    }
+    by_fingerprint = {
+        _fingerprint(t): (part, key) for part, state in files.items() for key, t in state.items()
+    }
+    loaded = load_reference_checkpoint(path).state_dict()
+    origin = {}  # our key -> the authors' (part, key) whose values it holds
+    for key, value in loaded.items():
+        if key.startswith("prompt_encoder.label_embed."):
+            assert (value == 0).all()  # beyond the paper: starts at zero, so outputs equal the authors'
+            continue
+        assert _fingerprint(value) in by_fingerprint, f"{key} holds no tensor of the file"
+        origin[key] = by_fingerprint[_fingerprint(value)]
+        assert origin[key][0] == sources[key.split(".")[0]], key
+    imported = [
+        (part, key)
+        for part, state in files.items()
+        for key in state
+        if not any(re.search(pattern, key) for pattern in NOT_IMPORTED)
+    ]
+    assert sorted(origin.values()) == sorted(imported)  # each of the authors' tensors used exactly once
+    # Where both name a tensor alike, it is the same tensor (no block, level or neck taken for another).
+    for key, (part, source) in origin.items():
+        ours = key.split(".", 1)[1]
+        if ours in files[part]:
+            assert source == ours, key
+    # The renamed ones, by hand from the authors' modules.
+    expected = {
+        "image_encoder.blocks.4.attn.rel_pos_scale": "blocks.4.attn.lr",
+        "image_encoder.blocks.4.adapter.down.weight": "blocks.4.adapter.linear1.weight",
+        "image_encoder.blocks.11.adapter.up.bias": "blocks.11.adapter.linear2.bias",
+        "image_encoder.necks.2.0.weight": "neck_3d.2.0.weight",
+        "mask_decoder.levels.0.0.weight": "mlahead.head2.0.weight",
+        "mask_decoder.levels.3.3.weight": "mlahead.head5.3.weight",
+        "mask_decoder.fuse.0.weight": "cls.0.weight",
+        "prompt_encoder.layers.1.global_queries": "transformer.layers.1.global_query",
+        "prompt_encoder.layers.0.cross_attn_image_to_token.v_proj.weight": (
+            "transformer.layers.0.cross_attn_image_to_token.v_proj.weight"
+        ),
+    }
+    for ours, theirs in expected.items():
+        assert origin[ours][1] == theirs, ours
+    # Their token maps are (H, W, D), ours (D, H, W): 3D kernels move their last axis to the front.
+    fuse = files["decoder_dict"]["cls.0.weight"]
     torch.testing.assert_close(
-        net.image_encoder.slice_embed.weight[:, 0, :, 0, 0], slice_kernel[:, 0, 0, 0, :]
+        loaded["mask_decoder.fuse.0.weight"], fuse.permute(0, 1, 4, 2, 3), rtol=0, atol=0
     )
-    assert net.image_encoder.blocks[5].adapter.conv.weight.requires_grad
+    slices = files["encoder_dict"]["slice_embed.weight"]  # (E, 1, 1, 1, 16): depthwise over their last axis
+    torch.testing.assert_close(
+        loaded["image_encoder.slice_embed.weight"][:, 0, :, 0, 0], slices[:, 0, 0, 0, :]
+    )
 
 
 def test_reference_checkpoint_with_missing_parts(tmp_path, reference_file):
-    _, _, checkpoint = reference_file
+    _, checkpoint = reference_file
     torch.save({"epoch": 1, "state_dict": {}}, tmp_path / "other.pth.tar")
     with pytest.raises(CheckpointError, match=r"other\.pth\.tar is not a 3DSAM-adapter checkpoint"):
         load_reference_checkpoint(tmp_path / "other.pth.tar")
@@ -187,7 +224,8 @@ def test_import_reference_writes_a_sam3d_checkpoint(reference_file, tmp_path):
     from sam3d.module import VolumetricSamModule
     from sam3d.reference_import import import_reference
 
-    path, expected, _ = reference_file
+    path, _ = reference_file
+    expected = load_reference_checkpoint(path).state_dict()
     output = import_reference(str(path), str(tmp_path / "paper.ckpt"))
     checkpoint = torch.load(output, weights_only=True)
     assert checkpoint["sam3d"]["variant"] == "vit_b"
