@@ -18,8 +18,7 @@ from PIL import Image
 
 from sam3d.data.datamodule import VolumeDataModule
 from sam3d.data.scans.evaluation_cases import SkippedCase
-from sam3d.data.scans.loading import Scan
-from sam3d.data.scans.writing import to_source_grid, write_like
+from sam3d.data.scans.writing import write_prediction
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
 
@@ -295,22 +294,15 @@ class PredictionWriter(BasePredictionWriter):
             print(f"{case.case_id}: skipped: {case.reason}")
             return
         start = time.perf_counter()
-        written, volume_ml = self.write(case.scan, prediction["probability"], pl_module.evaluation.threshold)
+        written = write_prediction(
+            case.scan,
+            prediction["probability"],
+            pl_module.evaluation.threshold,
+            self.output_dir,
+            self.probabilities,
+        )
         seconds = prediction["seconds"] + time.perf_counter() - start
         print(
-            f"{case.case_id}: {len(case.points)} click(s), {volume_ml:.1f} ml, {seconds:.1f} s -> {written}"
+            f"{case.case_id}: {len(case.points)} click(s), {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
+            f"{written.mask}"
         )
-
-    def write(self, scan: Scan, probability: torch.Tensor, threshold: float) -> tuple[Path, float]:
-        """Write the mask (``probability > threshold``) on ``scan``'s grid; the mask file and its mL."""
-        probability = to_source_grid(scan, probability, interpolation="linear")
-        mask = (probability > threshold).numpy().astype(np.uint8)
-        written = write_like(scan.path, mask, self.output_dir / f"{scan.case_id}_mask.nii.gz")
-        if self.probabilities:
-            write_like(
-                scan.path,
-                probability.numpy().astype(np.float32),
-                self.output_dir / f"{scan.case_id}_probability.nii.gz",
-                dtype=np.float32,
-            )
-        return written, float(mask.sum() * float(np.prod(scan.source_spacing)) / 1000)

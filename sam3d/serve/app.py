@@ -29,11 +29,10 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from sam3d import __version__
-from sam3d.callbacks import PredictionWriter
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.errors import Sam3dError
 from sam3d.models import VolumetricSam
-from sam3d.serve.viewer import BYTES_PER_VOXEL, ScanView, ViewSettings, open_scan
+from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -143,7 +142,7 @@ def _point(body: dict[str, Any]) -> tuple[float, float, float]:
 def create_app(
     net: VolumetricSam,
     preprocessing: Preprocessing,
-    writer: PredictionWriter,
+    output: OutputOptions,
     scans: list[Path],
     settings: ServeSettings | None = None,
     forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
@@ -154,7 +153,7 @@ def create_app(
     Args:
         net: The network, on its device, in eval mode.
         preprocessing: The checkpoint's preprocessing.
-        writer: The ``predict`` writer: output folder, probabilities.
+        output: Where Save writes: the ``predict`` writer (its ``output_dir`` and ``probabilities``).
         scans: Scan files listed on the page.
         settings: Segmentation settings and limits.
         forward_context: Context of every network call (the trainer's precision).
@@ -187,7 +186,7 @@ def create_app(
             pages.make_room(key)  # before loading: a full server refuses at once
             start = time.perf_counter()
             scan = open_scan(path, preprocessing, settings.view.max_voxels)
-            page = _Page(ScanView(net, scan, settings.view, writer, forward_context), display_name, upload)
+            page = _Page(ScanView(net, scan, settings.view, output, forward_context), display_name, upload)
             pages.put(key, page)
             logger.info(
                 "%s opened in %.1f s: %s voxels on the network grid",
@@ -206,7 +205,7 @@ def create_app(
                 "crop_size": list(net.config.crop_size),
                 "threshold": settings.view.threshold,
                 "window": list(preprocessing.window),
-                "output_dir": str(writer.output_dir),
+                "output_dir": str(output.output_dir),
                 "version": __version__,
             }
         )
