@@ -19,7 +19,7 @@ import torch
 import torchio as tio
 
 from sam3d.data.checks import read_header
-from sam3d.data.files import is_nifti
+from sam3d.data.files import is_nifti, load_nifti
 from sam3d.data.layout import from_network_layout
 from sam3d.data.scans.loading import Scan
 
@@ -61,13 +61,13 @@ def to_source_grid(
     return result.to(dtype) if interpolation == "nearest" else result.float()
 
 
-def _nifti_geometry(reference: Path) -> tuple[tuple[int, int, int], nib.Nifti1Header | None, np.ndarray]:
+def _nifti_geometry(reference: Path) -> tuple[tuple[int, ...], nib.Nifti1Header | None, np.ndarray]:
     """Spatial shape, NIfTI header (None for other formats) and RAS affine of a reference scan."""
     if is_nifti(reference):
-        image = nib.load(str(reference))
-        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)  # type: ignore[return-value]
+        image = load_nifti(reference)
+        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)
     header = read_header(reference)
-    return header.shape[1:], None, header.affine  # type: ignore[return-value]
+    return header.shape[1:], None, header.affine
 
 
 def write_like(
