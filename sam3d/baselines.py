@@ -7,7 +7,7 @@ deep inside MONAI. Two output channels (background, tumour), as the volumetric S
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +70,12 @@ def _nearby_multiples(size: int, divisor: int) -> str:
     return f"{below} or {below + divisor}" if below != size else str(size)
 
 
+def _stage_stride(stage: int, pools: Sequence[int]) -> tuple[int, int, int]:
+    """The downsampling of ``stage``: 2 along each axis pooled at least ``stage`` times, none at stage 0."""
+    depth, height, width = (2 if 0 < stage <= count else 1 for count in pools)
+    return depth, height, width
+
+
 def nnunet_plan(crop_size: tuple[int, int, int], base_filters: int = 32) -> NnUNetPlan:
     """The 3D full-resolution U-Net nnU-Net would plan for ``crop_size`` at isotropic spacing.
 
@@ -93,16 +99,13 @@ def nnunet_plan(crop_size: tuple[int, int, int], base_filters: int = 32) -> NnUN
                 f"{_nearby_multiples(size, 2**count)} (data.patch_size)"
             )
     stages = max(pools) + 1
-    strides = tuple(
-        (1, 1, 1) if stage == 0 else tuple(2 if stage <= count else 1 for count in pools)
-        for stage in range(stages)
-    )
+    strides = tuple(_stage_stride(stage, pools) for stage in range(stages))
     filters = tuple(
         min(base_filters * 2**stage, NNUNET_MAX_FILTERS_FACTOR * base_filters) for stage in range(stages)
     )
     return NnUNetPlan(
         kernel_size=((3, 3, 3),) * stages,
-        strides=strides,  # type: ignore[arg-type]
+        strides=strides,
         filters=filters,
         deep_supervision_heads=max(stages - 3, 0),
     )
@@ -153,7 +156,7 @@ def build_baseline(
         raise Sam3dError(f"feature_size must be >= 1, got {feature_size}")
     extra = dict(options or {})
     if network == "dynunet":
-        plan = nnunet_plan(crop, width)  # type: ignore[arg-type]
+        plan = nnunet_plan(crop, width)
         heads = plan.deep_supervision_heads if deep_supervision else 0
         planned: dict[str, Any] = {
             "kernel_size": plan.kernel_size,
@@ -165,11 +168,11 @@ def build_baseline(
         }
         return _built(DynUNet, network, extra, spatial_dims=3, in_channels=1, out_channels=2, **planned)
     if network == "swinunetr":
-        check_divisible("SwinUNETR", crop, SWINUNETR_DIVISOR, SWINUNETR_MIN_CROP)  # type: ignore[arg-type]
+        check_divisible("SwinUNETR", crop, SWINUNETR_DIVISOR, SWINUNETR_MIN_CROP)
         return _built(
             SwinUNETR, network, extra, in_channels=1, out_channels=2, feature_size=width, spatial_dims=3
         )
-    check_divisible("UNETR", crop, UNETR_PATCH)  # type: ignore[arg-type]
+    check_divisible("UNETR", crop, UNETR_PATCH)
     return _built(
         UNETR,
         network,

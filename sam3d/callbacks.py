@@ -1,11 +1,15 @@
-"""Lightning callbacks: validation pictures, the per-run copy of the resolved config, reports and masks."""
+"""Lightning callbacks: validation pictures, the per-run copy of the resolved config, reports and masks.
+
+The callbacks that read results of the task (:class:`TestReport`, :class:`PredictionWriter`) read them
+through :class:`ReportingTask`, the interface a task offers them (:class:`sam3d.task.SegmentationTask`).
+"""
 
 from __future__ import annotations
 
 import io
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -18,10 +22,49 @@ from PIL import Image
 
 from sam3d.data.datamodule import VolumeDataModule
 from sam3d.data.scans.evaluation_cases import SkippedCase
-from sam3d.data.scans.loading import Scan
-from sam3d.data.scans.writing import to_source_grid, write_like
+from sam3d.data.scans.writing import write_prediction
+from sam3d.evaluation import EvaluationSettings
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
+
+
+@runtime_checkable
+class ReportingTask(Protocol):
+    """What :class:`TestReport` and :class:`PredictionWriter` read of the task (a LightningModule).
+
+    Attributes:
+        evaluation: How cases are clicked and scored; its ``threshold`` is also the threshold of the masks.
+        test_rows: This rank's per-case, per-repeat, per-click rows of the test (see :mod:`sam3d.reporting`).
+        test_pictures: This rank's pictures of the test cases, PNG bytes by case.
+        test_skipped: This rank's test cases that were skipped, and why, by case.
+    """
+
+    evaluation: EvaluationSettings
+    test_rows: list[dict[str, Any]]
+    test_pictures: dict[str, bytes]
+    test_skipped: dict[str, str]
+
+
+def reporting_task(pl_module: L.LightningModule) -> ReportingTask:
+    """``pl_module`` as the :class:`ReportingTask` it must be for the test report and the prediction writer.
+
+    Raises:
+        TypeError: If the module lacks an attribute of :class:`ReportingTask`.
+    """
+    if not isinstance(pl_module, ReportingTask):
+        missing = [name for name in ReportingTask.__annotations__ if not hasattr(pl_module, name)]
+        raise TypeError(
+            f"{type(pl_module).__name__} has no {', '.join(missing)}: the test report and the prediction writer "
+            "need a task like sam3d.task.SegmentationTask"
+        )
+    return pl_module
+
+
+def trainer_callbacks(trainer: L.Trainer) -> list[L.Callback]:
+    """The trainer's callbacks."""
+    # Lightning sets `Trainer.callbacks` in its callback connector; the class does not declare it.
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return callbacks
 
 
 def run_directory(trainer: L.Trainer) -> Path:
@@ -130,7 +173,8 @@ class StepReport(L.Callback):
     """
 
     def __init__(self, skip: int = 1) -> None:
-        self.skip, self.seconds, self._start = skip, [], 0.0
+        self.skip, self._start = skip, 0.0
+        self.seconds: list[float] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, *_: Any) -> None:
         """Start the clock."""
@@ -166,12 +210,14 @@ class RunConfig(SaveConfigCallback):
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Write ``config.yaml`` beside the run's checkpoints, or beside the masks of ``predict`` (rank 0 only)."""
-        writers = [c for c in trainer.callbacks if isinstance(c, PredictionWriter)]
+        writers = [c for c in trainer_callbacks(trainer) if isinstance(c, PredictionWriter)]
         folder = writers[0].output_dir if stage == "predict" and writers else run_directory(trainer)
         folder.mkdir(parents=True, exist_ok=True)
         config = self.config.clone()
-        if isinstance(trainer.datamodule, VolumeDataModule):  # the preprocessing that ran, not null/preset
-            for name, value in trainer.datamodule.preprocessing_arguments().items():
+        # Lightning sets `Trainer.datamodule` in its data connector; the class does not declare it.
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        if isinstance(datamodule, VolumeDataModule):  # the preprocessing that ran, not null/preset
+            for name, value in datamodule.preprocessing_arguments().items():
                 config[f"data.{name}"] = value
         self.parser.save(
             config, folder / self.config_filename, skip_none=False, overwrite=True, multifile=False
@@ -196,7 +242,8 @@ class TestReport(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Gather, write and log the evaluation of the test cases."""
-        rows, pictures, skipped = pl_module.test_rows, pl_module.test_pictures, pl_module.test_skipped
+        task = reporting_task(pl_module)
+        rows, pictures, skipped = task.test_rows, task.test_pictures, task.test_skipped
         memory = peak_memory(trainer.strategy.root_device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
@@ -210,7 +257,7 @@ class TestReport(L.Callback):
         rows = sorted(_unique_rows(rows), key=lambda r: (r["case"], r["repeat"], r["clicks"]))
         folder = run_directory(trainer) / "test"
         record = {**method_record(pl_module), **memory}
-        result = write_report(rows, pictures, skipped, pl_module.evaluation, folder, record)
+        result = write_report(rows, pictures, skipped, task.evaluation, folder, record)
         for case, reason in skipped.items():
             print(f"skipped {case}: {reason}")
         _print_table(rows, result, folder)
@@ -295,22 +342,15 @@ class PredictionWriter(BasePredictionWriter):
             print(f"{case.case_id}: skipped: {case.reason}")
             return
         start = time.perf_counter()
-        written, volume_ml = self.write(case.scan, prediction["probability"], pl_module.evaluation.threshold)
+        written = write_prediction(
+            case.scan,
+            prediction["probability"],
+            reporting_task(pl_module).evaluation.threshold,
+            self.output_dir,
+            self.probabilities,
+        )
         seconds = prediction["seconds"] + time.perf_counter() - start
         print(
-            f"{case.case_id}: {len(case.points)} click(s), {volume_ml:.1f} ml, {seconds:.1f} s -> {written}"
+            f"{case.case_id}: {len(case.points)} click(s), {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
+            f"{written.mask}"
         )
-
-    def write(self, scan: Scan, probability: torch.Tensor, threshold: float) -> tuple[Path, float]:
-        """Write the mask (``probability > threshold``) on ``scan``'s grid; the mask file and its mL."""
-        probability = to_source_grid(scan, probability, interpolation="linear")
-        mask = (probability > threshold).numpy().astype(np.uint8)
-        written = write_like(scan.path, mask, self.output_dir / f"{scan.case_id}_mask.nii.gz")
-        if self.probabilities:
-            write_like(
-                scan.path,
-                probability.numpy().astype(np.float32),
-                self.output_dir / f"{scan.case_id}_probability.nii.gz",
-                dtype=np.float32,
-            )
-        return written, float(mask.sum() * float(np.prod(scan.source_spacing)) / 1000)

@@ -152,5 +152,11 @@ def evaluate_without_clicks(
     on_grid = case.to_label_grid(probability) > settings.threshold
     seconds = time.perf_counter() - start
     metrics = case_metrics(on_grid, case.label_on_grid, case.label_spacing, settings.tolerance_mm)
-    row = {"case": case.case_id, "repeat": 0, "clicks": 0, **metrics, "seconds": seconds}
+    row: dict[str, float | int | str] = {
+        "case": case.case_id,
+        "repeat": 0,
+        "clicks": 0,
+        **metrics,
+        "seconds": seconds,
+    }
     return [row], probability > settings.threshold, centre

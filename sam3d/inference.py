@@ -56,6 +56,12 @@ class CropEncoder:
         self.hits = self.misses = 0
         self._encodings: OrderedDict[tuple[object, ...], CropEncoding] = OrderedDict()
 
+    @property
+    def crop_size(self) -> tuple[int, int, int]:
+        """The network's input crop ``(D, H, W)``."""
+        depth, height, width = self.net.config.crop_size
+        return depth, height, width
+
     def __call__(self, patch: torch.Tensor) -> CropEncoding:
         """The encoding of one ``crop_size`` patch (on the CPU)."""
         device = next(self.net.parameters()).device
@@ -79,7 +85,7 @@ class CropEncoder:
 
     def _key(self, patch: torch.Tensor, device: torch.device) -> tuple[object, ...]:
         voxels = patch.detach().cpu().contiguous()
-        digest = hashlib.blake2b(voxels.view(torch.uint8).numpy(), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(voxels.view(torch.uint8).numpy().data, digest_size=16).hexdigest()
         weights = tuple(t._version for t in (*self.net.parameters(), *self.net.buffers()))
         autocast = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
         return (digest, tuple(voxels.shape), voxels.dtype, id(self.net), weights, str(device), autocast)
@@ -115,7 +121,7 @@ def predict_crop(
     Where the crop passes the volume's edge it is padded with ``pad_value``, None for the volume's minimum.
     """
     net = encoder.net
-    crop = tuple(net.config.crop_size)
+    crop = encoder.crop_size
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
     patch = image.new_full(crop, float(image.min()) if pad_value is None else pad_value)
     patch[_slices(in_crop)] = image[_slices(inside)]
@@ -143,7 +149,7 @@ def segment_around_clicks(
         labels: ``(N,)`` click labels, None for all positive.
         start: Crop start; default: centred on the clicks' bounding box. Clicks outside the crop are dropped.
     """
-    crop = tuple(encoder.net.config.crop_size)
+    crop = encoder.crop_size
     start = crop_start(points, crop) if start is None else start
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
     in_view = _inside_crop(points, start, crop)
@@ -179,7 +185,7 @@ def segment_object(
     Crops lie on a lattice of half-crop steps through ``anchor`` (default: the paper's crop), so a later
     call with more clicks and the same anchor revisits the same crops (and reuses their encodings).
     """
-    crop = tuple(encoder.net.config.crop_size)
+    crop = encoder.crop_size
     shape = tuple(image.shape)
     labels = torch.full((len(points),), POSITIVE, dtype=torch.long) if labels is None else labels
     step = torch.tensor(crop) // 2
@@ -378,7 +384,7 @@ class ClickSession:
         if not len(self.points):
             self.probability = torch.zeros_like(self.image)
             return self.probability
-        crop = tuple(self.encoder.net.config.crop_size)
+        crop = self.encoder.crop_size
         if self._anchor is None:
             self._anchor = crop_start(self.points, crop)
         if self.protocol == "full":

@@ -14,6 +14,10 @@ from PIL import Image
 _VIEWS = ("axial", "coronal", "sagittal")
 
 
+def _numpy(volume: torch.Tensor) -> np.ndarray:
+    return volume.detach().float().cpu().numpy()
+
+
 def _slices(volume: np.ndarray, point: Sequence[int]) -> list[np.ndarray]:
     d, h, w = point
     # Network layout (D, H, W) = (inferior->superior, posterior->anterior, left->right).
@@ -37,14 +41,15 @@ def orthogonal_slices(
         title: Figure title.
     """
     index = [round(float(c)) for c in point]
-    arrays = [t.detach().float().cpu().numpy() if t is not None else None for t in (image, label, prediction)]
+    volume = _numpy(image)
+    masks = (None, None if label is None else _numpy(label), _numpy(prediction))  # per column
     columns = ("image", "ground truth", "prediction")
     figure = Figure(figsize=(9, 9))
     canvas = FigureCanvasAgg(figure)
     axes = figure.subplots(3, 3, squeeze=False)
     for row, view in enumerate(_VIEWS):
-        image_slice = _slices(arrays[0], index)[row]
-        for col, (name, mask) in enumerate(zip(columns, (None, arrays[1], arrays[2]), strict=True)):
+        image_slice = _slices(volume, index)[row]
+        for col, (name, mask) in enumerate(zip(columns, masks, strict=True)):
             axis = axes[row][col]
             axis.imshow(image_slice, cmap="gray", origin="lower" if row else "upper")
             if mask is not None:

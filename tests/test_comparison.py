@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_helpers import synthetic_cli_args
 
-from sam3d.callbacks import method_record
+from sam3d.callbacks import ReportingTask, method_record, reporting_task
 from sam3d.cli import main
 from sam3d.evaluation import EvaluationSettings
 from sam3d.module import VolumetricSamModule
@@ -143,3 +143,13 @@ def test_method_record_of_any_lightning_module():
     module.layer = torch.nn.Linear(3, 2)
     module.layer.bias.requires_grad_(False)
     assert method_record(module) == {"method": "LightningModule", "trainable_parameters": 6, "parameters": 8}
+
+
+def test_the_report_callbacks_read_any_task_with_the_reporting_interface():
+    task = VolumetricSamModule(variant="tiny")
+    assert isinstance(task, ReportingTask)
+    assert reporting_task(task) is task
+    with pytest.raises(
+        TypeError, match="LightningModule has no evaluation, test_rows, test_pictures, test_skipped"
+    ):
+        reporting_task(L.LightningModule())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -12,8 +14,9 @@ from serve_helpers import PREPROCESSING, MagicWand, Page, dice, lesion_centre, l
 
 from sam3d.data.scans import clicks_to_network, load_scan, match_clicks, read_clicks
 from sam3d.errors import Sam3dError
-from sam3d.serve import ViewSettings
+from sam3d.serve import ScanView, ViewSettings, open_scan
 from sam3d.serve.server import bind, is_loopback
+from sam3d.serve.viewer import OutputFolder
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +202,23 @@ def test_host_and_port_problems_are_explained():
         taken.listen()
         with pytest.raises(Sam3dError, match="another --port"):
             bind("127.0.0.1", taken.getsockname()[1])
+
+
+def test_save_writes_the_probability_map_when_asked(phantom, tmp_path):
+    scan, _, centre = phantom
+    output = OutputFolder(tmp_path / "out", probabilities=True)
+    view = ScanView(MagicWand(), open_scan(scan, PREPROCESSING, 2**28), ViewSettings(), output)
+    view.click(tuple(centre), positive=True)
+    saved = view.save()
+    assert set(saved["files"]) == {"mask", "clicks", "probability"}
+    mask, probability = (nib.load(saved["files"][kind]) for kind in ("mask", "probability"))
+    assert mask.shape == probability.shape == nib.load(scan).shape
+    assert np.array_equal(np.asarray(mask.dataobj).astype(bool), probability.get_fdata() > 0.5)
+    assert saved["volume_ml"] > 0
+
+
+def test_serve_writes_its_files_without_the_lightning_callbacks():
+    # `serve` and `predict` share the plain writing function, not the `predict` callback.
+    code = "import sys, sam3d.serve, sam3d.serve.command; print('sam3d.callbacks' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

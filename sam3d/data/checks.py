@@ -65,10 +65,10 @@ def read_header(path: Path) -> Header:
     image = tio.ScalarImage(path)
     with warnings.catch_warnings():  # TorchIO warns before falling back to NiBabel; the caller reports
         warnings.simplefilter("ignore")
-        shape = tuple(int(n) for n in image.shape)
+        channels, x, y, z = (int(n) for n in image.shape)
     affine = np.asarray(image.affine, dtype=float)
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    return Header(shape, affine, spacing)  # type: ignore[arg-type]
+    sx, sy, sz = (float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return Header((channels, x, y, z), affine, (sx, sy, sz))
 
 
 def same_affine(first: np.ndarray, second: np.ndarray) -> bool:

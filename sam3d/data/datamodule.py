@@ -172,7 +172,8 @@ class VolumeDataModule(L.LightningDataModule):
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks
         self.split_file = split_file
         self.num_folds = num_folds
-        self.patch_size = tuple(patch_size)
+        depth, height, width = patch_size
+        self.patch_size = (depth, height, width)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
         self.requested = RequestedPreprocessing.from_arguments(

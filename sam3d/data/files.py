@@ -7,8 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.filebasedimages import ImageFileError
 
-__all__ = ["SCAN_SUFFIXES", "case_id", "is_nifti", "read_nifti", "reader_for"]
+__all__ = ["SCAN_SUFFIXES", "case_id", "is_nifti", "load_nifti", "read_nifti", "reader_for"]
 
 # Every image format sam3d reads (through TorchIO), longest first so ``.nii.gz`` wins over ``.gz``.
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -31,13 +32,25 @@ def is_nifti(path: str | Path) -> bool:
     return Path(path).name.lower().endswith((".nii", ".nii.gz"))
 
 
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """NiBabel's image of a NIfTI file (NIfTI-1 or NIfTI-2; its voxels are read when used).
+
+    Raises:
+        ImageFileError: If NiBabel reads the file as another format.
+    """
+    image = nib.load(str(path))
+    if not isinstance(image, nib.Nifti1Image):  # a Nifti2Image is one too
+        raise ImageFileError(f"{path} is not a NIfTI image: NiBabel reads it as {type(image).__name__}")
+    return image
+
+
 def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     """TorchIO reader for NIfTI files through NiBabel, keeping the stored type.
 
     Used for cache entries (faster than SimpleITK) and NIfTI sources, because SimpleITK's NIfTI
     reader silently turns NaN voxels into 0 and the checks must see them.
     """
-    image = nib.load(str(path))
+    image = load_nifti(path)
     array = np.asanyarray(image.dataobj)
     array = array.transpose(3, 0, 1, 2) if array.ndim == 4 else array[None]
     return torch.from_numpy(np.ascontiguousarray(array)), image.affine

@@ -239,9 +239,8 @@ def to_grid(image: tio.Image, spacing: Sequence[float]) -> tio.Image:
     # TorchIO draws a random number per transform call even for deterministic ones: keep the global
     # stream untouched, so that preprocessing never changes what a run draws afterwards.
     with torch.random.fork_rng(devices=[]):
-        resampled = tio.Compose([tio.ToCanonical(), tio.Resample(tuple(float(s) for s in spacing)[::-1])])(
-            image
-        )
+        d, h, w = (float(s) for s in spacing)
+        resampled = tio.Compose([tio.ToCanonical(), tio.Resample((w, h, d))])(image)
     data = resampled.data
     integers = isinstance(resampled, tio.LabelMap) or (
         integral and _INT16[0] <= float(data.min()) and float(data.max()) <= _INT16[1]
@@ -258,7 +257,7 @@ class BinarizeLabel(tio.Transform):
         **kwargs: Passed to :class:`torchio.Transform`.
     """
 
-    def __init__(self, target_labels: Sequence[int], **kwargs: object) -> None:
+    def __init__(self, target_labels: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.target_labels = [int(value) for value in target_labels]
         self.args_names = ["target_labels"]
@@ -277,19 +276,24 @@ class Normalize(tio.IntensityTransform):
 
     Args:
         window: ``(low, high)`` clipping bounds, e.g. in HU.
-        mean: Mean subtracted after clipping.
-        std: Standard deviation divided by after clipping.
+        dataset_mean: Mean subtracted after clipping (``data.mean``).
+        dataset_std: Standard deviation divided by after clipping (``data.std``).
         **kwargs: Passed to :class:`torchio.Transform`.
     """
 
-    def __init__(self, window: tuple[float, float], mean: float, std: float, **kwargs: object) -> None:
+    # TorchIO reproduces a transform from the attributes named as its arguments; `mean` would hide
+    # torchio.Transform.mean, a masking method.
+    def __init__(
+        self, window: tuple[float, float], dataset_mean: float, dataset_std: float, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.window, self.mean, self.std = (float(window[0]), float(window[1])), float(mean), float(std)
-        self.args_names = ["window", "mean", "std"]
+        self.window = (float(window[0]), float(window[1]))
+        self.dataset_mean, self.dataset_std = float(dataset_mean), float(dataset_std)
+        self.args_names = ["window", "dataset_mean", "dataset_std"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         """Normalise every intensity image of the subject."""
         for image in self.get_images(subject):
             data = image.data.float().clamp(*self.window)
-            image.set_data(data.sub_(self.mean).div_(self.std))
+            image.set_data(data.sub_(self.dataset_mean).div_(self.dataset_std))
         return subject

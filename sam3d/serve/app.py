@@ -4,6 +4,10 @@ Each page (browser tab) sends a random session id with every request; the server
 :class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks. The network runs
 for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
 anything else is logged with its traceback and answers 500, and the server goes on serving.
+
+What the requests share is one :class:`SessionStore` on ``app.state.sessions``: the network and its
+settings, the pages with a scan open, and the lock. The routes are the module's handlers, each reading
+the store from its request.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from sam3d import __version__
-from sam3d.callbacks import PredictionWriter
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.errors import Sam3dError
 from sam3d.models import VolumetricSam
-from sam3d.serve.viewer import BYTES_PER_VOXEL, ScanView, ViewSettings, open_scan
+from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "SessionStore", "create_app"]
 
 logger = logging.getLogger("sam3d.serve")
 STATIC = Path(__file__).parent / "static"
@@ -71,20 +74,59 @@ class _Page:
             shutil.rmtree(self.upload, ignore_errors=True)
 
 
-class _Pages:
-    """The pages with a scan open, at most ``settings.max_sessions``.
+class SessionStore:
+    """What every request of one application shares: the network, its settings, the pages and the lock.
 
-    A new page takes the place of one whose tab was closed, or of one idle for ``session_timeout_s``.
+    A page is a browser tab with a scan open, at most ``settings.max_sessions`` of them; a new page
+    takes the place of one whose tab was closed, or of one idle for ``session_timeout_s``. The page
+    methods (:meth:`find`, :meth:`page`, :meth:`make_room`, :meth:`put`, :meth:`leave`) expect the
+    caller to hold :attr:`lock`; :meth:`open` takes it itself.
+
+    Args:
+        net: The network, on its device, in eval mode.
+        preprocessing: The checkpoint's preprocessing.
+        output: Where Save writes (the ``predict`` writer's folder), and whether the probability map too.
+        scans: Scan files listed on the page.
+        settings: Segmentation settings and limits.
+        forward_context: Context of every network call (the trainer's precision).
+        problems: Inputs that name no usable scan, shown on the page.
     """
 
-    def __init__(self, settings: ServeSettings) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        net: VolumetricSam,
+        preprocessing: Preprocessing,
+        output: OutputOptions,
+        scans: list[Path],
+        settings: ServeSettings | None = None,
+        forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        problems: list[str] | None = None,
+    ) -> None:
+        self.net, self.preprocessing, self.output = net, preprocessing, output
+        self.scans, self.problems = scans, problems or []
+        self.settings = settings or ServeSettings()
+        self.forward_context = forward_context
+        self.lock = threading.Lock()  # one network, one request at a time
         self.pages: dict[str, _Page] = {}
+        self.uploads = Path(tempfile.mkdtemp(prefix="sam3d-serve-"))  # uploaded scans, one folder each
+
+    @property
+    def max_upload(self) -> int:
+        """The largest upload accepted, in bytes: a float32 scan of ``max_voxels`` and a header."""
+        return self.settings.view.max_voxels * 4 + (1 << 20)
 
     def find(self, key: str) -> _Page | None:
+        """The page of ``key``, if it has a scan open (it was just seen: not idle, not left)."""
         page = self.pages.get(key)
         if page is not None:
             page.last_seen, page.left = time.monotonic(), False
+        return page
+
+    def page(self, key: str) -> _Page:
+        """The page of ``key``, which must have a scan open."""
+        page = self.find(key)
+        if page is None:
+            raise Sam3dError("no scan is open on this page: choose one or upload one")
         return page
 
     def make_room(self, key: str) -> None:
@@ -111,8 +153,35 @@ class _Pages:
         self.pages[key] = page
 
     def leave(self, key: str) -> None:
+        """Mark the page of ``key`` as left (its tab was closed or reloaded): the first to give its place."""
         if key in self.pages:
             self.pages[key].left = True
+
+    def open(self, key: str, path: Path, display_name: str, upload: Path | None = None) -> dict[str, Any]:
+        """Open the scan ``path`` on the page of ``key`` (under the lock); the page's state."""
+        with self.lock:
+            self.make_room(key)  # before loading: a full server refuses at once
+            start = time.perf_counter()
+            scan = open_scan(path, self.preprocessing, self.settings.view.max_voxels)
+            view = ScanView(self.net, scan, self.settings.view, self.output, self.forward_context)
+            page = _Page(view, display_name, upload)
+            self.put(key, page)
+            logger.info(
+                "%s opened in %.1f s: %s voxels on the network grid",
+                display_name,
+                time.perf_counter() - start,
+                "x".join(map(str, scan.image.shape)),
+            )
+            return _state(page)
+
+    def close(self) -> None:
+        """Remove the uploaded scans (when the server stops)."""
+        shutil.rmtree(self.uploads, ignore_errors=True)
+
+
+def _sessions(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
 
 
 def _session_id(request: Request) -> str:
@@ -140,226 +209,252 @@ def _point(body: dict[str, Any]) -> tuple[float, float, float]:
     return float(point[0]), float(point[1]), float(point[2])
 
 
+def _state(page: _Page) -> dict[str, Any]:
+    """What the page draws: the scan, its clicks, crop, mask and volume."""
+    return {"scan": page.view.describe(page.display_name), **page.view.state()}
+
+
+# Handlers of the routes. The plain functions Starlette runs in its thread pool, so they may wait for
+# the lock; the async ones hand every wait for the lock or the network to the thread pool.
+
+
+def page_file(request: Request) -> FileResponse:
+    """``GET /`` and ``/static/{name}``: the page's files."""
+    name = request.path_params.get("name", "index.html")
+    if name not in PAGE_FILES:
+        raise Sam3dError(f"no page file {name!r}")
+    # Revalidated on every load, so a page never runs an older sam3d's script.
+    return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+
+def config(request: Request) -> JSONResponse:
+    """``GET /api/config``: the listed scans, the settings and the output folder."""
+    store = _sessions(request)
+    return JSONResponse(
+        {
+            "scans": [path.name for path in store.scans],
+            "problems": store.problems,
+            "protocol": store.settings.view.protocol,
+            "crop_size": list(store.net.config.crop_size),
+            "threshold": store.settings.view.threshold,
+            "window": list(store.preprocessing.window),
+            "output_dir": str(store.output.output_dir),
+            "version": __version__,
+        }
+    )
+
+
+def current(request: Request) -> JSONResponse:
+    """``GET /api/state``: the page's scan and clicks (``{"scan": null}`` without a scan), after a reload."""
+    store = _sessions(request)
+    with store.lock:
+        page = store.find(_session_id(request))
+        return JSONResponse({"scan": None} if page is None else _state(page))
+
+
+def leave(request: Request) -> Response:
+    """``POST /api/leave``: the tab was closed or reloaded."""
+    store = _sessions(request)
+    with store.lock:
+        store.leave(_session_id(request))
+    return Response(status_code=204)
+
+
+async def open_listed(request: Request) -> JSONResponse:
+    """``POST /api/open {"index": i}``: open the ``i``-th listed scan."""
+    store = _sessions(request)
+    index = (await _json(request)).get("index")
+    if not isinstance(index, int) or not 0 <= index < len(store.scans):
+        raise Sam3dError(f"no listed scan number {index!r}: choose one of the {len(store.scans)} listed")
+    path = store.scans[index]
+    return JSONResponse(await run_in_threadpool(store.open, _session_id(request), path, path.name))
+
+
+def _reserve(store: SessionStore, key: str) -> None:
+    with store.lock:
+        store.make_room(key)
+
+
+async def upload(request: Request) -> JSONResponse:
+    """``POST /api/upload?name=...``: open the scan file of the body."""
+    store = _sessions(request)
+    key = _session_id(request)
+    await run_in_threadpool(_reserve, store, key)  # a full server refuses before the upload
+    name = Path(request.query_params.get("name", "")).name
+    if not name or name.startswith("."):
+        raise Sam3dError("the upload has no file name")
+    size = int(request.headers.get("content-length") or 0)
+    if size > store.max_upload:
+        raise Sam3dError(
+            f"{name} is {size / 2**20:.0f} MiB, more than this server accepts ({store.max_upload / 2**20:.0f} MiB "
+            f"for --max_voxels {store.settings.view.max_voxels}); crop the scan or raise --max_voxels"
+        )
+    folder = Path(tempfile.mkdtemp(dir=store.uploads, prefix=key[:8]))
+    path = folder / name
+    path.write_bytes(await request.body())
+    try:
+        return JSONResponse(await run_in_threadpool(store.open, key, path, f"{name} (uploaded)", folder))
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def volume(request: Request) -> Response:
+    """``GET /api/volume``: the intensities of the page's scan (int16, see :meth:`ScanView.display`)."""
+    store = _sessions(request)
+    with store.lock:
+        view = store.page(_session_id(request)).view
+    return Response(view.display(), media_type="application/octet-stream")
+
+
+async def _edit(request: Request, action: Callable[[ScanView, dict[str, Any]], None]) -> JSONResponse:
+    """Apply ``action`` to the page's scan with the request's JSON body (under the lock); the new state."""
+    store = _sessions(request)
+    body = await _json(request)
+
+    def run() -> dict[str, Any]:
+        with store.lock:
+            page = store.page(_session_id(request))
+            action(page.view, body)
+            return _state(page)
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+def _click(view: ScanView, body: dict[str, Any]) -> None:
+    point, positive = _point(body), bool(body.get("positive", True))
+    encoded = view.click(point, positive)
+    logger.info(
+        "%s: click %d (%s) at (%s): %.3f s (%s), %.1f mL",
+        view.name,
+        len(view.session.points),
+        "positive" if positive else "negative",
+        ", ".join(f"{c:.0f}" for c in point),
+        view.seconds,
+        "crop encoded" if encoded else "crop encoding reused",
+        view.volume_ml(),
+    )
+
+
+def _undo(view: ScanView, body: dict[str, Any]) -> None:
+    view.undo()
+    logger.info("%s: undo, %d click(s) left: %.3f s", view.name, len(view.session.points), view.seconds or 0)
+
+
+def _reset(view: ScanView, body: dict[str, Any]) -> None:
+    view.reset()
+
+
+async def click(request: Request) -> JSONResponse:
+    """``POST /api/click {"point": [d, h, w], "positive": bool}``: add a click."""
+    return await _edit(request, _click)
+
+
+async def undo(request: Request) -> JSONResponse:
+    """``POST /api/undo``: remove the last click."""
+    return await _edit(request, _undo)
+
+
+async def reset(request: Request) -> JSONResponse:
+    """``POST /api/reset``: remove every click."""
+    return await _edit(request, _reset)
+
+
+def save(request: Request) -> JSONResponse:
+    """``POST /api/save``: write the mask and the clicks into the output folder; their paths and the volume."""
+    store = _sessions(request)
+    with store.lock:
+        view = store.page(_session_id(request)).view
+        saved = view.save()
+    logger.info("%s: saved %s (%.1f mL)", view.name, ", ".join(saved["files"].values()), saved["volume_ml"])
+    return JSONResponse(saved)
+
+
+def download(request: Request) -> Response:
+    """``GET /api/download/{kind}``: the clicks CSV, or a saved file (``mask``, ``probability``)."""
+    store = _sessions(request)
+    kind = request.path_params["kind"]
+    with store.lock:
+        view = store.page(_session_id(request)).view
+    if kind == "clicks":
+        return PlainTextResponse(
+            view.clicks_csv(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{view.scan.case_id}_clicks.csv"'},
+        )
+    path = view.saved.get(kind)
+    if path is None:
+        raise Sam3dError(f"no {kind} saved for {view.name} yet: press Save first")
+    return FileResponse(path, filename=path.name)
+
+
+async def user_error(request: Request, error: Exception) -> JSONResponse:
+    """A :class:`Sam3dError`: 400 with its message, which the page shows."""
+    logger.info("refused %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse({"error": str(error)}, status_code=400)
+
+
+async def server_error(request: Request, error: Exception) -> JSONResponse:
+    """Any other error: 500 naming it (Starlette re-raises after this answer, so the log has the traceback)."""
+    return JSONResponse(
+        {"error": f"internal error ({type(error).__name__}: {error}); the server log has the details"},
+        status_code=500,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """Remove the uploaded scans when the server stops."""
+    yield
+    store: SessionStore = app.state.sessions
+    store.close()
+
+
+ROUTES = [
+    Route("/", page_file),
+    Route("/static/{name:str}", page_file),
+    Route("/api/config", config),
+    Route("/api/state", current),
+    Route("/api/leave", leave, methods=["POST"]),
+    Route("/api/open", open_listed, methods=["POST"]),
+    Route("/api/upload", upload, methods=["POST"]),
+    Route("/api/volume", volume),
+    Route("/api/click", click, methods=["POST"]),
+    Route("/api/undo", undo, methods=["POST"]),
+    Route("/api/reset", reset, methods=["POST"]),
+    Route("/api/save", save, methods=["POST"]),
+    Route("/api/download/{kind:str}", download),
+]
+
+
 def create_app(
     net: VolumetricSam,
     preprocessing: Preprocessing,
-    writer: PredictionWriter,
+    output: OutputOptions,
     scans: list[Path],
     settings: ServeSettings | None = None,
     forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
     problems: list[str] | None = None,
 ) -> Starlette:
-    """The ``sam3d serve`` application.
+    """The ``sam3d serve`` application: the :data:`ROUTES` over a new :class:`SessionStore`.
 
     Args:
         net: The network, on its device, in eval mode.
         preprocessing: The checkpoint's preprocessing.
-        writer: The ``predict`` writer: output folder, probabilities.
+        output: Where Save writes: the ``predict`` writer (its ``output_dir`` and ``probabilities``).
         scans: Scan files listed on the page.
         settings: Segmentation settings and limits.
         forward_context: Context of every network call (the trainer's precision).
         problems: Inputs that name no usable scan, shown on the page.
     """
-    settings = settings or ServeSettings()
-    pages = _Pages(settings)
-    lock = threading.Lock()  # one network, one request at a time
-    uploads = Path(tempfile.mkdtemp(prefix="sam3d-serve-"))
-    max_upload = settings.view.max_voxels * 4 + (1 << 20)
-
-    def locked(function: Callable[..., Any], *args: Any) -> Any:
-        with lock:
-            return function(*args)
-
-    def page_of(request: Request) -> _Page:
-        page = pages.find(_session_id(request))
-        if page is None:
-            raise Sam3dError("no scan is open on this page: choose one or upload one")
-        return page
-
-    def state(page: _Page) -> dict[str, Any]:
-        return {"scan": page.view.describe(page.display_name), **page.view.state()}
-
-    def open_page(
-        request: Request, path: Path, display_name: str, upload: Path | None = None
-    ) -> dict[str, Any]:
-        key = _session_id(request)
-        with lock:
-            pages.make_room(key)  # before loading: a full server refuses at once
-            start = time.perf_counter()
-            scan = open_scan(path, preprocessing, settings.view.max_voxels)
-            page = _Page(ScanView(net, scan, settings.view, writer, forward_context), display_name, upload)
-            pages.put(key, page)
-            logger.info(
-                "%s opened in %.1f s: %s voxels on the network grid",
-                display_name,
-                time.perf_counter() - start,
-                "x".join(map(str, scan.image.shape)),
-            )
-            return state(page)
-
-    def config(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "scans": [path.name for path in scans],
-                "problems": problems or [],
-                "protocol": settings.view.protocol,
-                "crop_size": list(net.config.crop_size),
-                "threshold": settings.view.threshold,
-                "window": list(preprocessing.window),
-                "output_dir": str(writer.output_dir),
-                "version": __version__,
-            }
-        )
-
-    def current(request: Request) -> JSONResponse:
-        with lock:
-            page = pages.find(_session_id(request))
-            return JSONResponse({"scan": None} if page is None else state(page))
-
-    def leave(request: Request) -> Response:
-        with lock:
-            pages.leave(_session_id(request))
-        return Response(status_code=204)
-
-    async def open_listed(request: Request) -> JSONResponse:
-        index = (await _json(request)).get("index")
-        if not isinstance(index, int) or not 0 <= index < len(scans):
-            raise Sam3dError(f"no listed scan number {index!r}: choose one of the {len(scans)} listed")
-        return JSONResponse(await run_in_threadpool(open_page, request, scans[index], scans[index].name))
-
-    async def upload(request: Request) -> JSONResponse:
-        key = _session_id(request)
-        await run_in_threadpool(locked, pages.make_room, key)  # a full server refuses before the upload
-        name = Path(request.query_params.get("name", "")).name
-        if not name or name.startswith("."):
-            raise Sam3dError("the upload has no file name")
-        size = int(request.headers.get("content-length") or 0)
-        if size > max_upload:
-            raise Sam3dError(
-                f"{name} is {size / 2**20:.0f} MiB, more than this server accepts ({max_upload / 2**20:.0f} MiB "
-                f"for --max_voxels {settings.view.max_voxels}); crop the scan or raise --max_voxels"
-            )
-        folder = Path(tempfile.mkdtemp(dir=uploads, prefix=key[:8]))
-        path = folder / name
-        path.write_bytes(await request.body())
-        try:
-            return JSONResponse(
-                await run_in_threadpool(open_page, request, path, f"{name} (uploaded)", folder)
-            )
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-
-    def volume(request: Request) -> Response:
-        with lock:
-            view = page_of(request).view
-        return Response(view.display(), media_type="application/octet-stream")
-
-    def edit(action: Callable[[ScanView, dict[str, Any]], None]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> JSONResponse:
-            body = await _json(request)
-
-            def run() -> dict[str, Any]:
-                with lock:
-                    page = page_of(request)
-                    action(page.view, body)
-                    return state(page)
-
-            return JSONResponse(await run_in_threadpool(run))
-
-        return endpoint
-
-    def click(view: ScanView, body: dict[str, Any]) -> None:
-        point, positive = _point(body), bool(body.get("positive", True))
-        encoded = view.click(point, positive)
-        logger.info(
-            "%s: click %d (%s) at (%s): %.3f s (%s), %.1f mL",
-            view.name,
-            len(view.session.points),
-            "positive" if positive else "negative",
-            ", ".join(f"{c:.0f}" for c in point),
-            view.seconds,
-            "crop encoded" if encoded else "crop encoding reused",
-            view.volume_ml(),
-        )
-
-    def undo(view: ScanView, body: dict[str, Any]) -> None:
-        view.undo()
-        logger.info(
-            "%s: undo, %d click(s) left: %.3f s", view.name, len(view.session.points), view.seconds or 0
-        )
-
-    def reset(view: ScanView, body: dict[str, Any]) -> None:
-        view.reset()
-
-    def save(request: Request) -> JSONResponse:
-        with lock:
-            view = page_of(request).view
-            saved = view.save()
-        logger.info(
-            "%s: saved %s (%.1f mL)", view.name, ", ".join(saved["files"].values()), saved["volume_ml"]
-        )
-        return JSONResponse(saved)
-
-    def download(request: Request) -> Response:
-        kind = request.path_params["kind"]
-        with lock:
-            view = page_of(request).view
-        if kind == "clicks":
-            return PlainTextResponse(
-                view.clicks_csv(),
-                media_type="text/csv",
-                headers={"Content-Disposition": f'attachment; filename="{view.scan.case_id}_clicks.csv"'},
-            )
-        path = view.saved.get(kind)
-        if path is None:
-            raise Sam3dError(f"no {kind} saved for {view.name} yet: press Save first")
-        return FileResponse(path, filename=path.name)
-
-    def page_file(request: Request) -> FileResponse:
-        name = request.path_params.get("name", "index.html")
-        if name not in PAGE_FILES:
-            raise Sam3dError(f"no page file {name!r}")
-        # Revalidated on every load, so a page never runs an older sam3d's script.
-        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
-
-    async def user_error(request: Request, error: Exception) -> JSONResponse:
-        logger.info("refused %s %s: %s", request.method, request.url.path, error)
-        return JSONResponse({"error": str(error)}, status_code=400)
-
-    async def server_error(request: Request, error: Exception) -> JSONResponse:
-        # Starlette re-raises after this answer, so the server logs the traceback.
-        return JSONResponse(
-            {"error": f"internal error ({type(error).__name__}: {error}); the server log has the details"},
-            status_code=500,
-        )
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        shutil.rmtree(uploads, ignore_errors=True)
-
-    routes = [
-        Route("/", page_file),
-        Route("/static/{name:str}", page_file),
-        Route("/api/config", config),
-        Route("/api/state", current),
-        Route("/api/leave", leave, methods=["POST"]),
-        Route("/api/open", open_listed, methods=["POST"]),
-        Route("/api/upload", upload, methods=["POST"]),
-        Route("/api/volume", volume),
-        Route("/api/click", edit(click), methods=["POST"]),
-        Route("/api/undo", edit(undo), methods=["POST"]),
-        Route("/api/reset", edit(reset), methods=["POST"]),
-        Route("/api/save", save, methods=["POST"]),
-        Route("/api/download/{kind:str}", download),
-    ]
-    return Starlette(
-        routes=routes,
+    app = Starlette(
+        routes=ROUTES,
         middleware=[Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
         exception_handlers={Sam3dError: user_error, Exception: server_error},
         lifespan=lifespan,
     )
+    app.state.sessions = SessionStore(net, preprocessing, output, scans, settings, forward_context, problems)
+    return app
 
 
 def memory_note(settings: ServeSettings) -> str:

@@ -1,19 +1,19 @@
-"""``sam3d serve``: the checkpoint's network, the ``predict`` options and writer, behind the page."""
+"""``sam3d serve``: the checkpoint's network, the ``predict`` options and output folder, behind the page."""
 
 from __future__ import annotations
 
 import sys
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 
-from sam3d.callbacks import PredictionWriter
 from sam3d.data import VolumeDataModule
 from sam3d.data.scans import scan_files
 from sam3d.models.checkpoints import load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.serve.app import ServeSettings, create_app, memory_note
 from sam3d.serve.server import run
-from sam3d.serve.viewer import ViewSettings
+from sam3d.serve.viewer import OutputFolder, OutputOptions, ViewSettings
 
 __all__ = ["serve"]
 
@@ -31,13 +31,13 @@ def serve(
     """Load ``ckpt_path`` into ``module`` and serve the page on the trainer's device and precision.
 
     The data module gives the scans listed (``--data.predict_scans``) and the checkpoint's preprocessing,
-    ``module.evaluation`` the protocol, the trainer's :class:`PredictionWriter` the output folder.
+    ``module.evaluation`` the protocol, the trainer's prediction writer (``--prediction``) the output folder.
     """
     checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     net = module.net.to(trainer.strategy.root_device).eval()
-    writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), PredictionWriter())  # type: ignore[attr-defined]
+    output = output_options(trainer)
     files, problems = scan_files(datamodule.predict_scans or [])
     for problem in problems:
         print(f"sam3d serve: {problem}", file=sys.stderr)
@@ -49,7 +49,7 @@ def serve(
     app = create_app(
         net,
         datamodule.preprocessing,
-        writer,
+        output,
         files,
         settings,
         trainer.precision_plugin.forward_context,
@@ -57,7 +57,15 @@ def serve(
     )
     print(
         f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
-        f"masks are saved into {writer.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
+        f"masks are saved into {output.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
         file=sys.stderr,
     )
     run(app, host, port)
+
+
+def output_options(trainer: L.Trainer) -> OutputOptions:
+    """The output folder and options of the trainer's prediction writer (``--prediction``), else the defaults."""
+    # Lightning sets `Trainer.callbacks` in its callback connector; the class does not declare it.
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    writers = (c for c in callbacks if isinstance(c, BasePredictionWriter) and isinstance(c, OutputOptions))
+    return next(writers, OutputFolder())

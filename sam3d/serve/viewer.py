@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import time
+import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
@@ -20,17 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sam3d.callbacks import PredictionWriter
 from sam3d.data.checks import check_file
 from sam3d.data.errors import DatasetError
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans import Scan, describe_grid, load_scan
+from sam3d.data.scans import Scan, describe_grid, load_scan, write_prediction
 from sam3d.errors import Sam3dError
 from sam3d.inference import ClickSession, Protocol
 from sam3d.models import VolumetricSam
 
-__all__ = ["ScanView", "ViewSettings", "open_scan"]
+__all__ = ["OutputFolder", "OutputOptions", "ScanView", "ViewSettings", "open_scan"]
 
 # Bytes of memory a session holds per voxel of the network grid (image, intensities, probability and
 # the resampling's temporaries), for the messages about scans too large.
@@ -52,6 +52,33 @@ class ViewSettings:
     threshold: float = 0.5
     cache_size: int = 8
     max_voxels: int = 2**28
+
+
+@typing.runtime_checkable
+class OutputOptions(typing.Protocol):  # typing's Protocol; `Protocol` here is sam3d.inference's
+    """Where Save writes, and whether with the probability map: the options of ``sam3d predict``'s writer.
+
+    ``sam3d serve`` passes the trainer's :class:`sam3d.callbacks.PredictionWriter`
+    (``--prediction.output_dir``, ``--prediction.probabilities``), so a page saves what ``predict`` writes.
+    """
+
+    @property
+    def output_dir(self) -> Path:
+        """Folder of the saved files."""
+        ...
+
+    @property
+    def probabilities(self) -> bool:
+        """Also save the foreground probability map."""
+        ...
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """:class:`OutputOptions` by value, with the defaults of ``--prediction``."""
+
+    output_dir: Path = Path("predictions")
+    probabilities: bool = False
 
 
 def _millions(voxels: float) -> str:
@@ -112,7 +139,7 @@ class ScanView:
         net: The network, on its device, in eval mode.
         scan: The scan, loaded with its intensities (:func:`open_scan`).
         settings: Protocol, threshold and cache size.
-        writer: The ``predict`` writer (output folder, probabilities).
+        output: Where Save writes (the ``predict`` writer's folder), and whether the probability map too.
         forward_context: Context of every network call (the trainer's precision: autocast for bf16).
     """
 
@@ -121,12 +148,12 @@ class ScanView:
         net: VolumetricSam,
         scan: Scan,
         settings: ViewSettings,
-        writer: PredictionWriter,
+        output: OutputOptions,
         forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
         if scan.intensities is None:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
-        self.scan, self.writer, self.forward_context = scan, writer, forward_context
+        self.scan, self.output, self.forward_context = scan, output, forward_context
         self.threshold = settings.threshold
         self.session = ClickSession(
             net, scan.image, settings.protocol, settings.threshold, settings.cache_size
@@ -250,26 +277,29 @@ class ScanView:
         return out.getvalue()
 
     def save(self) -> dict[str, Any]:
-        """Write the mask (as ``sam3d predict`` does) and the clicks CSV into the writer's folder.
+        """Write the mask (as ``sam3d predict`` does) and the clicks CSV into the output folder.
 
         Raises:
             Sam3dError: If there is no click yet or the folder cannot be written; nothing is lost.
         """
         if not len(self.session.points):
             raise Sam3dError("nothing to save yet: click inside the object first")
-        clicks = self.writer.output_dir / f"{self.scan.case_id}_clicks.csv"
+        folder = self.output.output_dir
+        clicks = folder / f"{self.scan.case_id}_clicks.csv"
         try:
-            mask, volume_ml = self.writer.write(self.scan, self.session.probability, self.threshold)
+            written = write_prediction(
+                self.scan, self.session.probability, self.threshold, folder, self.output.probabilities
+            )
             clicks.write_text(self.clicks_csv())
         except OSError as error:
             raise Sam3dError(
-                f"cannot write into {self.writer.output_dir} ({error}); the clicks are kept: free space or "
+                f"cannot write into {folder} ({error}); the clicks are kept: free space or "
                 "restart with another --prediction.output_dir, then save again"
             ) from None
-        self.saved = {"mask": mask, "clicks": clicks}
-        if self.writer.probabilities:
-            self.saved["probability"] = mask.with_name(f"{self.scan.case_id}_probability.nii.gz")
+        self.saved = {"mask": written.mask, "clicks": clicks}
+        if written.probability is not None:
+            self.saved["probability"] = written.probability
         return {
             "files": {kind: str(path.resolve()) for kind, path in self.saved.items()},
-            "volume_ml": volume_ml,
+            "volume_ml": written.volume_ml,
         }

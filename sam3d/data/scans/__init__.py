@@ -2,15 +2,15 @@
 
 The click-to-mask path of ``sam3d predict``: :func:`read_clicks` and :func:`match_clicks` read the
 clicks file, :func:`load_scan` preprocesses the scan, :func:`clicks_to_network` maps its clicks
-onto the network grid, :func:`sam3d.inference.segment` predicts, and :func:`to_source_grid` with
-:func:`write_like` write the mask on the scan's own grid.
+onto the network grid, :func:`sam3d.inference.segment` predicts, and :func:`write_prediction`
+(:func:`to_source_grid` with :func:`write_like`) writes the mask on the scan's own grid.
 """
 
 from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase, EvaluationCases, SkippedCase
 from sam3d.data.scans.loading import Scan, describe_grid, label_on_source_grid, load_label, load_scan
 from sam3d.data.scans.prediction_cases import PredictionCase, PredictionCases, scan_files
-from sam3d.data.scans.writing import to_source_grid, write_like
+from sam3d.data.scans.writing import WrittenPrediction, to_source_grid, write_like, write_prediction
 
 __all__ = [
     "Click",
@@ -20,6 +20,7 @@ __all__ = [
     "PredictionCases",
     "Scan",
     "SkippedCase",
+    "WrittenPrediction",
     "clicks_to_network",
     "describe_grid",
     "label_on_source_grid",
@@ -30,4 +31,5 @@ __all__ = [
     "scan_files",
     "to_source_grid",
     "write_like",
+    "write_prediction",
 ]

@@ -216,8 +216,8 @@ def match_clicks(
         The clicks of each scan that has some, and one problem per key naming no input scan or
         several (the caller reports them and goes on with the other scans).
     """
-    scans = [Path(scan).expanduser() for scan in scans]
-    resolved = [scan.resolve() for scan in scans]
+    files = [Path(scan).expanduser() for scan in scans]
+    resolved = [file.resolve() for file in files]
     bases = [Path(clicks_file).expanduser().resolve().parent] if clicks_file is not None else []
     bases.append(Path.cwd())
     matched: dict[Path, list[Click]] = {}
@@ -225,9 +225,9 @@ def match_clicks(
     for key, key_clicks in clicks.items():
         paths = {(base / key).resolve() for base in bases}
         found = [
-            scan
-            for scan, absolute in zip(scans, resolved, strict=True)
-            if absolute in paths or key in (scan.name, case_id(scan))
+            file
+            for file, absolute in zip(files, resolved, strict=True)
+            if absolute in paths or key in (file.name, case_id(file))
         ]
         where = f" [{Path(clicks_file)}]" if clicks_file is not None else ""
         if not found:

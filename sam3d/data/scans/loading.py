@@ -159,9 +159,9 @@ def load_label(label_path: str | Path, scan: Scan, target_labels: Sequence[int] 
     label = _read_label(Path(label_path).expanduser(), scan)
     # The cache's path, not one resampling straight onto the scan's grid: nearest-neighbour ties
     # would then break differently from the training labels.
-    label = BinarizeLabel(target_labels)(to_grid(label, scan.spacing))
-    if tuple(label.data.shape[1:]) != tuple(scan.image.shape[::-1]) or not np.allclose(
-        label.affine, scan.affine
+    on_grid = BinarizeLabel(target_labels)(to_grid(label, scan.spacing))
+    if tuple(on_grid.data.shape[1:]) != tuple(scan.image.shape[::-1]) or not np.allclose(
+        on_grid.affine, scan.affine
     ):
         raise RuntimeError(f"label {label_path} was not resampled onto the grid of scan {scan.path}")
-    return to_network_layout(label.data[0]).contiguous()
+    return to_network_layout(on_grid.data[0]).contiguous()

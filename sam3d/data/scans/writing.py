@@ -2,11 +2,14 @@
 
 :func:`to_source_grid` resamples a network-layout volume back onto the file's own voxel grid, so
 that :func:`write_like` can save it as a NIfTI that overlays the input voxel for voxel, whatever
-the input's orientation, spacing or format.
+the input's orientation, spacing or format. :func:`write_prediction` does both for a predicted
+probability: the mask (and optionally the probability map) that ``sam3d predict`` and the Save of
+``sam3d serve`` write.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -16,11 +19,11 @@ import torch
 import torchio as tio
 
 from sam3d.data.checks import read_header
-from sam3d.data.files import is_nifti
+from sam3d.data.files import is_nifti, load_nifti
 from sam3d.data.layout import from_network_layout
 from sam3d.data.scans.loading import Scan
 
-__all__ = ["to_source_grid", "write_like"]
+__all__ = ["WrittenPrediction", "to_source_grid", "write_like", "write_prediction"]
 
 
 def to_source_grid(
@@ -58,13 +61,13 @@ def to_source_grid(
     return result.to(dtype) if interpolation == "nearest" else result.float()
 
 
-def _nifti_geometry(reference: Path) -> tuple[tuple[int, int, int], nib.Nifti1Header | None, np.ndarray]:
+def _nifti_geometry(reference: Path) -> tuple[tuple[int, ...], nib.Nifti1Header | None, np.ndarray]:
     """Spatial shape, NIfTI header (None for other formats) and RAS affine of a reference scan."""
     if is_nifti(reference):
-        image = nib.load(str(reference))
-        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)  # type: ignore[return-value]
+        image = load_nifti(reference)
+        return tuple(int(n) for n in image.shape[:3]), image.header, np.asarray(image.affine)
     header = read_header(reference)
-    return header.shape[1:], None, header.affine  # type: ignore[return-value]
+    return header.shape[1:], None, header.affine
 
 
 def write_like(
@@ -105,3 +108,56 @@ def write_like(
     output.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(output))
     return output
+
+
+@dataclass(frozen=True)
+class WrittenPrediction:
+    """The files :func:`write_prediction` wrote and the mask's volume.
+
+    Args:
+        mask: The mask file, ``<case>_mask.nii.gz``.
+        volume_ml: The mask's volume on the file's own grid, in mL.
+        probability: The probability map file, ``<case>_probability.nii.gz``, when it was written.
+    """
+
+    mask: Path
+    volume_ml: float
+    probability: Path | None = None
+
+
+def write_prediction(
+    scan: Scan,
+    probability: torch.Tensor,
+    threshold: float,
+    output_dir: str | Path,
+    probabilities: bool = False,
+) -> WrittenPrediction:
+    """Write the mask ``probability > threshold`` on ``scan``'s own grid into ``output_dir``.
+
+    The probability is resampled onto the file's grid first (linearly), then thresholded, so the
+    mask's edge follows the probability rather than the coarser network voxels.
+
+    Args:
+        scan: The scan the probability was computed on.
+        probability: ``(D, H, W)`` foreground probability on the grid of ``scan.image``.
+        threshold: Probability level of the mask.
+        output_dir: Folder of ``<case>_mask.nii.gz`` (and ``<case>_probability.nii.gz``); created if missing.
+        probabilities: Also write the probability map (float32).
+
+    Returns:
+        The written files and the mask's volume in mL.
+    """
+    folder = Path(output_dir)
+    on_source = to_source_grid(scan, probability, interpolation="linear")
+    mask = (on_source > threshold).numpy().astype(np.uint8)
+    mask_path = write_like(scan.path, mask, folder / f"{scan.case_id}_mask.nii.gz")
+    probability_path = None
+    if probabilities:
+        probability_path = write_like(
+            scan.path,
+            on_source.numpy().astype(np.float32),
+            folder / f"{scan.case_id}_probability.nii.gz",
+            dtype=np.float32,
+        )
+    volume_ml = float(mask.sum() * float(np.prod(scan.source_spacing)) / 1000)
+    return WrittenPrediction(mask_path, volume_ml, probability_path)

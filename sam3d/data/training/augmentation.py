@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class RandomIntensityShift(tio.IntensityTransform):
         **kwargs: Passed to :class:`torchio.Transform` (e.g. ``p``).
     """
 
-    def __init__(self, max_offset: float, **kwargs: object) -> None:
+    def __init__(self, max_offset: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_offset = float(max_offset)
         self.args_names = ["max_offset"]
@@ -63,7 +64,7 @@ class RandomRot90(tio.SpatialTransform):
         **kwargs: Passed to :class:`torchio.Transform` (e.g. ``p``).
     """
 
-    def __init__(self, planes: Sequence[tuple[int, int]], **kwargs: object) -> None:
+    def __init__(self, planes: Sequence[tuple[int, int]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not planes:
             raise ValueError("RandomRot90 needs at least one plane")
@@ -175,7 +176,8 @@ def warp_region(
     size = list(crop_size) if size is None else list(size)
     if warp.is_identity:
         start = [(r - c) // 2 + o for r, c, o in zip(region.shape[1:], crop_size, offset, strict=True)]
-        return region[(slice(None), *(slice(s, s + n) for s, n in zip(start, size, strict=True)))]
+        part = (slice(None), *(slice(s, s + n) for s, n in zip(start, size, strict=True)))
+        return region[part]
     # MONAI's affine maps output voxels (about the output's centre) to input voxels (about the region's
     # centre): rotation after the inverse zoom, shifted to the part's centre. The angle's sign is
     # immaterial (angles are drawn symmetrically).
@@ -189,7 +191,9 @@ def warp_region(
     transform = Affine(
         affine=affine, spatial_size=size, mode="bilinear", padding_mode="zeros", image_only=True
     )
-    return transform(region.float()).as_subclass(torch.Tensor)  # a plain tensor, not MONAI's MetaTensor
+    warped = transform(region.float())
+    assert isinstance(warped, torch.Tensor)  # image_only: the image, not (image, affine)
+    return warped.as_subclass(torch.Tensor)  # a plain tensor, not MONAI's MetaTensor
 
 
 def orientation_augmentation(patch_size: Sequence[int]) -> tio.Transform:

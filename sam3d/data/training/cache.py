@@ -98,10 +98,10 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
     """Read, check, reorient and resample one case into ``folder`` (see :mod:`sam3d.data.preprocessing`)."""
     source = read_volume(case.image, "image", case.case_id)
     grid_spacing = spacing[::-1]  # network order (D, H, W)
-    image = to_grid(source, grid_spacing)
-    label = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing)
-    _save_nifti(image.data, image.affine, folder / "image.nii")
-    image, label, affine = image.data, label.data, label.affine
+    image_grid = to_grid(source, grid_spacing)
+    label_grid = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing)
+    _save_nifti(image_grid.data, image_grid.affine, folder / "image.nii")
+    image, label, affine = image_grid.data, label_grid.data, label_grid.affine
     _save_nifti(
         label.to(torch.uint8) if 0 <= label.min() and label.max() <= 255 else label,
         affine,

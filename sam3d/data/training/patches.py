@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,10 +104,9 @@ def prepare_volume(
     Returns:
         A new subject (image in its stored dtype, uint8 label) with the case's attributes.
     """
-    image, affine = subject["image"].data, subject["image"].affine
-    label = torch.isin(
-        subject["label"].data, torch.tensor(list(target_labels), dtype=subject["label"].data.dtype)
-    )
+    source = subject.get_scalar_image("image")
+    image, affine, labels = source.data, source.affine, subject.get_label_map("label").data
+    label = torch.isin(labels, torch.tensor(list(target_labels), dtype=labels.dtype))
     start = [0, 0, 0]
     if crop_body:
         keep = (image[0] > background) | label[0]
@@ -168,7 +167,7 @@ class TrainingPatches:
         self.orientation = orientation_augmentation(settings.patch_size)
 
     def _normalized(self, image: torch.Tensor) -> torch.Tensor:
-        return self.normalize(tio.Subject(image=tio.ScalarImage(tensor=image)))["image"].data
+        return self.normalize(tio.Subject(image=tio.ScalarImage(tensor=image))).get_scalar_image("image").data
 
     def patch(self, volume: tio.Subject, start: Sequence[int]) -> tio.Subject:
         """The normalised patch of the crop at ``start``; when augmenting, the augmented patch within it.
@@ -177,7 +176,7 @@ class TrainingPatches:
         (shifted inside the volume when needed, and weakened when the volume cannot hold it), so the
         crop holds no padding from them. Only the patch, placed at random in the crop, is computed.
         """
-        image, label = volume["image"].data, volume["label"].data
+        image, label = volume.get_scalar_image("image").data, volume.get_label_map("label").data
         shape, settings = image.shape[1:], self.settings
         if not settings.augment:
             window = region_window(start, self.crop_size)
@@ -207,13 +206,13 @@ class TrainingPatches:
         settings, preprocessing = self.settings, self.settings.preprocessing
         volume = prepare_volume(subject, preprocessing.target_labels, preprocessing.window[0], self.crop_size)
         starts = crop_starts(
-            volume["label"].data[0], self.crop_size, self.num_patches, settings.pos_neg_ratio
+            volume.get_label_map("label").data[0], self.crop_size, self.num_patches, settings.pos_neg_ratio
         )
         images, labels, clicks = [], [], []
         for start in starts:
             patch = self.patch(volume, start)
-            images.append(patch["image"].data)
-            labels.append(patch["label"].data)
+            images.append(patch.get_scalar_image("image").data)
+            labels.append(patch.get_label_map("label").data)
             clicks.append(
                 _clicks(labels[-1], settings, settings.num_positive_clicks, settings.num_context_clicks)
             )
@@ -227,6 +226,14 @@ class TrainingPatches:
         )
 
 
+def _tensor(subject: tio.Subject, key: str) -> torch.Tensor:
+    """A tensor attribute of a subject (``points``, ``point_labels``)."""
+    value = subject[key]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"subject attribute {key!r} must be a tensor, got {type(value).__name__}")
+    return value
+
+
 class StackedPatchSampler(PatchSampler):
     """Queue sampler yielding, one at a time, the patches :class:`TrainingPatches` stacked per volume.
 
@@ -237,17 +244,19 @@ class StackedPatchSampler(PatchSampler):
 
     def _generate_patches(
         self, subject: tio.Subject, num_patches: int | None = None
-    ) -> Iterator[tio.Subject]:
-        total = subject["image"].num_channels
-        start = int(subject.get("patch_cursor", 0))
+    ) -> Generator[tio.Subject, None, None]:
+        total = subject.get_scalar_image("image").num_channels
+        start = subject.get("patch_cursor", 0)
+        if not isinstance(start, int):
+            raise TypeError(f"patch_cursor must be an int, got {type(start).__name__}")
         stop = total if num_patches is None else min(total, start + num_patches)
         for index in range(start, stop):
             subject["patch_cursor"] = index + 1
             yield tio.Subject(
-                image=tio.ScalarImage(tensor=subject["image"].data[index : index + 1]),
-                label=tio.LabelMap(tensor=subject["label"].data[index : index + 1]),
-                points=subject["points"][index],
-                point_labels=subject["point_labels"][index],
+                image=tio.ScalarImage(tensor=subject.get_scalar_image("image").data[index : index + 1]),
+                label=tio.LabelMap(tensor=subject.get_label_map("label").data[index : index + 1]),
+                points=_tensor(subject, "points")[index],
+                point_labels=_tensor(subject, "point_labels")[index],
                 case_id=subject["case_id"],
             )
 
@@ -277,7 +286,7 @@ class ValidationPatches(Dataset):
         volume = prepare_volume(
             case.subject(), preprocessing.target_labels, preprocessing.window[0], settings.patch_size, False
         )
-        label, shape = volume["label"].data, volume.spatial_shape
+        label, shape = volume.get_label_map("label").data, volume.spatial_shape
         target = torch.nonzero(label[0])
         centre = (
             target[int(torch.randint(len(target), (), generator=generator))].tolist()
@@ -285,7 +294,7 @@ class ValidationPatches(Dataset):
             else [n // 2 for n in shape]
         )
         window = region_window(region_start(centre, settings.patch_size, shape), settings.patch_size)
-        patch = self.normalize(volume["image"].data[window])
+        patch = self.normalize(volume.get_scalar_image("image").data[window])
         label = label[window].contiguous()
         mask = to_network_layout(label[0]).bool()
         count = settings.num_positive_clicks
@@ -305,7 +314,7 @@ class ValidationPatches(Dataset):
         subject = tio.Subject(image=tio.ScalarImage(tensor=image.contiguous()))
         preprocessing = self.settings.preprocessing
         transform = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std, copy=False)
-        return transform(subject)["image"].data
+        return transform(subject).get_scalar_image("image").data
 
 
 def collate_patches(batch: Sequence[tio.Subject]) -> dict[str, Any]:
@@ -316,12 +325,13 @@ def collate_patches(batch: Sequence[tio.Subject]) -> dict[str, Any]:
     """
     clicks = []
     for subject in batch:
-        keep = subject["point_labels"] >= 0
-        clicks.append((subject["points"][keep], subject["point_labels"][keep]))
+        labels = _tensor(subject, "point_labels")
+        keep = labels >= 0
+        clicks.append((_tensor(subject, "points")[keep], labels[keep]))
     points, point_labels = pad_clicks(clicks)
     return {
-        "image": torch.stack([to_network_layout(s["image"].data) for s in batch]).float(),
-        "label": torch.stack([to_network_layout(s["label"].data) for s in batch]).float(),
+        "image": torch.stack([to_network_layout(s.get_scalar_image("image").data) for s in batch]).float(),
+        "label": torch.stack([to_network_layout(s.get_label_map("label").data) for s in batch]).float(),
         "points": points,
         "point_labels": point_labels,
         "case_id": [str(s["case_id"]) for s in batch],

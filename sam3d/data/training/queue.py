@@ -79,7 +79,7 @@ class EpochQueue(tio.Queue):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        subject_sampler = DistributedSampler(
+        subject_sampler: DistributedSampler[int] = DistributedSampler(
             subjects, num_replicas=world_size, rank=rank, shuffle=True, seed=subjects.seed, drop_last=True
         )
         super().__init__(
@@ -94,13 +94,15 @@ class EpochQueue(tio.Queue):
             start_background=False,
         )
         self.seed, self.rank, self.epoch, self._fills = subjects.seed, rank, 0, 0
+        # The Queue's own `subjects_dataset` and `subject_sampler`, with their types.
+        self.epoch_subjects, self.epoch_sampler = subjects, subject_sampler
 
     def start_epoch(self, epoch: int) -> None:
         """Empty the Queue; the next patch comes from the first subject of ``epoch``."""
         self.epoch, self._fills = epoch, 0
-        self.subjects_dataset.seed = self.subject_sampler.seed = self.seed
-        self.subjects_dataset.epoch = epoch
-        self.subject_sampler.set_epoch(epoch)
+        self.epoch_subjects.seed = self.epoch_sampler.seed = self.seed
+        self.epoch_subjects.epoch = epoch
+        self.epoch_sampler.set_epoch(epoch)
         self.patches_list = []
         self._incomplete_subject = None
         self._subjects_iterable = None  # rebuilt (with new workers) on the next fill
@@ -159,23 +161,24 @@ class PatchLoader(tio.SubjectsLoader):
         collate_fn: Callable[[list[tio.Subject]], Any],
         progress: Callable[[], tuple[bool, int]],
     ) -> None:
-        super().__init__(
-            queue, batch_size=batch_size, num_workers=0, sampler=EpochSampler(queue), collate_fn=collate_fn
-        )
-        self.progress = progress
+        sampler = EpochSampler(queue)
+        super().__init__(queue, batch_size=batch_size, num_workers=0, sampler=sampler, collate_fn=collate_fn)
+        # The loader's own `dataset` and `sampler`, with their types.
+        self.queue, self.epoch_sampler, self.progress = queue, sampler, progress
+        self.patches_per_batch = batch_size
 
     def state_dict(self) -> dict[str, int]:
         """Where an uninterrupted run goes on from here: its seed, epoch and batches already trained on."""
         done, batches = self.progress()
-        epoch = self.sampler.epoch
+        epoch = self.epoch_sampler.epoch
         return {
-            "seed": self.dataset.seed,
+            "seed": self.queue.seed,
             "epoch": epoch + 1 if done else epoch,
             "batches": 0 if done else batches,
         }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Continue from a checkpoint's :meth:`state_dict` on the next iteration."""
-        self.dataset.seed = state_dict["seed"]
-        self.sampler.epoch = state_dict["epoch"]
-        self.sampler.skip = state_dict["batches"] * self.batch_size
+        self.queue.seed = state_dict["seed"]
+        self.epoch_sampler.epoch = state_dict["epoch"]
+        self.epoch_sampler.skip = state_dict["batches"] * self.patches_per_batch
