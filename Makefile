@@ -37,7 +37,7 @@ test: $(STAMP) ## the default test suite (slow tests excluded)
 test-slow: $(STAMP) ## only the slow tests
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
 
-lint: $(STAMP) ## ruff lint + format check, mypy on the network package
+lint: $(STAMP) ## ruff lint + format check, mypy on the whole package
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
