@@ -13,8 +13,9 @@ from sam3d.data.synthetic import make_synthetic_dataset
 pytestmark = pytest.mark.slow
 
 # `make demo` reached 0.83-0.89 held-out Dice before and after this test was written; a recipe that only
-# learns for lucky seeds stays near 0.03. Half the demo's 12 epochs keeps CI short: 0.854 and 0.836 held-out
-# Dice for seeds 0 and 1 at 6 epochs (this recipe at ff0ef42; `pytest -m slow tests/test_learning.py -rP` prints them).
+# learns for lucky seeds stays near 0.03. Half the demo's 12 epochs keeps CI short: 0.854 and 0.836
+# held-out Dice for seeds 0 and 1 at 6 epochs (at ff0ef42; `pytest -m slow tests/test_learning.py -rP`
+# prints them).
 MIN_HELD_OUT_DICE = 0.7
 EPOCHS = 6
 
