@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import check_targets
-from sam3d.data.clicks import CLICK_MODES, ClickMode
+from sam3d.data.clicks import ClickMode, checked_click_mode
 from sam3d.data.errors import DatasetError, format_problems
 from sam3d.data.folds import FoldCases, Part, fold_cases
 from sam3d.data.preprocessing import Preprocessing, RequestedPreprocessing
@@ -165,8 +165,6 @@ class VolumeDataModule(L.LightningDataModule):
             raise Sam3dError(
                 f"pos_neg_ratio must be two non-negative numbers, not both 0, got {pos_neg_ratio!r}"
             )
-        if click_mode not in CLICK_MODES:
-            raise Sam3dError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         self.root = Path(root).expanduser() if root is not None else None
         self.dataset, self.fold = dataset, fold
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks
@@ -187,7 +185,7 @@ class VolumeDataModule(L.LightningDataModule):
             else bool(preset and preset.in_plane_only)
         )
         self.pos_neg_ratio = (float(pos_neg_ratio[0]), float(pos_neg_ratio[1]))
-        self.click_mode: ClickMode = click_mode
+        self.click_mode: ClickMode = checked_click_mode(click_mode)
         self.num_positive_clicks, self.num_context_clicks = num_positive_clicks, num_context_clicks
         self.seed = seed
         self._fold: FoldCases | None = None
