@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helpers import synthetic_cli_args
 
 from sam3d.automatic import AutomaticSamModule
@@ -274,3 +275,31 @@ def test_a_crop_the_overlay_cannot_take_stops_the_command_with_one_message(synth
     assert isinstance(message, str)
     assert message.startswith("sam3d: error: crop size (96, 80, 64) cannot be taken by SwinUNETR")
     assert "use 64 or 96" in message
+
+
+def test_the_automatic_sam_is_a_sibling_of_the_promptable_one_without_its_clicks(capsys, tmp_path):
+    from sam3d.module import VolumetricSamModule
+    from sam3d.task import SegmentationTask
+    from sam3d.volumetric import VolumetricSamTask
+
+    assert not issubclass(AutomaticSamModule, VolumetricSamModule)
+    assert issubclass(AutomaticSamModule, VolumetricSamTask)
+    assert issubclass(VolumetricSamModule, VolumetricSamTask)
+    assert AutomaticSamModule.predict_step is SegmentationTask.predict_step
+    assert not AutomaticSamModule.takes_clicks
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "-c",
+                "kits.yaml",
+                "-c",
+                OVERLAYS["automatic"],
+                "--data.root",
+                str(tmp_path),
+                "--print_config",
+            ]
+        )
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert model["input_scale"] is None
+    assert not {"click_mode", "correction_rounds", "click_maps"} & set(model)
