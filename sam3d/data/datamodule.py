@@ -31,7 +31,10 @@ from sam3d.data.training.patches import (
 from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
 from sam3d.errors import Sam3dError
 
-__all__ = ["VolumeDataModule"]
+__all__ = ["PREDICT_NEEDS", "VolumeDataModule"]
+
+# What ``sam3d predict`` needs of the data module (refused by the CLI before anything is built).
+PREDICT_NEEDS = "sam3d predict needs --data.predict_scans (files or folders) and --data.predict_clicks"
 
 
 def _rank_and_world_size() -> tuple[int, int]:
@@ -100,7 +103,8 @@ class VolumeDataModule(L.LightningDataModule):
         pos_neg_ratio: Relative frequency of positive and negative training patch centres.
         click_mode: ``"reference"`` (all clicks labelled 1, as the reference), ``"labelled"`` or
             ``"interactive"`` (first clicks here; the model adds simulated corrections, see
-            :class:`sam3d.module.VolumetricSamModule`). The CLI passes it on to ``model.click_mode``.
+            :class:`sam3d.module.VolumetricSamModule`). The one click-mode setting: the CLI links it to
+            the promptable model's ``click_mode``; trainers without clicks refuse ``interactive``.
         num_positive_clicks: Clicks drawn from the target (training and validation).
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled;
             interactive: only in patches without target).
@@ -309,9 +313,7 @@ class VolumeDataModule(L.LightningDataModule):
         """
         if stage == "predict":
             if not self.predict_scans or not self.predict_clicks:
-                raise DatasetError(
-                    "sam3d predict needs --data.predict_scans (files or folders) and --data.predict_clicks"
-                )
+                raise DatasetError(PREDICT_NEEDS)
             return
         if stage == "test":
             if not self.cases("test"):
