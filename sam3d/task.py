@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from torch.optim import AdamW
@@ -138,6 +139,7 @@ class SegmentationTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log the mean validation Dice (gathered over all ranks by MONAI)."""
         dice = self.val_dice.aggregate()
+        assert isinstance(dice, torch.Tensor)  # a (Dice, not-NaN count) pair only with get_not_nans=True
         self.val_dice.reset()
         self.log(
             "val/dice",
@@ -201,7 +203,7 @@ class SegmentationTask(L.LightningModule):
         )
 
     # Optimisation -------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW with one parameter group per part, linear decay to ``final_lr_factor`` over the run."""
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 1:
