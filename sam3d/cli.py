@@ -8,26 +8,32 @@ sam3d check-dataset --help                                 # utilities: see UTIL
 from __future__ import annotations
 
 import errno
+import importlib
+import json
 import logging
 import netrc
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 import yaml
 from jsonargparse import CLI
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
 from sam3d.callbacks import MethodRecord, PredictionWriter, RunConfig, TestReport
 from sam3d.comparison import report
 from sam3d.data import VolumeDataModule
+from sam3d.data.datamodule import PREDICT_NEEDS
+from sam3d.data.errors import DatasetError
 from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
@@ -146,25 +152,115 @@ class Sam3dTrainer(Trainer):
         """
         from sam3d.serve.command import serve  # the web stack is imported for `serve` only
 
-        assert ckpt_path is not None  # before_serve refuses a missing checkpoint
+        assert ckpt_path is not None  # the CLI refuses `serve` without a checkpoint
         serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions)
 
 
-class Sam3dCLI(LightningCLI):
-    """LightningCLI with sam3d's links, checkpoint checks and run folders, and the ``serve`` subcommand."""
+class Sam3dArgumentParser(LightningArgumentParser):
+    """Lightning's parser; a trainer without clicks given click arguments is refused saying what to do.
 
-    checkpoint_record: dict[str, Any] | None = None  # the `sam3d` record of --ckpt_path's file
-    checkpoint_data: dict[str, Any] | None = None  # the data module's state in --ckpt_path's file
+    (jsonargparse refuses them as an option the class does not accept, e.g. ``-c automatic/sam.yaml -c
+    clicks/interactive.yaml``; this names the combination instead.)
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Raise a :class:`Sam3dError` for click arguments of a trainer without clicks, else jsonargparse's error."""
+        for path, argument in re.findall(
+            r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message
+        ):
+            if argument in CLICK_ARGUMENTS and not _takes_clicks(path):
+                raise Sam3dError(_no_clicks_refusal(path, [f"model.{argument}"]))
+        super().error(message, ex)
+
+
+class PreloadedCheckpointIO(CheckpointIO):
+    """The strategy's checkpoint IO, handing over the checkpoint the CLI has read instead of reading it again.
+
+    Lightning's public plugin interface (``strategy.checkpoint_io``): the first load of ``path`` returns
+    ``checkpoint``; everything else (saving, other files, a second load) goes to ``inner``.
+    """
+
+    def __init__(self, inner: CheckpointIO, path: str, checkpoint: dict[str, Any]) -> None:
+        self.inner, self.path = inner, Path(path).resolve()
+        self._checkpoint: dict[str, Any] | None = checkpoint
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        """Save with the strategy's checkpoint IO."""
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint the CLI read (the first time ``path`` is loaded), else the strategy's load."""
+        if self._checkpoint is not None and Path(path).resolve() == self.path:
+            checkpoint, self._checkpoint = self._checkpoint, None
+            return checkpoint
+        return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        """Remove with the strategy's checkpoint IO."""
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        """Tear down the strategy's checkpoint IO."""
+        self.inner.teardown()
+
+
+class Sam3dCLI(LightningCLI):
+    """LightningCLI with sam3d's links, checkpoint checks and run folders, and the ``serve`` subcommand.
+
+    Everything that can be refused is refused right after parsing, before a class is built or data read:
+    settings that are not settings (model arguments linked from the data module's), a ``--ckpt_path``
+    of another program, trainer, network or crop, and combinations that cannot run (click settings for a
+    trainer without clicks, ``predict`` without scans or clicks, ``test``/``predict``/``serve`` without a
+    checkpoint). The ``--ckpt_path`` file is read once, here; the trainer gets that copy (see
+    :class:`PreloadedCheckpointIO`).
+    """
+
+    checkpoint_path: str | None = None  # --ckpt_path, best/last resolved to the file
+    # Its content, read once, until the trainer takes it (never read here: hpc and registry, which
+    # Lightning finds and reads).
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_data: dict[str, Any] | None = None  # the data module's state in it
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """sam3d's run defaults, the evaluation and prediction settings; the patch size is the crop size."""
-        parser.link_arguments("data.patch_size", "model.init_args.crop_size")
+        """sam3d's run defaults, the evaluation and prediction settings; model arguments that are the data's.
+
+        ``data.patch_size`` is the model's crop size and ``data.click_mode`` the promptable model's click
+        mode. A trainer without such an argument (the baselines and the automatic SAM have no click mode)
+        is left out of that link, as jsonargparse documents for subclass targets.
+        """
+        for model_argument, data_argument in LINKED_MODEL_ARGUMENTS.items():
+            parser.link_arguments(f"data.{data_argument}", f"model.init_args.{model_argument}")
         parser.set_defaults({"model": {"class_path": class_path(VolumetricSamModule)}})
         parser.set_defaults(RUN_DEFAULTS)
         parser.add_class_arguments(EvaluationSettings, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         if any(action.dest == "return_predictions" for action in parser._actions):
             parser.set_defaults({"return_predictions": False})  # outputs are written, not kept in memory
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse; refuse linked model settings; read --ckpt_path once; refuse what cannot run.
+
+        Lightning then finds no ``ckpt_path`` to read hyperparameters from (this method has merged them, as
+        Lightning would); :meth:`before_instantiate_classes` gives the path back for the trainer.
+        """
+        super().parse_arguments(parser, args)
+        if not self.config.get("subcommand"):
+            return
+        if isinstance(args, list):
+            # Only what the command line and config files give; with the links' sources given too, so that
+            # a link applies (it overwrites only a model argument that was given).
+            config = self._subcommand_config()
+            sources = [
+                f"--data.{source}={_as_argument(config.data[source])}"
+                for source in LINKED_MODEL_ARGUMENTS.values()
+            ]
+            _refuse_linked_model_settings(parser.parse_args([*args, *sources], defaults=False))
+        self._read_checkpoint()
+        _refuse_what_cannot_run(self.config["subcommand"], self._subcommand_config(), self.checkpoint_path)
 
     def before_fit(self) -> None:
         """A resumed run keeps the preprocessing it started with."""
@@ -176,15 +272,13 @@ class Sam3dCLI(LightningCLI):
 
     def before_test(self) -> None:
         """Hand the `evaluation` settings to the module (they are not checkpoint hyperparameters)."""
-        self.model.evaluation = self._get(self.config_init, "evaluation")
-        self._restore_preprocessing(required=True)
+        self.model.evaluation = self.config_init[str(self.subcommand)]["evaluation"]
+        self._restore_preprocessing()
 
     def before_predict(self) -> None:
         """Protocol and threshold from `evaluation`; the training's preprocessing from the checkpoint."""
-        if not self.model.takes_clicks:
-            raise Sam3dError(self.model.no_clicks_message())
-        self.model.evaluation = self._get(self.config_init, "evaluation")
-        self._restore_preprocessing(required=True)
+        self.model.evaluation = self.config_init[str(self.subcommand)]["evaluation"]
+        self._restore_preprocessing()
 
     before_serve = before_predict
 
@@ -193,55 +287,68 @@ class Sam3dCLI(LightningCLI):
         """Lightning's subcommands and ``serve`` (:meth:`Sam3dTrainer.serve`)."""
         return {**LightningCLI.subcommands(), "serve": {"model", "datamodule"}}
 
-    def _restore_preprocessing(self, required: bool = False) -> None:
+    def _restore_preprocessing(self) -> None:
         """Give the data module the checkpoint's preprocessing before it caches or computes anything."""
-        if required and self.checkpoint_record is None:
-            raise CheckpointError(
-                f"sam3d {self.subcommand} needs --ckpt_path (a checkpoint file, best or last)"
-            )
         if self.checkpoint_data:
             self.datamodule.load_state_dict(self.checkpoint_data)
 
     def _subcommand_config(self) -> Any:
         return self.config[self.config["subcommand"]]
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path last|best`` to the newest run's checkpoint and refuse non-sam3d files."""
-        if not self.config.get("subcommand"):
-            return
+    def _read_checkpoint(self) -> None:
+        """Resolve ``--ckpt_path last|best``, read the file once, refuse non-sam3d files and mismatches.
+
+        The checkpoint's hyperparameters then replace the model config, as Lightning does (a SAM file named
+        on this command line still wins); the data module's arguments linked to the model's stay the
+        setting (a checkpoint of a network for other crops was refused above).
+        """
         config = self._subcommand_config()
         ckpt_path = config.get("ckpt_path")
         if ckpt_path in NAMED_CHECKPOINTS:
-            config.ckpt_path = ckpt_path = str(self._resolve_named(config, ckpt_path))
-        if ckpt_path not in (None, "hpc", "registry"):
-            checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
-            if not isinstance(checkpoint, dict) or "sam3d" not in checkpoint:
-                raise CheckpointError(
-                    f"--ckpt_path {ckpt_path} is not a sam3d checkpoint; authors' 3DSAM-adapter checkpoints are "
-                    "converted with `sam3d import-reference --help`"
-                )
-            self.checkpoint_record = checkpoint["sam3d"]
-            self.checkpoint_data = checkpoint.get(VolumeDataModule.__qualname__)
-            _check_trainer(ckpt_path, checkpoint_module(checkpoint["sam3d"]), config.model.class_path)
-            trained = checkpoint["sam3d"].get("variant")
-            requested = config.model.init_args.get("variant")
-            if requested != trained:
-                raise CheckpointError(
-                    f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
-                    f"use a config of the {trained} network or pass --model.variant {trained}"
-                )
-            crop = checkpoint.get("hyper_parameters", {}).get("crop_size")
-            if crop is not None and tuple(crop) != tuple(config.data.patch_size):
-                raise CheckpointError(
-                    f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
-                    f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
-                )
-        requested_sam = config.model.init_args.get("sam_checkpoint")
-        super()._parse_ckpt_path()
-        if requested_sam is not None:
-            # The checkpoint's hyperparameters replace the model config; a SAM file named on this command
-            # line still wins (its SHA-256 is checked against the one the checkpoint was trained from).
-            self._subcommand_config().model.init_args.sam_checkpoint = requested_sam
+            ckpt_path = str(self._resolve_named(config, ckpt_path))
+        self.checkpoint_path = ckpt_path
+        config.ckpt_path = None  # read here, not again by Lightning; see before_instantiate_classes
+        if ckpt_path in (None, "hpc", "registry"):  # Lightning's trainer finds and reads the last two
+            return
+        checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
+        if not isinstance(checkpoint, dict) or "sam3d" not in checkpoint:
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} is not a sam3d checkpoint; authors' 3DSAM-adapter checkpoints are "
+                "converted with `sam3d import-reference --help`"
+            )
+        written_by = checkpoint_module(checkpoint["sam3d"])
+        _check_trainer(ckpt_path, written_by, config.model.class_path)
+        trained = checkpoint["sam3d"].get("variant")
+        requested = config.model.init_args.get("variant")
+        if requested != trained:
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} holds a {trained} network but the config asks for {requested}; "
+                f"use a config of the {trained} network or pass --model.variant {trained}"
+            )
+        crop = checkpoint.get("hyper_parameters", {}).get("crop_size")
+        if crop is not None and tuple(crop) != tuple(config.data.patch_size):
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} holds a network for {tuple(crop)} crops but data.patch_size is "
+                f"{tuple(config.data.patch_size)}; pass --data.patch_size {list(crop)} or the run's config"
+            )
+        trained_clicks = checkpoint.get("hyper_parameters", {}).get("click_mode")
+        resumed = self.config["subcommand"] == "fit" and trainer_class(written_by).takes_clicks
+        if resumed and trained_clicks is not None and trained_clicks != config.data.click_mode:
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} resumes a run trained with data.click_mode {trained_clicks} but "
+                f"the config says {config.data.click_mode}; a resumed run keeps its clicks: pass --data."
+                f"click_mode {trained_clicks} (or the run's overlay, e.g. -c clicks/interactive.yaml)"
+            )
+        self.checkpoint, self.checkpoint_data = checkpoint, checkpoint.get(VolumeDataModule.__qualname__)
+        hparams = _model_hyperparameters(ckpt_path, checkpoint, trainer_class(written_by))
+        if hparams:
+            requested_sam = config.model.init_args.get("sam_checkpoint")
+            update = {self.config["subcommand"]: {"model": hparams}}
+            self.config = self.parser.parse_object(update, self.config)
+            if requested_sam is not None:
+                # A SAM file named on this command line wins over the checkpoint's (its SHA-256 is checked
+                # against the one the checkpoint was trained from).
+                self._subcommand_config().model.init_args.sam_checkpoint = requested_sam
 
     def _resolve_named(self, config: Any, name: str) -> Path:
         logger = config.trainer.get("logger")
@@ -274,16 +381,20 @@ class Sam3dCLI(LightningCLI):
             raise cause from None
 
     def before_instantiate_classes(self) -> None:
-        """Matmul precision, best-checkpoint metric; W&B offline when no credentials exist (``wandb sync`` later)."""
+        """The checkpoint path back; matmul precision, best-checkpoint metric; W&B offline without credentials."""
         config = self._subcommand_config() if self.config.get("subcommand") else self.config
+        if self.config.get("subcommand"):
+            config.ckpt_path = self.checkpoint_path  # the file that was read (best/last resolved)
         torch.set_float32_matmul_precision(matmul_precision(config.trainer.precision))
         model_args = config.model.get("init_args") or {}
         monitor = model_args.get("checkpoint_monitor")
-        if "click_mode" in model_args:  # a link that methods without clicks (no such argument) skip
-            model_args.click_mode = config.data.click_mode
         for callback in config.trainer.get("callbacks") or []:
             init_args = getattr(callback, "init_args", None)
-            if monitor and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS:
+            if (
+                monitor
+                and init_args is not None
+                and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS
+            ):
                 init_args.monitor, init_args.mode = monitor, CHECKPOINT_MONITORS[monitor]
         if "WANDB_MODE" not in os.environ and not wandb_credentials_present():
             os.environ["WANDB_MODE"] = "offline"
@@ -292,15 +403,122 @@ class Sam3dCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Lightning's Trainer; a combination of trainer settings it refuses is an error naming them."""
+        """Lightning's Trainer, loading --ckpt_path from the copy already read; refused settings named."""
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, TypeError, ValueError) as error:
             raise Sam3dError(
                 f"Lightning refused the trainer settings: {error}. Change the --trainer setting it names; "
                 "settings that must fit the machine are accelerator, devices, strategy and precision (and "
                 "any trainer overlay, e.g. trainer/ddp_bf16.yaml, which asks for every GPU)"
             ) from None
+        checkpoint, self.checkpoint = self.checkpoint, None  # not kept all along a fit
+        # `serve` loads the checkpoint itself (sam3d.serve.command), not through the trainer.
+        if checkpoint is not None and self.checkpoint_path is not None and self.subcommand != "serve":
+            strategy = trainer.strategy
+            strategy.checkpoint_io = PreloadedCheckpointIO(
+                strategy.checkpoint_io, self.checkpoint_path, checkpoint
+            )
+        return trainer
+
+
+# Model arguments that are the data module's (model argument: data argument): one setting each, linked.
+LINKED_MODEL_ARGUMENTS = {"crop_size": "patch_size", "click_mode": "click_mode"}
+
+# Click arguments in the hyperparameters of automatic SAM checkpoints written while that trainer took the
+# promptable one's arguments. Trainers without clicks no longer take them: they are dropped on loading.
+LEGACY_CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps")
+
+
+def trainer_class(path: str) -> type[SegmentationTask]:
+    """The trainer class of a ``model.class_path``."""
+    module, _, name = path.rpartition(".")
+    found = getattr(importlib.import_module(module), name)
+    if not (isinstance(found, type) and issubclass(found, SegmentationTask)):
+        raise Sam3dError(f"model.class_path {path} is not a sam3d trainer (a SegmentationTask)")
+    return found
+
+
+def _refuse_linked_model_settings(given: Any) -> None:
+    """Refuse a model argument that the data module's sets (``given``: only what the command gives)."""
+    model = given.get(given["subcommand"], given).get("model")
+    init_args = model.get("init_args") if model is not None else None
+    for model_argument, data_argument in LINKED_MODEL_ARGUMENTS.items():
+        if init_args is not None and model_argument in init_args:
+            raise Sam3dError(
+                f"model.{model_argument} is not a setting: data.{data_argument} is, and sets the model's; "
+                f"remove model.{model_argument} from the command line or config (a config.yaml written by "
+                f"an older sam3d may hold it) and set data.{data_argument} instead"
+            )
+
+
+def _model_hyperparameters(
+    ckpt_path: str, checkpoint: dict[str, Any], trainer: type[SegmentationTask]
+) -> dict[str, Any]:
+    """The model config a checkpoint's hyperparameters give, as Lightning's CLI merges it."""
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    if not trainer.takes_clicks:
+        legacy = {key: hparams.pop(key) for key in LEGACY_CLICK_ARGUMENTS if key in hparams}
+        # Settings that changed how such a network trained: corrections simulated with clicks, click maps.
+        used = [
+            f"{key} {legacy[key]}"
+            for key in ("click_mode", "click_maps")
+            if legacy.get(key) in ("interactive", True)
+        ]
+        if used:
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} holds a {trainer.__name__} trained with click settings "
+                f"({', '.join(used)}), a combination sam3d now refuses; train it again without the clicks overlay"
+            )
+    if "_class_path" in hparams:
+        return {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    return hparams
+
+
+def _refuse_what_cannot_run(subcommand: str, config: Any, ckpt_path: str | None) -> None:
+    """Refuse, before anything is built or read, a command that cannot run as configured."""
+    if not trainer_class(config.model.class_path).takes_clicks:
+        if subcommand in ("predict", "serve"):
+            raise Sam3dError(trainer_class(config.model.class_path).no_clicks_message(subcommand))
+        asked = []
+        if config.data.click_mode == "interactive":
+            asked.append("data.click_mode interactive")
+        if config.evaluation.refinement_clicks:
+            asked.append(f"evaluation.refinement_clicks {config.evaluation.refinement_clicks}")
+        if asked:
+            raise Sam3dError(_no_clicks_refusal(config.model.class_path, asked))
+    if subcommand in ("test", "predict", "serve") and ckpt_path is None:
+        raise CheckpointError(f"sam3d {subcommand} needs --ckpt_path (a checkpoint file, best or last)")
+    if subcommand == "predict" and not (config.data.predict_scans and config.data.predict_clicks):
+        raise DatasetError(PREDICT_NEEDS)
+
+
+# Arguments of the promptable trainer only: a trainer without clicks refuses them.
+CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps")
+
+
+def _takes_clicks(path: str) -> bool:
+    try:
+        return trainer_class(path).takes_clicks
+    except (ImportError, AttributeError, Sam3dError):
+        return True  # not a sam3d trainer: nothing to say about clicks
+
+
+def _no_clicks_refusal(path: str, asked: list[str]) -> str:
+    """Why a trainer without clicks cannot run with the click settings ``asked``, and what to do."""
+    name = path.rsplit(".", 1)[-1]
+    overlay = TRAINER_OVERLAYS.get(path, f"model.class_path {path}")
+    return (
+        f"{name} ({overlay}) segments without clicks, but the config asks for clicks: {'; '.join(asked)}. "
+        "Leave out the clicks overlay (clicks/interactive.yaml) and these settings, or use the promptable "
+        "SAM (no trainer overlay) to train or test with clicks"
+    )
+
+
+def _as_argument(value: Any) -> str:
+    """A config value as a command-line value (a string as itself, tuples as JSON lists)."""
+    return value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 # The config overlay of each trainer, for messages (the volumetric SAM needs none).
@@ -389,6 +607,7 @@ def main(args: Sequence[str] | None = None) -> None:
             VolumeDataModule,
             subclass_mode_model=True,
             trainer_class=Sam3dTrainer,
+            parser_class=Sam3dArgumentParser,
             save_config_callback=RunConfig,
             save_config_kwargs={"save_to_log_dir": False},
             trainer_defaults={"callbacks": [TestReport(), MethodRecord()]},

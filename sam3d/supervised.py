@@ -57,11 +57,7 @@ class SupervisedBaselineModule(SegmentationTask):
         self.save_hyperparameters()
         self.crop_size = (int(crop_size[0]), int(crop_size[1]), int(crop_size[2]))
         self.net = build_baseline(network, self.crop_size, feature_size, deep_supervision, options)
-
-    @property
-    def method(self) -> str:
-        """The method's name in test summaries and comparison reports."""
-        return str(self.hparams["network"])
+        self.method = str(network)  # the method's name in test summaries and comparison reports
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 2, D, H, W)`` of ``(B, 1, D, H, W)`` crops (in training, DynUNet stacks its heads in dim 1)."""

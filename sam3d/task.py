@@ -1,20 +1,23 @@
 """``SegmentationTask``: what every trainer of sam3d shares (loss, metrics, test reports, optimiser, checkpoints).
 
 The trainers are siblings, as torchgeo's tasks: :class:`sam3d.module.VolumetricSamModule` (the promptable
-volumetric SAM), :class:`sam3d.automatic.AutomaticSamModule` (the SAM without prompts) and
+volumetric SAM), :class:`sam3d.automatic.AutomaticSamModule` (the SAM without prompts), both on
+:class:`sam3d.volumetric.VolumetricSamTask` (their network and its checkpoints), and
 :class:`sam3d.supervised.SupervisedBaselineModule` (MONAI's fully supervised networks). Each says how a
 batch becomes logits and how a whole test case is segmented; the loss, validation Dice, test rows,
 pictures, the optimiser and the checkpoint record are this class's, so every method is trained and scored
-the same way and ``sam3d test`` writes the same ``cases.csv``/``summary.json`` for all of them.
+the same way and ``sam3d test`` writes the same ``cases.csv``/``summary.json`` for all of them. Only the
+promptable trainer takes clicks (:attr:`SegmentationTask.takes_clicks`).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from torch.optim import AdamW
@@ -57,7 +60,9 @@ class SegmentationTask(L.LightningModule):
         ce_weight: Weight of the cross-entropy term of the loss.
     """
 
-    takes_clicks = False  # whether `sam3d predict` can segment new scans from their clicks
+    # Whether the trainer takes clicks: trains and tests with them, and `sam3d predict`/`serve` segment new
+    # scans from their clicks with it. The CLI refuses click settings for a trainer without them.
+    takes_clicks: ClassVar[bool] = False
 
     def __init__(self, dice_weight: float = 0.5, ce_weight: float = 0.5) -> None:
         super().__init__()
@@ -71,7 +76,8 @@ class SegmentationTask(L.LightningModule):
         self.val_dice = DiceMetric(include_background=False)
         # Set by the CLI from the `evaluation` config group (not a hyperparameter: a checkpoint's
         # hyperparameters override the model config, and evaluation choices must not be overridden).
-        self.evaluation = EvaluationSettings()
+        self.evaluation: EvaluationSettings = EvaluationSettings()
+        self.method: str = type(self).__name__  # the name in test summaries and comparison reports
         self.test_rows: list[dict[str, Any]] = []
         self.test_pictures: dict[str, bytes] = {}
         self.test_skipped: dict[str, str] = {}
@@ -133,6 +139,7 @@ class SegmentationTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Log the mean validation Dice (gathered over all ranks by MONAI)."""
         dice = self.val_dice.aggregate()
+        assert isinstance(dice, torch.Tensor)  # a (Dice, not-NaN count) pair only with get_not_nans=True
         self.val_dice.reset()
         self.log(
             "val/dice",
@@ -187,15 +194,16 @@ class SegmentationTask(L.LightningModule):
         """Refused: ``sam3d predict`` segments new scans from their clicks (see :attr:`takes_clicks`)."""
         raise Sam3dError(self.no_clicks_message())
 
-    def no_clicks_message(self) -> str:
-        """Why ``sam3d predict`` refuses this trainer."""
+    @classmethod
+    def no_clicks_message(cls, command: str = "predict") -> str:
+        """Why ``sam3d predict`` (or ``serve``) refuses this trainer."""
         return (
-            f"sam3d predict segments new scans from their clicks, which {type(self).__name__} does not take; "
-            "score it on the test folds with `sam3d test`, or predict with a promptable volumetric SAM checkpoint"
+            f"sam3d {command} segments new scans from their clicks, which {cls.__name__} does not take; "
+            "score it on the test folds with `sam3d test`, or use a promptable volumetric SAM checkpoint"
         )
 
     # Optimisation -------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW with one parameter group per part, linear decay to ``final_lr_factor`` over the run."""
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 1:

@@ -70,3 +70,14 @@ def trained(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     workdir = tmp_path_factory.mktemp("trained")
     main(synthetic_cli_args("fit", synthetic_root, workdir))
     return workdir, next(workdir.glob("runs/**/checkpoints/best-*.ckpt"))
+
+
+@pytest.fixture
+def nothing_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails the test if a ``sam3d`` command gets as far as building its model, data module or trainer."""
+    from sam3d.cli import Sam3dCLI
+
+    def instantiate_classes(self: Sam3dCLI) -> None:
+        raise AssertionError("the command built its classes before refusing the config")
+
+    monkeypatch.setattr(Sam3dCLI, "instantiate_classes", instantiate_classes)

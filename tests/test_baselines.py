@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from cli_helpers import synthetic_cli_args
 
 from sam3d.automatic import AutomaticSamModule
@@ -274,3 +275,104 @@ def test_a_crop_the_overlay_cannot_take_stops_the_command_with_one_message(synth
     assert isinstance(message, str)
     assert message.startswith("sam3d: error: crop size (96, 80, 64) cannot be taken by SwinUNETR")
     assert "use 64 or 96" in message
+
+
+def test_the_automatic_sam_is_a_sibling_of_the_promptable_one_without_its_clicks(capsys, tmp_path):
+    from sam3d.module import VolumetricSamModule
+    from sam3d.task import SegmentationTask
+    from sam3d.volumetric import VolumetricSamTask
+
+    assert not issubclass(AutomaticSamModule, VolumetricSamModule)
+    assert issubclass(AutomaticSamModule, VolumetricSamTask)
+    assert issubclass(VolumetricSamModule, VolumetricSamTask)
+    assert AutomaticSamModule.predict_step is SegmentationTask.predict_step
+    assert not AutomaticSamModule.takes_clicks
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "-c",
+                "kits.yaml",
+                "-c",
+                OVERLAYS["automatic"],
+                "--data.root",
+                str(tmp_path),
+                "--print_config",
+            ]
+        )
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert model["input_scale"] is None
+    assert not {"click_mode", "correction_rounds", "click_maps"} & set(model)
+
+
+@pytest.mark.parametrize("method", ["automatic", "dynunet"])
+@pytest.mark.parametrize(
+    ("subcommand", "settings", "expected"),
+    [
+        ("fit", ["-c", "clicks/interactive.yaml"], "config asks for clicks: model.correction_rounds"),
+        ("fit", ["--data.click_mode", "interactive"], "config asks for clicks: data.click_mode interactive"),
+        (
+            "test",
+            ["--evaluation.refinement_clicks", "2"],
+            "config asks for clicks: evaluation.refinement_clicks 2",
+        ),
+        ("predict", [], "sam3d predict segments new scans from their clicks, which"),
+        ("serve", [], "sam3d serve segments new scans from their clicks, which"),
+    ],
+)
+def test_click_settings_for_a_trainer_without_clicks_are_refused_before_anything_is_built(
+    method, subcommand, settings, expected, synthetic_root, tmp_path, capsys, nothing_built
+):
+    message = _error_of(
+        _run(subcommand, method, synthetic_root, tmp_path, tmp_path / "cache", *settings), capsys
+    )
+    assert expected in message
+    trainer = "AutomaticSamModule" if method == "automatic" else "SupervisedBaselineModule"
+    assert trainer in message
+    assert "Traceback" not in message
+
+
+def test_the_clicks_overlay_before_a_trainer_overlay_is_refused_too(
+    synthetic_root, tmp_path, capsys, nothing_built
+):
+    args = synthetic_cli_args(
+        "fit", synthetic_root, tmp_path, "-c", "clicks/interactive.yaml", "-c", OVERLAYS["automatic"]
+    )
+    message = _error_of(args, capsys)
+    assert "AutomaticSamModule (-c automatic/sam.yaml) segments without clicks" in message
+    assert "data.click_mode interactive" in message
+    assert "Leave out the clicks overlay (clicks/interactive.yaml)" in message
+
+
+def _with_hyperparameters(checkpoint: Path, path: Path, **hyperparameters) -> Path:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["hyper_parameters"].update(hyperparameters)
+    torch.save(saved, path)
+    return path
+
+
+def test_an_automatic_checkpoint_holding_the_old_click_arguments_still_loads(
+    fitted, synthetic_root, cache_dir, tmp_path
+):
+    # Written while AutomaticSamModule took the promptable trainer's arguments (the data's clicks, unused).
+    old = _with_hyperparameters(
+        fitted("automatic")[1],
+        tmp_path / "old.ckpt",
+        click_mode="labelled",
+        correction_rounds=4,
+        click_maps=False,
+    )
+    main(_run("test", "automatic", synthetic_root, tmp_path, cache_dir, "--ckpt_path", str(old)))
+    assert list(tmp_path.glob("**/test/summary.json"))
+
+
+def test_an_automatic_checkpoint_trained_with_clicks_is_refused(
+    fitted, synthetic_root, cache_dir, tmp_path, capsys
+):
+    old = _with_hyperparameters(
+        fitted("automatic")[1], tmp_path / "old.ckpt", click_mode="interactive", click_maps=True
+    )
+    message = _error_of(
+        _run("test", "automatic", synthetic_root, tmp_path, cache_dir, "--ckpt_path", str(old)), capsys
+    )
+    assert "trained with click settings (click_mode interactive, click_maps True)" in message

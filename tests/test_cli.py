@@ -348,3 +348,116 @@ def test_fit_with_the_interactive_overlay_gives_the_model_its_click_mode_and_map
     # The overlay's network knows where clicks are, and two steps already train that part.
     assert checkpoint["hyper_parameters"]["click_maps"] is True
     assert checkpoint["state_dict"]["net.prompt_encoder.click_maps.project.weight"].abs().sum() > 0
+
+
+# One click-mode setting (data.click_mode) -----------------------------------------------------------------
+def test_print_config_shows_the_click_mode_that_runs(tmp_path, capsys):
+    args = ["fit", "-c", "kits.yaml", "-c", "clicks/interactive.yaml", "--data.root", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["click_mode"] == "interactive"
+    # The model's is linked from the data's: not printed, or printed as the data's.
+    assert printed["model"]["init_args"].get("click_mode", "interactive") == "interactive"
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        (["--model.click_mode", "interactive"], "model.click_mode"),
+        (["-c", "clicks/interactive.yaml", "--model.click_mode", "reference"], "model.click_mode"),
+        (["--model.init_args.click_mode=labelled"], "model.click_mode"),
+        (["--model.crop_size", "[32, 32, 32]"], "model.crop_size"),
+    ],
+)
+def test_linked_model_arguments_are_not_settings(settings, refused, tmp_path, capsys, nothing_built):
+    message = _error_of(["fit", "-c", "kits.yaml", "--data.root", str(tmp_path), *settings], capsys)
+    assert f"{refused} is not a setting" in message
+    assert "data." in message
+
+
+def test_a_config_file_with_the_model_click_mode_is_refused(tmp_path, capsys, nothing_built):
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  init_args:\n    click_mode: labelled\n")
+    message = _error_of(["fit", "-c", "kits.yaml", "-c", str(config), "--data.root", str(tmp_path)], capsys)
+    assert "model.click_mode is not a setting: data.click_mode is" in message
+
+
+def test_resuming_with_other_clicks_is_refused(trained, synthetic_root, tmp_path, capsys, nothing_built):
+    _, checkpoint = trained  # configs/synthetic.yaml: labelled clicks
+    args = _fit_args(
+        synthetic_root, tmp_path, "--ckpt_path", str(checkpoint), "--data.click_mode", "reference"
+    )
+    message = _error_of(args, capsys)
+    assert "resumes a run trained with data.click_mode labelled but the config says reference" in message
+
+
+@pytest.mark.parametrize("subcommand", ["test", "predict"])
+def test_a_command_that_needs_a_checkpoint_is_refused_before_anything_is_built(
+    subcommand, tmp_path, capsys, nothing_built
+):
+    message = _error_of([subcommand, "-c", str(SYNTHETIC_CONFIG), "--data.root", str(tmp_path)], capsys)
+    assert f"sam3d {subcommand} needs --ckpt_path" in message
+
+
+def test_predict_without_scans_is_refused_before_anything_is_built(trained, tmp_path, capsys, nothing_built):
+    _, checkpoint = trained
+    args = [
+        "predict",
+        "-c",
+        str(SYNTHETIC_CONFIG),
+        "--data.root",
+        str(tmp_path),
+        "--ckpt_path",
+        str(checkpoint),
+    ]
+    assert "sam3d predict needs --data.predict_scans" in _error_of(args, capsys)
+
+
+# The checkpoint is read once per command --------------------------------------------------------------------
+def _clicks_file(root: Path, path: Path) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    scan = min((root / "imagesTr").glob("*.nii.gz"))
+    target = np.argwhere(np.asarray(nib.load(root / "labelsTr" / scan.name).dataobj) > 0)
+    path.write_text(
+        f"scan,x,y,z,space,label\n{scan.name},{','.join(map(str, target[len(target) // 2]))},voxel,positive\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_the_checkpoint_file_is_read_once_per_command(
+    subcommand, trained, synthetic_root, tmp_path, monkeypatch
+):
+    from cli_helpers import predict_options
+
+    _, checkpoint = trained
+    reads: list[str] = []
+    load = torch.load
+
+    def counting_load(file, *args, **kwargs):
+        # A path, or an open file (fsspec's files name theirs `path`).
+        source = file if isinstance(file, str | Path) else getattr(file, "path", getattr(file, "name", None))
+        if isinstance(source, str | Path) and Path(source).resolve() == checkpoint.resolve():
+            reads.append(subcommand)
+        return load(file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    extra = [
+        "--ckpt_path",
+        str(checkpoint),
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+    ]
+    if subcommand == "predict":
+        scan = min((synthetic_root / "imagesTr").glob("*.nii.gz"))
+        clicks = _clicks_file(synthetic_root, tmp_path / "clicks.csv")
+        extra = predict_options(checkpoint, [scan], clicks, tmp_path / "masks")
+    main(
+        synthetic_cli_args(subcommand, synthetic_root, tmp_path, *extra)
+    )  # fit: resumes at max_epochs, stops
+    assert reads == [subcommand]

@@ -126,7 +126,7 @@ def test_foreign_checkpoint_is_refused(module):
 def test_file_hash_follows_a_file_rewritten_in_place(tmp_path):
     import os
 
-    from sam3d.module import file_sha256
+    from sam3d.volumetric import file_sha256
 
     path = tmp_path / "sam.pth"
     path.write_bytes(b"first")

@@ -9,16 +9,19 @@ same clicks every time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from sam3d.errors import Sam3dError
+
 __all__ = [
     "CLICK_MODES",
     "ClickMode",
     "FirstClick",
+    "checked_click_mode",
     "correction_click",
     "correction_clicks",
     "deepest_point",
@@ -34,6 +37,13 @@ FirstClick = Literal["random", "center"]
 Clicks = tuple[torch.Tensor, torch.Tensor]
 
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+def checked_click_mode(mode: str) -> ClickMode:
+    """``mode`` if it is one of :data:`CLICK_MODES`, else a :class:`Sam3dError` (the one check of click modes)."""
+    if mode not in CLICK_MODES:
+        raise Sam3dError(f"unknown click mode {mode!r}: click_mode must be one of {', '.join(CLICK_MODES)}")
+    return cast(ClickMode, mode)
 
 
 def _as_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
@@ -78,8 +88,7 @@ def training_clicks(
     Returns:
         ``points (N, 3)`` float32 and ``labels (N,)`` int64, positives first.
     """
-    if mode not in CLICK_MODES:
-        raise ValueError(f"click mode must be one of {CLICK_MODES}, got {mode!r}")
+    checked_click_mode(mode)
     if num_positive < 0 or num_context < 0:
         raise ValueError(f"click counts must be >= 0, got {num_positive} positive, {num_context} context")
     mask = _as_mask(mask)

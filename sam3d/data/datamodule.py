@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import check_targets
-from sam3d.data.clicks import CLICK_MODES, ClickMode
+from sam3d.data.clicks import ClickMode, checked_click_mode
 from sam3d.data.errors import DatasetError, format_problems
 from sam3d.data.folds import FoldCases, Part, fold_cases
 from sam3d.data.preprocessing import Preprocessing, RequestedPreprocessing
@@ -31,7 +31,10 @@ from sam3d.data.training.patches import (
 from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
 from sam3d.errors import Sam3dError
 
-__all__ = ["VolumeDataModule"]
+__all__ = ["PREDICT_NEEDS", "VolumeDataModule"]
+
+# What ``sam3d predict`` needs of the data module (refused by the CLI before anything is built).
+PREDICT_NEEDS = "sam3d predict needs --data.predict_scans (files or folders) and --data.predict_clicks"
 
 
 def _rank_and_world_size() -> tuple[int, int]:
@@ -100,7 +103,8 @@ class VolumeDataModule(L.LightningDataModule):
         pos_neg_ratio: Relative frequency of positive and negative training patch centres.
         click_mode: ``"reference"`` (all clicks labelled 1, as the reference), ``"labelled"`` or
             ``"interactive"`` (first clicks here; the model adds simulated corrections, see
-            :class:`sam3d.module.VolumetricSamModule`). The CLI passes it on to ``model.click_mode``.
+            :class:`sam3d.module.VolumetricSamModule`). The one click-mode setting: the CLI links it to
+            the promptable model's ``click_mode``; trainers without clicks refuse ``interactive``.
         num_positive_clicks: Clicks drawn from the target (training and validation).
         num_context_clicks: Training clicks drawn from the whole patch (reference) or background (labelled;
             interactive: only in patches without target).
@@ -165,8 +169,6 @@ class VolumeDataModule(L.LightningDataModule):
             raise Sam3dError(
                 f"pos_neg_ratio must be two non-negative numbers, not both 0, got {pos_neg_ratio!r}"
             )
-        if click_mode not in CLICK_MODES:
-            raise Sam3dError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         self.root = Path(root).expanduser() if root is not None else None
         self.dataset, self.fold = dataset, fold
         self.predict_scans, self.predict_clicks = predict_scans, predict_clicks
@@ -188,7 +190,7 @@ class VolumeDataModule(L.LightningDataModule):
             else bool(preset and preset.in_plane_only)
         )
         self.pos_neg_ratio = (float(pos_neg_ratio[0]), float(pos_neg_ratio[1]))
-        self.click_mode: ClickMode = click_mode
+        self.click_mode: ClickMode = checked_click_mode(click_mode)
         self.num_positive_clicks, self.num_context_clicks = num_positive_clicks, num_context_clicks
         self.seed = seed
         self._fold: FoldCases | None = None
@@ -312,9 +314,7 @@ class VolumeDataModule(L.LightningDataModule):
         """
         if stage == "predict":
             if not self.predict_scans or not self.predict_clicks:
-                raise DatasetError(
-                    "sam3d predict needs --data.predict_scans (files or folders) and --data.predict_clicks"
-                )
+                raise DatasetError(PREDICT_NEEDS)
             return
         if stage == "test":
             if not self.cases("test"):

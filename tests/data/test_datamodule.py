@@ -10,6 +10,7 @@ from sam3d.data.splits import folds_from_catalog, save_splits
 from sam3d.data.training import patches
 from sam3d.data.training.augmentation import random_warp
 from sam3d.data.training.queue import EpochSampler
+from sam3d.errors import Sam3dError
 
 
 def make(root, tmp_path, **kwargs):
@@ -212,3 +213,8 @@ def test_real_ct_patches_and_clicks_land_in_the_tumour(tmp_path, shared_ct_root)
 
         original = (nib.load(case.case.label).get_fdata() == 1).sum() * source[0] * source[1] * source[2]
         assert abs(resampled - original) / original < 0.05, case.case.case_id
+
+
+def test_the_data_module_refuses_an_unknown_click_mode(synthetic_root):
+    with pytest.raises(Sam3dError, match="unknown click mode 'boxes': click_mode must be one of reference"):
+        VolumeDataModule(synthetic_root, click_mode="boxes")  # type: ignore[arg-type]
