@@ -413,8 +413,7 @@ class Sam3dCLI(LightningCLI):
                 "any trainer overlay, e.g. trainer/ddp_bf16.yaml, which asks for every GPU)"
             ) from None
         checkpoint, self.checkpoint = self.checkpoint, None  # not kept all along a fit
-        # `serve` loads the checkpoint itself (sam3d.serve.command), not through the trainer.
-        if checkpoint is not None and self.checkpoint_path is not None and self.subcommand != "serve":
+        if checkpoint is not None and self.checkpoint_path is not None:
             strategy = trainer.strategy
             strategy.checkpoint_io = PreloadedCheckpointIO(
                 strategy.checkpoint_io, self.checkpoint_path, checkpoint

@@ -427,11 +427,16 @@ def _clicks_file(root: Path, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict", "serve"])
 def test_the_checkpoint_file_is_read_once_per_command(
     subcommand, trained, synthetic_root, tmp_path, monkeypatch
 ):
     from cli_helpers import predict_options
+
+    from sam3d.serve import command
+
+    served = []
+    monkeypatch.setattr(command, "run", lambda app, host, port: served.append(app))  # no server started
 
     _, checkpoint = trained
     reads: list[str] = []
@@ -461,3 +466,4 @@ def test_the_checkpoint_file_is_read_once_per_command(
         synthetic_cli_args(subcommand, synthetic_root, tmp_path, *extra)
     )  # fit: resumes at max_epochs, stops
     assert reads == [subcommand]
+    assert len(served) == (subcommand == "serve")

@@ -9,7 +9,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from sam3d.data import VolumeDataModule
 from sam3d.data.scans import scan_files
-from sam3d.models.checkpoints import load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.serve.app import ServeSettings, create_app, memory_note
 from sam3d.serve.server import run
@@ -33,7 +32,8 @@ def serve(
     The data module gives the scans listed (``--data.predict_scans``) and the checkpoint's preprocessing,
     ``module.evaluation`` the protocol, the trainer's prediction writer (``--prediction``) the output folder.
     """
-    checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
+    # The CLI has read and checked the file: the trainer's checkpoint IO hands over that copy.
+    checkpoint = trainer.strategy.checkpoint_io.load_checkpoint(ckpt_path)
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     net = module.net.to(trainer.strategy.root_device).eval()
