@@ -28,7 +28,7 @@ from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.synthetic import make_synthetic_dataset
 from sam3d.models import build_volumetric_sam
 from sam3d.models.checkpoints import load_weights_file
-from sam3d.serve import ServeSettings, create_app
+from sam3d.serve import ServeSettings, SessionStore, create_app
 from sam3d.serve.server import bind
 
 # configs/synthetic.yaml's preprocessing
@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = make_synthetic_dataset(Path(folder) / "data", num_cases=1)
         scan = root / "imagesTr" / "phantom_000.nii.gz"
-        app = create_app(net, PREPROCESSING, PredictionWriter(folder), [scan], ServeSettings())
+        app = create_app(SessionStore(net, PREPROCESSING, PredictionWriter(folder), [scan], ServeSettings()))
         sock = bind("127.0.0.1", 0)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()

@@ -24,7 +24,7 @@ from sam3d.data.clicks import first_click
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans import load_label, load_scan
 from sam3d.models import CropEncoding
-from sam3d.serve import ServeSettings, create_app
+from sam3d.serve import ServeSettings, SessionStore, create_app
 from sam3d.serve.server import bind
 
 # configs/synthetic.yaml's preprocessing (what its checkpoints record)
@@ -104,7 +104,9 @@ def live_server(
     net: torch.nn.Module, scans: list[Path], output_dir: Path, **settings: object
 ) -> Iterator[str]:
     """A `sam3d serve` application on a free loopback port, in a thread; yields its address."""
-    app = create_app(net, PREPROCESSING, PredictionWriter(str(output_dir)), scans, ServeSettings(**settings))
+    app = create_app(
+        SessionStore(net, PREPROCESSING, PredictionWriter(str(output_dir)), scans, ServeSettings(**settings))
+    )
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

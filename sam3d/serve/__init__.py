@@ -6,8 +6,8 @@ the Starlette application (its route handlers over one :class:`~sam3d.serve.app.
 pages), :mod:`~sam3d.serve.server` the socket and uvicorn; ``static/`` is the page (plain canvases).
 """
 
-from sam3d.serve.app import ServeSettings, create_app
+from sam3d.serve.app import ServeSettings, SessionStore, create_app
 from sam3d.serve.server import run
 from sam3d.serve.viewer import ScanView, ViewSettings, open_scan
 
-__all__ = ["ScanView", "ServeSettings", "ViewSettings", "create_app", "open_scan", "run"]
+__all__ = ["ScanView", "ServeSettings", "SessionStore", "ViewSettings", "create_app", "open_scan", "run"]

@@ -427,33 +427,15 @@ ROUTES = [
 ]
 
 
-def create_app(
-    net: VolumetricSam,
-    preprocessing: Preprocessing,
-    output: OutputOptions,
-    scans: list[Path],
-    settings: ServeSettings | None = None,
-    forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
-    problems: list[str] | None = None,
-) -> Starlette:
-    """The ``sam3d serve`` application: the :data:`ROUTES` over a new :class:`SessionStore`.
-
-    Args:
-        net: The network, on its device, in eval mode.
-        preprocessing: The checkpoint's preprocessing.
-        output: Where Save writes: the ``predict`` writer (its ``output_dir`` and ``probabilities``).
-        scans: Scan files listed on the page.
-        settings: Segmentation settings and limits.
-        forward_context: Context of every network call (the trainer's precision).
-        problems: Inputs that name no usable scan, shown on the page.
-    """
+def create_app(sessions: SessionStore) -> Starlette:
+    """The ``sam3d serve`` application: the :data:`ROUTES` over ``sessions`` (``app.state.sessions``)."""
     app = Starlette(
         routes=ROUTES,
         middleware=[Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
         exception_handlers={Sam3dError: user_error, Exception: server_error},
         lifespan=lifespan,
     )
-    app.state.sessions = SessionStore(net, preprocessing, output, scans, settings, forward_context, problems)
+    app.state.sessions = sessions
     return app
 
 

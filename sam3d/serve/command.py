@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from sam3d.data import VolumeDataModule
 from sam3d.data.scans import scan_files
 from sam3d.module import VolumetricSamModule
-from sam3d.serve.app import ServeSettings, create_app, memory_note
+from sam3d.serve.app import ServeSettings, SessionStore, create_app, memory_note
 from sam3d.serve.server import run
 from sam3d.serve.viewer import OutputFolder, OutputOptions, ViewSettings
 
@@ -46,7 +46,7 @@ def serve(
         ViewSettings(evaluation.protocol, evaluation.threshold, evaluation.cache_size, max_voxels),
         max_sessions,
     )
-    app = create_app(
+    sessions = SessionStore(
         net,
         datamodule.preprocessing,
         output,
@@ -55,6 +55,7 @@ def serve(
         trainer.precision_plugin.forward_context,
         [str(problem) for problem in problems],
     )
+    app = create_app(sessions)
     print(
         f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
         f"masks are saved into {output.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
