@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +80,22 @@ class ChallengeBox:
     w_min: int
     h_max: int
     w_max: int
+
+    @classmethod
+    def from_challenge(cls, box: Mapping[str, int]) -> ChallengeBox:
+        """The box a challenge test file stores (one entry of its ``boxes``), in sam3d's names.
+
+        The challenge's ``x`` is the last array axis (w) and ``y`` the middle one (h).
+        """
+        return cls(
+            d_min=int(box["z_min"]),
+            d_max=int(box["z_max"]),
+            d_mid=int(box["z_mid"]),
+            h_min=int(box["z_mid_y_min"]),
+            w_min=int(box["z_mid_x_min"]),
+            h_max=int(box["z_mid_y_max"]),
+            w_max=int(box["z_mid_x_max"]),
+        )
 
     @property
     def bounds(self) -> tuple[int, int, int, int, int, int]:

@@ -37,6 +37,13 @@ def test_box_spans_the_label_slices_and_the_middle_slice_in_plane():
     assert box.bounds == (2, 3, 1, 6, 4, 6)  # inclusive; not the 3D extent (h, w 0..7)
 
 
+def test_box_reads_the_challenge_files_keys():
+    label = block((6, 20, 30), (1, 4), (2, 5), (7, 12))  # h 2..4, w 7..11
+    stored = {"z_min": 1, "z_max": 3, "z_mid": 2, "z_mid_x_min": 7, "z_mid_y_min": 2}
+    stored |= {"z_mid_x_max": 11, "z_mid_y_max": 4}  # as get_boxes.py writes it: x is w, y is h
+    assert ChallengeBox.from_challenge(stored) == challenge_box(label)
+
+
 def test_box_shift_scales_with_the_slice_and_is_clipped():
     label = block((4, 64, 128), (1, 3), (0, 10), (20, 127))
     box = challenge_box(label, shift=5)  # h: int(5 * 64 / 256) = 1, w: int(5 * 128 / 256) = 2
