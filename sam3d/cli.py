@@ -494,7 +494,7 @@ def _refuse_what_cannot_run(subcommand: str, config: Any, ckpt_path: str | None)
 
 
 # Arguments of the promptable trainer only: a trainer without clicks refuses them.
-CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps")
+CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps", "click_encoding", "dense_prompts")
 
 
 def _takes_clicks(path: str) -> bool:
