@@ -9,6 +9,7 @@ network that has not trained the projection therefore behaves exactly as without
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
