@@ -104,6 +104,20 @@ def _check_voxel_map(name: str, values: torch.Tensor, shape: tuple[int, ...]) ->
             raise ValueError(f"{name} must hold values in [0, 1] (masks or probabilities)")
 
 
+def area_pool(values: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """``(B, C, *crop)`` averaged over each cell of ``grid``: the fraction of a cell a mask covers.
+
+    A mean over reshaped blocks when the grid divides the crop (it stays in the input's dtype, where CPU
+    autocast would run pooling ops in float32), else adaptive average pooling.
+    """
+    crop = values.shape[2:]
+    if any(size % cells for size, cells in zip(crop, grid, strict=True)):
+        return F.adaptive_avg_pool3d(values, grid)
+    blocks = [(cells, size // cells) for size, cells in zip(crop, grid, strict=True)]
+    shape = [size for block in blocks for size in block]
+    return values.reshape(*values.shape[:2], *shape).mean((3, 5, 7))
+
+
 def render_boxes(
     boxes: torch.Tensor, valid: torch.Tensor | None, crop: tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor:
@@ -149,7 +163,7 @@ class DensePrompts(nn.Module):
             if rendered is None:
                 pooled.append(torch.zeros(batch, CHANNELS[name], *grid, device=device, dtype=dtype))
             else:
-                pooled.append(F.adaptive_avg_pool3d(rendered, grid))
+                pooled.append(area_pool(rendered, grid))
         return torch.cat(pooled, dim=1)
 
     def _render(self, name: DensePrompt, inputs: DenseInputs, dtype: torch.dtype) -> torch.Tensor | None:
