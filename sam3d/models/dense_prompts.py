@@ -112,7 +112,7 @@ def area_pool(values: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """
     crop = values.shape[2:]
     if any(size % cells for size, cells in zip(crop, grid, strict=True)):
-        return F.adaptive_avg_pool3d(values, grid)
+        return F.adaptive_avg_pool3d(values, (grid[0], grid[1], grid[2]))
     blocks = [(cells, size // cells) for size, cells in zip(crop, grid, strict=True)]
     shape = [size for block in blocks for size in block]
     return values.reshape(*values.shape[:2], *shape).mean((3, 5, 7))
