@@ -10,7 +10,7 @@ import torch
 from test_fused_paths import _Float32Activations
 
 from sam3d.errors import Sam3dError
-from sam3d.models import VARIANTS, DenseInputs, VolumetricSam, build_volumetric_sam
+from sam3d.models import VARIANTS, DenseInputs, VolumetricSam, VolumetricSamConfig, build_volumetric_sam
 from sam3d.models.common import LayerNorm, LayerNorm3d
 from sam3d.models.prompt_encoder import ClickMaps, ClickPromptEncoder, ClickSampler
 
@@ -21,8 +21,8 @@ PROJECTION = {"prompt_encoder.dense_prompts.project.weight", "prompt_encoder.den
 
 
 def _box_corner() -> torch.Tensor:
-    """``(1, 1, 6)``: a box over voxels 0..9 of every axis, i.e. over tokens 0..2."""
-    return torch.tensor([[[0.0, 0, 0, 9, 9, 9]]])
+    """``(1, 1, 6)``: a box over voxels 0..11 of every axis, i.e. exactly over tokens 0..2."""
+    return torch.tensor([[[0.0, 0, 0, 11, 11, 11]]])
 
 
 def _scribbles() -> torch.Tensor:
@@ -48,15 +48,19 @@ PROMPTS = {
 CLICKS = torch.tensor([[[20.0, 30.0, 40.0], [5.0, 5, 5]]]), torch.tensor([[1, 0]])
 
 
-def _net(*prompts: str, **kwargs) -> VolumetricSam:
+def _net(*prompts: str) -> VolumetricSam:
+    """The tiny network with ``prompts``; without any, built with the builder's defaults (the paper's)."""
     torch.manual_seed(0)
-    return build_volumetric_sam("tiny", dense_prompts=prompts, **kwargs).eval()
+    if not prompts:
+        return build_volumetric_sam("tiny").eval()
+    return build_volumetric_sam("tiny", dense_prompts=prompts).eval()
 
 
 def test_without_dense_prompts_the_network_is_the_papers():
     paper, enabled = _net(), _net("box", "scribble", "mask")
-    assert paper.config.dense_prompts == ()
-    assert paper.config.click_encoding == "gaussian"
+    for config in (VolumetricSamConfig(), *VARIANTS.values(), paper.config):
+        assert config.dense_prompts == ()
+        assert config.click_encoding == "gaussian"
     assert paper.prompt_encoder.dense_prompts is None
     assert not any("dense_prompts" in name for name in paper.state_dict())
     assert set(enabled.state_dict()) - set(paper.state_dict()) == PROJECTION
