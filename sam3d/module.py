@@ -80,10 +80,18 @@ class VolumetricSamModule(VolumetricSamTask):
         self.method = name if self.hparams["freeze_sam"] or adaptation == "full" else f"{name}-unfrozen"
 
     def forward(
-        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **dense_prompts: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Logits ``(B, 2, D, H, W)`` of the network (see :class:`sam3d.models.VolumetricSam`)."""
-        return self.net(image, points, labels)
+        """Logits ``(B, 2, D, H, W)`` of the network (see :class:`sam3d.models.VolumetricSam`).
+
+        ``dense_prompts``: the network's keyword arguments ``boxes``, ``box_valid``, ``scribbles`` and
+        ``previous_mask``, for a network built with ``dense_prompts``.
+        """
+        return self.net(image, points, labels, **dense_prompts)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         # Losses and metrics in float32 whatever the autocast precision.

@@ -57,6 +57,14 @@ def test_every_prompt_overlay_parses_and_builds_its_network(overlay, tmp_path, c
     assert config.click_encoding == settings["model"].get("click_encoding", "gaussian")
 
 
+def test_a_trainer_without_clicks_refuses_a_prompt_overlay(tmp_path, capsys):
+    automatic = str(CONFIGS / "automatic" / "sam.yaml")
+    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", automatic, "-c", str(CONFIGS / "prompts" / "box.yaml")]
+    message = _error_of([*args, "--data.root", str(tmp_path), "--print_config"], capsys)
+    assert "model.dense_prompts" in message
+    assert "prompts/*.yaml overlay" in message
+
+
 def test_dataset_configs_write_out_the_paper_preprocessing():
     from sam3d.data.catalog import PRESETS
 
