@@ -142,16 +142,18 @@ class ClickMaps(nn.Module):
             shape = [1, 1, 1, 1, 1]
             shape[2 + axis] = size
             squared = squared + (centres.view(shape) - points[..., axis, None, None, None].float()) ** 2
-        distance = squared.sqrt() if self.encoding == "distance" else squared
         for index, sigma in enumerate(self.sigmas):
-            if self.encoding == "distance":
-                encoded = torch.exp(-distance / sigma)  # (B, N, *grid)
-            else:
-                encoded = torch.exp(-squared / (2 * sigma**2))
+            encoded = self._encode(squared, sigma)  # (B, N, *grid)
             for offset, label in enumerate((POSITIVE, NEGATIVE)):
                 chosen = (labels == label)[..., None, None, None]
                 maps[:, 2 * index + offset] = (encoded * chosen).amax(1)
         return maps
+
+    def _encode(self, squared: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Squared distances ``d^2`` to ``exp(-d / sigma)`` (``distance``) or ``exp(-d^2 / (2 sigma^2))``."""
+        if self.encoding == "distance":
+            return torch.exp(-squared.sqrt() / sigma)
+        return torch.exp(-squared / (2 * sigma**2))
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         """The maps projected to ``(B, dim, *grid)``, in the projection's dtype."""
