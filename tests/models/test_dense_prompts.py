@@ -249,3 +249,13 @@ def test_bf16_autocast_runs_the_dense_prompts_in_bfloat16():
     assert maps.dtype == torch.bfloat16
     assert logits.dtype == torch.bfloat16
     assert recorder.found == set()
+
+
+def test_integer_boxes_and_bool_scribbles_read_as_their_float_values():
+    encoder = _trained_encoder("box", "scribble")
+    image_map = torch.randn(1, TINY.neck_dim, *GRID)
+    as_float = DenseInputs(boxes=_box_corner(), scribbles=_scribbles())
+    as_given = DenseInputs(boxes=_box_corner().long(), scribbles=_scribbles().bool())
+    with torch.no_grad():
+        expected = encoder.dense_embedding(image_map, *CLICKS, as_float)
+        torch.testing.assert_close(encoder.dense_embedding(image_map, *CLICKS, as_given), expected)
