@@ -494,7 +494,7 @@ def _refuse_what_cannot_run(subcommand: str, config: Any, ckpt_path: str | None)
 
 
 # Arguments of the promptable trainer only: a trainer without clicks refuses them.
-CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps")
+CLICK_ARGUMENTS = ("click_mode", "correction_rounds", "click_maps", "click_encoding", "dense_prompts")
 
 
 def _takes_clicks(path: str) -> bool:
@@ -510,8 +510,8 @@ def _no_clicks_refusal(path: str, asked: list[str]) -> str:
     overlay = TRAINER_OVERLAYS.get(path, f"model.class_path {path}")
     return (
         f"{name} ({overlay}) segments without clicks, but the config asks for clicks: {'; '.join(asked)}. "
-        "Leave out the clicks overlay (clicks/interactive.yaml) and these settings, or use the promptable "
-        "SAM (no trainer overlay) to train or test with clicks"
+        "Leave out the clicks overlay (clicks/interactive.yaml), any prompts/*.yaml overlay and these "
+        "settings, or use the promptable SAM (no trainer overlay) to train or test with clicks"
     )
 
 

@@ -14,6 +14,7 @@ from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import evaluate_case
 from sam3d.inference import segment
+from sam3d.models import ClickEncoding, DensePrompt
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
 
@@ -44,6 +45,13 @@ class VolumetricSamModule(VolumetricSamTask):
         click_maps: Beyond the paper: the prompt encoder also gets Gaussian maps of where the positive and
             negative clicks are (the paper's clicks carry only the features under them, so a correction
             cannot say which of two look-alike regions it means); see ``build_volumetric_sam``.
+        click_encoding: How the click maps encode a click: ``gaussian`` (the default) or ``distance``
+            (``exp(-d / sigma)``, a distance-transform encoding); ``distance`` needs ``click_maps``.
+        dense_prompts: Beyond the paper: dense prompt types the network takes, among ``box``, ``scribble``
+            and ``mask`` (its previous prediction), each added to the prompt encoder's map through a
+            zero-initialised projection. Training does not feed them yet (no simulated user draws boxes,
+            scribbles or previous masks), so with this setting alone their projections learn nothing but
+            a constant offset; see ``configs/prompts/``.
         **kwargs: The network and recipe (:class:`sam3d.volumetric.VolumetricSamTask`: ``variant``,
             ``sam_checkpoint``, ``crop_size``, ``lr``, ...).
     """
@@ -55,23 +63,35 @@ class VolumetricSamModule(VolumetricSamTask):
         click_mode: ClickMode = "reference",
         correction_rounds: int = 4,
         click_maps: bool = False,
+        click_encoding: ClickEncoding = "gaussian",
+        dense_prompts: tuple[DensePrompt, ...] = (),
         **kwargs: Any,
     ) -> None:
         checked_click_mode(click_mode)
         if not isinstance(correction_rounds, int) or correction_rounds < 0:
             raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
         super().__init__(**kwargs)
-        self.net = self.build_network(click_maps=click_maps)
+        self.net = self.build_network(
+            click_maps=click_maps, click_encoding=click_encoding, dense_prompts=tuple(dense_prompts)
+        )
         adaptation = self.hparams["adaptation"]
         name = f"sam-lora-r{self.hparams['lora_rank']}" if adaptation == "lora" else f"sam-{adaptation}"
         # The method's name in test summaries and comparison reports, e.g. sam-spatial, sam-lora-r4.
         self.method = name if self.hparams["freeze_sam"] or adaptation == "full" else f"{name}-unfrozen"
 
     def forward(
-        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **dense_prompts: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Logits ``(B, 2, D, H, W)`` of the network (see :class:`sam3d.models.VolumetricSam`)."""
-        return self.net(image, points, labels)
+        """Logits ``(B, 2, D, H, W)`` of the network (see :class:`sam3d.models.VolumetricSam`).
+
+        ``dense_prompts``: the network's keyword arguments ``boxes``, ``box_valid``, ``scribbles`` and
+        ``previous_mask``, for a network built with ``dense_prompts``.
+        """
+        return self.net(image, points, labels, **dense_prompts)
 
     def _logits(self, batch: Batch) -> torch.Tensor:
         # Losses and metrics in float32 whatever the autocast precision.

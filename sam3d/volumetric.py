@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ import torch
 from sam3d.models import (
     Adaptation,
     CheckpointError,
+    ClickEncoding,
+    DensePrompt,
     Variant,
     VolumetricSam,
     build_volumetric_sam,
@@ -106,12 +109,20 @@ class VolumetricSamTask(SegmentationTask):
         self.check_recipe(lr, weight_decay, final_lr_factor)
         self.save_hyperparameters()  # also the subclass's own arguments (Lightning collects every __init__'s)
 
-    def build_network(self, click_maps: bool = False, prompted: bool = True) -> VolumetricSam:
+    def build_network(
+        self,
+        click_maps: bool = False,
+        prompted: bool = True,
+        click_encoding: ClickEncoding = "gaussian",
+        dense_prompts: Sequence[DensePrompt] = (),
+    ) -> VolumetricSam:
         """The network these hyperparameters describe, frozen as the paper freezes it.
 
         Args:
             click_maps: Give the prompt encoder Gaussian maps of where the clicks are (see
                 :func:`sam3d.models.build_volumetric_sam`).
+            click_encoding: ``gaussian`` or ``distance`` click maps.
+            dense_prompts: Dense prompt types the network takes (``box``, ``scribble``, ``mask``).
             prompted: False for a network that nothing prompts: its prompt encoder stays in the network
                 (and in checkpoints, as before) but is frozen, so no optimiser group holds it.
         """
@@ -125,6 +136,8 @@ class VolumetricSamTask(SegmentationTask):
             lora_rank=hparams["lora_rank"],
             input_scale=hparams["input_scale"],
             click_maps=click_maps,
+            click_encoding=click_encoding,
+            dense_prompts=dense_prompts,
         )
         checkpointing = hparams["activation_checkpointing"]
         net.activation_checkpointing = (

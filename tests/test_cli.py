@@ -16,6 +16,7 @@ from sam3d.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+PROMPT_CONFIGS = sorted(p.name for p in (CONFIGS / "prompts").glob("*.yaml"))
 
 
 def _fit_args(root: Path, workdir: Path, *extra: str) -> list[str]:
@@ -36,6 +37,32 @@ def test_every_config_parses(config, tmp_path, capsys):
         main(["fit", "--config", str(CONFIGS / config), "--data.root", str(tmp_path), "--print_config"])
     assert exit_info.value.code == 0
     assert "data:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overlay", PROMPT_CONFIGS)
+def test_every_prompt_overlay_parses_and_builds_its_network(overlay, tmp_path, capsys):
+    from sam3d.module import VolumetricSamModule
+
+    settings = yaml.safe_load((CONFIGS / "prompts" / overlay).read_text())
+    assert set(settings) == {"model"}  # network settings only
+    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", str(CONFIGS / "prompts" / overlay)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--data.root", str(tmp_path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    for key, value in settings["model"].items():
+        assert printed[key] == value, key
+    config = VolumetricSamModule(variant="tiny", **settings["model"]).net.config
+    assert config.dense_prompts == tuple(settings["model"].get("dense_prompts", ()))
+    assert config.click_encoding == settings["model"].get("click_encoding", "gaussian")
+
+
+def test_a_trainer_without_clicks_refuses_a_prompt_overlay(tmp_path, capsys):
+    automatic = str(CONFIGS / "automatic" / "sam.yaml")
+    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", automatic, "-c", str(CONFIGS / "prompts" / "box.yaml")]
+    message = _error_of([*args, "--data.root", str(tmp_path), "--print_config"], capsys)
+    assert "model.dense_prompts" in message
+    assert "prompts/*.yaml overlay" in message
 
 
 def test_dataset_configs_write_out_the_paper_preprocessing():

@@ -28,6 +28,26 @@ def module(monkeypatch):
     return VolumetricSamModule(variant="tiny")
 
 
+def test_prompt_settings_are_hyperparameters_of_the_network(monkeypatch):
+    monkeypatch.setattr(VolumetricSamModule, "trainer", None, raising=False)
+    module = VolumetricSamModule(
+        variant="tiny", click_maps=True, click_encoding="distance", dense_prompts=("box", "mask")
+    )
+    assert module.hparams["dense_prompts"] == ("box", "mask")
+    assert module.hparams["click_encoding"] == "distance"
+    assert module.net.config.dense_prompts == ("box", "mask")
+    assert module.net.prompt_encoder.click_maps.encoding == "distance"  # type: ignore[union-attr]
+    image, points = torch.randn(1, 1, 64, 64, 64), torch.tensor([[[30.0, 30, 30]]])
+    boxes = torch.tensor([[[10.0, 10, 10, 20, 20, 20]]])
+    assert module(image, points, boxes=boxes).shape == (1, 2, 64, 64, 64)
+    in_optimizer = {
+        id(p) for group in _optimizer_and_scheduler(module)[0].param_groups for p in group["params"]
+    }
+    assert id(module.net.prompt_encoder.dense_prompts.project.weight) in in_optimizer  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"'scribble' in VolumetricSamConfig\.dense_prompts"):
+        module(image, points, scribbles=torch.zeros(1, 2, 64, 64, 64))
+
+
 def test_adamw_groups_hold_exactly_the_trainable_parameters(module):
     optimizer, _ = _optimizer_and_scheduler(module)
     assert [group["name"] for group in optimizer.param_groups] == ["encoder", "prompt_encoder", "decoder"]

@@ -7,16 +7,33 @@ from sam3d.models.build import (
     trainable_parameter_groups,
 )
 from sam3d.models.checkpoints import CheckpointError
-from sam3d.models.config import ADAPTATIONS, VARIANTS, Adaptation, Variant, VolumetricSamConfig
+from sam3d.models.config import (
+    ADAPTATIONS,
+    CLICK_ENCODINGS,
+    DENSE_PROMPTS,
+    VARIANTS,
+    Adaptation,
+    ClickEncoding,
+    DensePrompt,
+    Variant,
+    VolumetricSamConfig,
+)
+from sam3d.models.dense_prompts import DenseInputs, DensePrompts
 from sam3d.models.reference import load_reference_checkpoint
 from sam3d.models.volumetric_sam import CropEncoding, VolumetricSam
 
 __all__ = [
     "ADAPTATIONS",
+    "CLICK_ENCODINGS",
+    "DENSE_PROMPTS",
     "VARIANTS",
     "Adaptation",
     "CheckpointError",
+    "ClickEncoding",
     "CropEncoding",
+    "DenseInputs",
+    "DensePrompt",
+    "DensePrompts",
     "Variant",
     "VolumetricSam",
     "VolumetricSamConfig",

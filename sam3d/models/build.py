@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -12,7 +13,14 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from sam3d.models.checkpoints import load_sam_image_encoder
-from sam3d.models.config import VARIANTS, Adaptation, Variant, VolumetricSamConfig
+from sam3d.models.config import (
+    VARIANTS,
+    Adaptation,
+    ClickEncoding,
+    DensePrompt,
+    Variant,
+    VolumetricSamConfig,
+)
 from sam3d.models.volumetric_sam import VolumetricSam
 
 # Encoder parameters trained in the paper (and the LoRA updates of the `lora` adaptation); every other
@@ -85,6 +93,8 @@ def build_volumetric_sam(
     lora_rank: int = 4,
     input_scale: float | None = None,
     click_maps: bool = False,
+    click_encoding: ClickEncoding = "gaussian",
+    dense_prompts: Sequence[DensePrompt] = (),
 ) -> VolumetricSam:
     """Build the paper's network.
 
@@ -101,6 +111,10 @@ def build_volumetric_sam(
         input_scale: Upsampling of the crop before the patch embedding; None: the variant's (4 for SAM's sizes).
         click_maps: Beyond the paper: tell the prompt encoder where the clicks are, with Gaussian maps
             1/16 and 1/4 of the crop's smallest edge wide (see ``VolumetricSamConfig.click_map_sigmas``).
+        click_encoding: ``gaussian`` or ``distance`` click maps (needs ``click_maps``; see
+            ``VolumetricSamConfig.click_encoding``).
+        dense_prompts: Beyond the paper: the dense prompt types the network takes, among ``box``,
+            ``scribble`` and ``mask`` (see ``VolumetricSamConfig.dense_prompts``).
 
     Returns:
         The network, on the CPU, in training mode.
@@ -115,6 +129,7 @@ def build_volumetric_sam(
     if click_maps:
         edge = min(config.crop_size)
         config = replace(config, click_map_sigmas=(edge / 16, edge / 4))
+    config = replace(config, click_encoding=click_encoding, dense_prompts=tuple(dense_prompts))
     net = VolumetricSam(config)
     if sam_checkpoint is not None:
         load_sam_image_encoder(net, sam_checkpoint, build_sam_2d(config, device="meta"))

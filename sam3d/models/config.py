@@ -11,6 +11,12 @@ Variant = Literal["vit_b", "vit_l", "vit_h", "tiny"]
 # How SAM's pretrained encoder is adapted (see `VolumetricSamConfig`); `spatial` is the paper's.
 Adaptation = Literal["spatial", "bottleneck", "lora", "frozen", "full"]
 ADAPTATIONS: tuple[Adaptation, ...] = get_args(Adaptation)
+# How the click maps encode each click: a Gaussian of the distance, or its exponential decay.
+ClickEncoding = Literal["gaussian", "distance"]
+CLICK_ENCODINGS: tuple[ClickEncoding, ...] = get_args(ClickEncoding)
+# Dense prompts beyond the clicks (see `sam3d.models.dense_prompts`).
+DensePrompt = Literal["box", "scribble", "mask"]
+DENSE_PROMPTS: tuple[DensePrompt, ...] = get_args(DensePrompt)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class VolumetricSamConfig:
             where each click is. The paper's clicks enter only as the features under them, which tells
             the network what the tumour looks like but not where: a correction click cannot single out
             one region among look-alikes. See :class:`sam3d.models.prompt_encoder.ClickMaps`.
+        click_encoding: How the click maps encode a click at distance ``d`` (crop voxels) from a token's
+            centre: ``gaussian`` ``exp(-d^2 / (2 sigma^2))`` or ``distance`` ``exp(-d / sigma)`` (a
+            distance-transform encoding: 1 at the click, slower decay far from it). Needs click maps.
+        dense_prompts: Beyond the paper, empty in it: dense prompt types the network takes besides clicks,
+            ``box``, ``scribble`` and ``mask`` (the previous prediction). See
+            :class:`sam3d.models.dense_prompts.DensePrompts`.
     """
 
     variant: Variant = "vit_b"
@@ -77,6 +89,8 @@ class VolumetricSamConfig:
     adaptation: Adaptation = "spatial"
     lora_rank: int = 4
     click_map_sigmas: tuple[float, ...] = ()
+    click_encoding: ClickEncoding = "gaussian"
+    dense_prompts: tuple[DensePrompt, ...] = ()
     neck_after_blocks: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +106,20 @@ class VolumetricSamConfig:
             raise Sam3dError(f"lora_rank must be at least 1, got {self.lora_rank}")
         if any(sigma <= 0 for sigma in self.click_map_sigmas):
             raise Sam3dError(f"click_map_sigmas must be positive, got {self.click_map_sigmas}")
+        if self.click_encoding not in CLICK_ENCODINGS:
+            raise Sam3dError(
+                f"unknown click_encoding {self.click_encoding!r}; choose one of {', '.join(CLICK_ENCODINGS)}"
+            )
+        if self.click_encoding != "gaussian" and not self.click_map_sigmas:
+            raise Sam3dError(
+                f"click_encoding {self.click_encoding!r} encodes the click maps, which this network does not "
+                "have: turn them on (click_map_sigmas; model.click_maps in the CLI)"
+            )
+        unknown = [name for name in self.dense_prompts if name not in DENSE_PROMPTS]
+        if unknown or len(set(self.dense_prompts)) != len(self.dense_prompts):
+            raise Sam3dError(
+                f"dense_prompts must name each of {', '.join(DENSE_PROMPTS)} at most once, got {self.dense_prompts}"
+            )
         step = self.depth // 4
         object.__setattr__(self, "neck_after_blocks", tuple(step * (i + 1) - 1 for i in range(4)))
         _ = self.token_grid  # raises if the crop size does not fit the network

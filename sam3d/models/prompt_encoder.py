@@ -8,7 +8,8 @@ from segment_anything.modeling.common import MLPBlock
 from torch import nn
 
 from sam3d.models.common import LayerNorm
-from sam3d.models.config import VolumetricSamConfig
+from sam3d.models.config import ClickEncoding, VolumetricSamConfig
+from sam3d.models.dense_prompts import DenseInputs, DensePrompts
 
 # Click labels: positive, negative, and padding for batches with unequal click counts.
 POSITIVE, NEGATIVE, PADDING = 1, 0, -1
@@ -103,18 +104,27 @@ class ClickSampler(nn.Module):
 
 
 class ClickMaps(nn.Module):
-    """Where the clicks are: Gaussian maps of the positive and of the negative clicks on the token grid.
+    """Where the clicks are: maps of the positive and of the negative clicks on the token grid.
 
-    One map per label and width, the maximum over that label's clicks of ``exp(-d^2 / (2 sigma^2))`` with
-    ``d`` the distance in crop voxels from a token's centre, projected to the map's channels by a
-    zero-initialised 1x1 convolution (a network that has not trained it behaves as without the maps).
+    One map per label and width, the maximum over that label's clicks of ``exp(-d^2 / (2 sigma^2))``
+    (``gaussian``) or ``exp(-d / sigma)`` (``distance``, a distance-transform encoding) with ``d`` the
+    distance in crop voxels from a token's centre, projected to the map's channels by a zero-initialised
+    1x1 convolution (a network that has not trained it behaves as without the maps). Computed in float32
+    from the click coordinates directly (a few clicks against a small grid).
     """
 
     crop_size: torch.Tensor
 
-    def __init__(self, crop_size: tuple[int, int, int], sigmas: tuple[float, ...], dim: int) -> None:
+    def __init__(
+        self,
+        crop_size: tuple[int, int, int],
+        sigmas: tuple[float, ...],
+        dim: int,
+        encoding: ClickEncoding = "gaussian",
+    ) -> None:
         super().__init__()
         self.sigmas = sigmas
+        self.encoding = encoding
         self.register_buffer("crop_size", torch.tensor(crop_size, dtype=torch.float32), persistent=False)
         self.project = nn.Conv3d(2 * len(sigmas), dim, 1)
         for parameter in self.project.parameters():
@@ -133,11 +143,17 @@ class ClickMaps(nn.Module):
             shape[2 + axis] = size
             squared = squared + (centres.view(shape) - points[..., axis, None, None, None].float()) ** 2
         for index, sigma in enumerate(self.sigmas):
-            gaussian = torch.exp(-squared / (2 * sigma**2))  # (B, N, *grid)
+            encoded = self._encode(squared, sigma)  # (B, N, *grid)
             for offset, label in enumerate((POSITIVE, NEGATIVE)):
                 chosen = (labels == label)[..., None, None, None]
-                maps[:, 2 * index + offset] = (gaussian * chosen).amax(1)
+                maps[:, 2 * index + offset] = (encoded * chosen).amax(1)
         return maps
+
+    def _encode(self, squared: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Squared distances ``d^2`` to ``exp(-d / sigma)`` (``distance``) or ``exp(-d^2 / (2 sigma^2))``."""
+        if self.encoding == "distance":
+            return torch.exp(-squared.sqrt() / sigma)
+        return torch.exp(-squared / (2 * sigma**2))
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
         """The maps projected to ``(B, dim, *grid)``, in the projection's dtype."""
@@ -151,7 +167,8 @@ class ClickPromptEncoder(nn.Module):
     distinguishes positive from negative clicks (the paper has no labels, so imported weights behave as
     the paper's network). The paper's code also computes random-Fourier positional encodings here but its
     layers never read them; they are therefore not computed. With ``config.click_map_sigmas`` (beyond the
-    paper), :class:`ClickMaps` add where the clicks are to the map before the two-way layers.
+    paper), :class:`ClickMaps` add where the clicks are to the map before the two-way layers; with
+    ``config.dense_prompts``, :class:`DensePrompts` add boxes, scribbles and the previous mask there too.
     """
 
     def __init__(self, config: VolumetricSamConfig) -> None:
@@ -171,19 +188,46 @@ class ClickPromptEncoder(nn.Module):
             for _ in range(config.prompt_depth)
         )
         self.click_maps = (
-            ClickMaps(config.crop_size, config.click_map_sigmas, dim) if config.click_map_sigmas else None
+            ClickMaps(config.crop_size, config.click_map_sigmas, dim, config.click_encoding)
+            if config.click_map_sigmas
+            else None
+        )
+        self.dense_prompts = (
+            DensePrompts(config.crop_size, config.dense_prompts, dim) if config.dense_prompts else None
         )
 
-    def forward(self, image_map: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Condition ``image_map (B, C, D, H, W)`` on ``points (B, N, 3)`` (crop voxels, d/h/w) and ``labels``."""
+    def dense_embedding(
+        self,
+        image_map: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        dense: DenseInputs | None = None,
+    ) -> torch.Tensor:
+        """The map the two-way layers read: ``image_map`` plus the click maps and dense prompts enabled."""
+        grid = tuple(image_map.shape[2:])
+        if self.click_maps is not None:
+            image_map = image_map + self.click_maps(points, labels, grid).to(image_map.dtype)
+        if self.dense_prompts is not None:
+            prompts = self.dense_prompts(dense or DenseInputs(), len(image_map), grid)
+            image_map = image_map + prompts.to(image_map.dtype)
+        return image_map
+
+    def forward(
+        self,
+        image_map: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        dense: DenseInputs | None = None,
+    ) -> torch.Tensor:
+        """Condition ``image_map (B, C, D, H, W)`` on ``points (B, N, 3)`` (crop voxels, d/h/w) and ``labels``.
+
+        ``dense`` holds the dense prompts (checked by the caller) of a network built with ``dense_prompts``.
+        """
         click_tokens = self.sample_clicks(image_map, points)
         real = labels != PADDING
         label_embedding = self.label_embed(labels.clamp(min=0)).to(click_tokens.dtype)
         click_tokens = click_tokens + label_embedding * real[..., None]
-        if self.click_maps is not None:
-            image_map = image_map + self.click_maps(points, labels, tuple(image_map.shape[2:])).to(
-                image_map.dtype
-            )
+        image_map = self.dense_embedding(image_map, points, labels, dense)
         image_tokens = image_map.flatten(2).transpose(1, 2)
         for layer in self.layers:
             image_tokens, click_tokens = layer(image_tokens, click_tokens, real)

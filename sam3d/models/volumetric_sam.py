@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sam3d.models.config import VolumetricSamConfig
+from sam3d.models.dense_prompts import DenseInputs, check_dense_inputs
 from sam3d.models.image_encoder import ImageEncoder3D
 from sam3d.models.mask_decoder import MultiLevelDecoder3D
 from sam3d.models.prompt_encoder import NEGATIVE, PADDING, POSITIVE, ClickPromptEncoder
@@ -52,19 +53,40 @@ class VolumetricSam(nn.Module):
         self.mask_decoder.activation_checkpointing = enabled
 
     def forward(
-        self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_valid: torch.Tensor | None = None,
+        scribbles: torch.Tensor | None = None,
+        previous_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Segment crops from clicks.
+        """Segment crops from clicks and, in a network built with ``dense_prompts``, dense prompts.
 
         Args:
             image: ``(B, 1, D, H, W)`` float crops, already windowed and normalised.
             points: ``(B, N, 3)`` click coordinates in voxels of the crop, in the image's axis order.
             labels: ``(B, N)`` with 1 (positive), 0 (negative) or -1 (padding); None means all positive.
+            boxes: ``box`` prompts: ``(B, K, 6)`` boxes ``(d0, h0, w0, d1, h1, w1)``, crop voxel indices
+                with both ends inside; ``d0 == d1`` for a 2D box on one slice.
+            box_valid: ``(B, K)`` bool, False for padding boxes; None: every box is real.
+            scribbles: ``scribble`` prompts: ``(B, 2, D, H, W)`` positive and negative voxel masks.
+            previous_mask: ``mask`` prompt: ``(B, 1, D, H, W)`` the previous foreground probability.
 
         Returns:
             Logits ``(B, num_classes, D, H, W)``.
         """
-        return self.segment(self.encode_image(image), points, labels)
+        return self.segment(
+            self.encode_image(image),
+            points,
+            labels,
+            boxes=boxes,
+            box_valid=box_valid,
+            scribbles=scribbles,
+            previous_mask=previous_mask,
+        )
 
     def encode_image(self, image: torch.Tensor) -> CropEncoding:
         """The click-independent encoding of ``(B, 1, D, H, W)`` crops."""
@@ -73,11 +95,22 @@ class VolumetricSam(nn.Module):
         return CropEncoding(features[-1], self.mask_decoder.context(features[:-1], image))
 
     def segment(
-        self, encoding: CropEncoding, points: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        encoding: CropEncoding,
+        points: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        boxes: torch.Tensor | None = None,
+        box_valid: torch.Tensor | None = None,
+        scribbles: torch.Tensor | None = None,
+        previous_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of one set of clicks per crop against the crops' ``encoding`` (see :meth:`forward`)."""
-        labels = self._check_clicks(len(encoding.last_map), points, labels)
-        conditioned = self.prompt_encoder(encoding.last_map, points, labels)
+        """Logits of one set of prompts per crop against the crops' ``encoding`` (see :meth:`forward`)."""
+        b = len(encoding.last_map)
+        labels = self._check_clicks(b, points, labels)
+        dense = DenseInputs(boxes, box_valid, scribbles, previous_mask)
+        check_dense_inputs(dense, self.config.dense_prompts, b, self.config.crop_size)
+        conditioned = self.prompt_encoder(encoding.last_map, points, labels, dense)
         return self.mask_decoder(encoding.decoder_context, conditioned)
 
     def segment_without_clicks(self, encoding: CropEncoding) -> torch.Tensor:
