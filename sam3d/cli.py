@@ -487,6 +487,13 @@ def _refuse_what_cannot_run(subcommand: str, config: Any, ckpt_path: str | None)
             asked.append(f"evaluation.refinement_clicks {config.evaluation.refinement_clicks}")
         if asked:
             raise Sam3dError(_no_clicks_refusal(config.model.class_path, asked))
+    elif dense := (config.model.init_args.get("dense_prompts") or ()):
+        raise Sam3dError(
+            f"model.dense_prompts {list(dense)}: the network takes box, scribble and previous-mask prompts "
+            "(sam3d.models.VolumetricSam), but no sam3d command feeds them yet (no simulated user draws them "
+            "in training, and test, predict and serve give clicks only), so their projections would learn "
+            "nothing; remove model.dense_prompts"
+        )
     if subcommand in ("test", "predict", "serve") and ckpt_path is None:
         raise CheckpointError(f"sam3d {subcommand} needs --ckpt_path (a checkpoint file, best or last)")
     if subcommand == "predict" and not (config.data.predict_scans and config.data.predict_clicks):

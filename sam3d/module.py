@@ -49,9 +49,8 @@ class VolumetricSamModule(VolumetricSamTask):
             (``exp(-d / sigma)``, a distance-transform encoding); ``distance`` needs ``click_maps``.
         dense_prompts: Beyond the paper: dense prompt types the network takes, among ``box``, ``scribble``
             and ``mask`` (its previous prediction), each added to the prompt encoder's map through a
-            zero-initialised projection. Training does not feed them yet (no simulated user draws boxes,
-            scribbles or previous masks), so with this setting alone their projections learn nothing but
-            a constant offset; see ``configs/prompts/``.
+            zero-initialised projection. The sam3d commands refuse it until training feeds them (no simulated
+            user draws boxes, scribbles or previous masks yet); for use from Python.
         **kwargs: The network and recipe (:class:`sam3d.volumetric.VolumetricSamTask`: ``variant``,
             ``sam_checkpoint``, ``crop_size``, ``lr``, ...).
     """

@@ -59,10 +59,20 @@ def test_every_prompt_overlay_parses_and_builds_its_network(overlay, tmp_path, c
 
 def test_a_trainer_without_clicks_refuses_a_prompt_overlay(tmp_path, capsys):
     automatic = str(CONFIGS / "automatic" / "sam.yaml")
-    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", automatic, "-c", str(CONFIGS / "prompts" / "box.yaml")]
+    overlay = str(CONFIGS / "prompts" / "distance_clicks.yaml")
+    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", automatic, "-c", overlay]
     message = _error_of([*args, "--data.root", str(tmp_path), "--print_config"], capsys)
-    assert "model.dense_prompts" in message
+    assert "asks for clicks: model.click_" in message  # click_maps or click_encoding, whichever comes first
     assert "prompts/*.yaml overlay" in message
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_dense_prompts_are_refused_while_no_command_feeds_them(subcommand, synthetic_root, tmp_path, capsys):
+    args = synthetic_cli_args(subcommand, synthetic_root, tmp_path, "--model.dense_prompts", "[box]")
+    message = _error_of(args, capsys)
+    assert "model.dense_prompts ['box']" in message
+    assert "no sam3d command feeds them yet" in message
+    assert not (tmp_path / "cache").exists()  # refused before the data was touched
 
 
 def test_dataset_configs_write_out_the_paper_preprocessing():

@@ -53,8 +53,7 @@ def check_dense_inputs(
         if name not in enabled:
             raise ValueError(
                 f"{ARGUMENTS[name]} given, but this network takes no {name} prompts: build it with "
-                f"'{name}' in VolumetricSamConfig.dense_prompts (model.dense_prompts in the CLI, "
-                f"configs/prompts/*.yaml)"
+                f"'{name}' in VolumetricSamConfig.dense_prompts"
             )
     crop = tuple(crop_size)
     if inputs.box_valid is not None and inputs.boxes is None:
