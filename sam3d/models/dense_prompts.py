@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam3d.models.common import autocast_dtype
 from sam3d.models.config import DENSE_PROMPTS, DensePrompt
 
 # Rendered channels per prompt type.
@@ -150,12 +151,7 @@ class DensePrompts(nn.Module):
 
     def maps(self, inputs: DenseInputs, batch: int, grid: tuple[int, ...]) -> torch.Tensor:
         """``(B, channels, *grid)``: each prompt's channels, area-pooled to ``grid``."""
-        device = self.project.weight.device
-        dtype = (
-            torch.get_autocast_dtype(device.type)
-            if torch.is_autocast_enabled(device.type)
-            else self.project.weight.dtype
-        )
+        device, dtype = self.project.weight.device, autocast_dtype(self.project.weight)
         pooled = []
         for name in self.prompts:
             rendered = self._render(name, inputs, dtype)
