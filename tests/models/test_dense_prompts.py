@@ -7,12 +7,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_fused_paths import _Float32Activations
+from test_fused_paths import float32_recorder
 
 from sam3d.errors import Sam3dError
 from sam3d.models import VARIANTS, DenseInputs, VolumetricSam, VolumetricSamConfig, build_volumetric_sam
-from sam3d.models.common import LayerNorm, LayerNorm3d
-from sam3d.models.prompt_encoder import ClickMaps, ClickPromptEncoder, ClickSampler
+from sam3d.models.prompt_encoder import ClickMaps, ClickPromptEncoder
 
 TINY = VARIANTS["tiny"]
 GRID = TINY.token_grid  # 16^3 tokens of 4^3 voxels for the 64^3 crop
@@ -228,18 +227,7 @@ def test_bf16_autocast_runs_the_dense_prompts_in_bfloat16():
     net = build_volumetric_sam("tiny", dense_prompts=("box", "scribble", "mask"))
     kwargs = {key: value for prompt in PROMPTS.values() for key, value in prompt[0].items()}
     image = torch.randn(1, 1, *CROP)
-    recorder = _Float32Activations(min_numel=max(p.numel() for p in net.parameters()) + 1)
-
-    def enter(*_):
-        recorder.inside_norm += 1
-
-    def leave(*_):
-        recorder.inside_norm -= 1
-
-    for module in net.modules():
-        if isinstance(module, LayerNorm | LayerNorm3d | ClickSampler):  # float32 by design
-            module.register_forward_pre_hook(enter)
-            module.register_forward_hook(leave)
+    recorder = float32_recorder(net, min_numel=max(p.numel() for p in net.parameters()) + 1)
     encoder = net.prompt_encoder.dense_prompts
     assert encoder is not None
     dense = DenseInputs(_box_corner(), None, _scribbles(), _blob())

@@ -261,14 +261,9 @@ class _Float32Activations(TorchDispatchMode):
         return out
 
 
-def test_bf16_autocast_leaves_no_float32_activations_outside_norms_and_click_sampling():
-    net = _tiny(crop=(64, 64, 64))
-    image = torch.randn(1, 1, 64, 64, 64)
-    # Activations only: weights may be sliced or folded in float32 before autocast casts them.
-    largest_parameter = max(p.numel() for p in net.parameters())
-    tokens = net.config.token_grid
-    assert tokens[0] * tokens[1] * tokens[2] * net.config.embed_dim > 2 * largest_parameter
-    recorder = _Float32Activations(min_numel=largest_parameter + 1)
+def float32_recorder(net: VolumetricSam, min_numel: int) -> _Float32Activations:
+    """A recorder of large float32 activations that looks away inside the float32-by-design modules."""
+    recorder = _Float32Activations(min_numel)
 
     def enter(*_):
         recorder.inside_norm += 1
@@ -280,6 +275,17 @@ def test_bf16_autocast_leaves_no_float32_activations_outside_norms_and_click_sam
         if isinstance(module, LayerNorm | LayerNorm3d | ClickSampler):  # float32 by design
             module.register_forward_pre_hook(enter)
             module.register_forward_hook(leave)
+    return recorder
+
+
+def test_bf16_autocast_leaves_no_float32_activations_outside_norms_and_click_sampling():
+    net = _tiny(crop=(64, 64, 64))
+    image = torch.randn(1, 1, 64, 64, 64)
+    # Activations only: weights may be sliced or folded in float32 before autocast casts them.
+    largest_parameter = max(p.numel() for p in net.parameters())
+    tokens = net.config.token_grid
+    assert tokens[0] * tokens[1] * tokens[2] * net.config.embed_dim > 2 * largest_parameter
+    recorder = float32_recorder(net, min_numel=largest_parameter + 1)
     with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
         logits = net(image, torch.tensor([[[10.0, 20.0, 30.0], [40.0, 7.0, 3.0]]]), torch.tensor([[1, 0]]))
     assert logits.dtype == torch.bfloat16
