@@ -63,8 +63,9 @@ def folded_patch_embedding(
 
     The convolution is computed as a matrix product of each token's source voxels with the folded kernel,
     in the autocast dtype. A bf16 convolution with one input channel goes to oneDNN on the CPU, which
-    packs input channels in pairs around a padded lane; through it this embedding once returned 1e21 and
-    NaN on a crop, depending on memory contents. Matrix products are the path every other layer takes.
+    packs input channels in pairs around a padded lane; as such a convolution, this embedding once returned
+    1e21 and NaN on a crop, depending on memory contents. Matrix products are the path every other layer
+    takes.
     Returns a channels-first view of channels-last tokens, as the encoder uses them.
     """
     kernel_sizes = (slice_embed.kernel_size[0], *patch_embed.kernel_size)
