@@ -18,7 +18,6 @@ indices ``(d, h, w)`` in the masks' axis order, which the challenge calls ``(z, 
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from sam3d.metrics import case_metrics
+from sam3d.metrics import case_metrics, clicks_curve_area
 
 __all__ = [
     "CLICK_SEED",
@@ -273,12 +272,13 @@ def challenge_scores(
     if not all(math.isfinite(v) for v in dice + nsd):
         raise ValueError(f"scores must be finite, got Dice {dice} and NSD {nsd}")
 
-    def auc(values: tuple[float, ...]) -> float:
-        clicks = values[-n_clicks:]
-        return float(sum((a + b) / 2 for a, b in itertools.pairwise(clicks)))
-
     return ChallengeScores(
-        dsc_auc=auc(dice), nsd_auc=auc(nsd), dsc_final=dice[-1], nsd_final=nsd[-1], dice=dice, nsd=nsd
+        dsc_auc=clicks_curve_area(dice[-n_clicks:]),
+        nsd_auc=clicks_curve_area(nsd[-n_clicks:]),
+        dsc_final=dice[-1],
+        nsd_final=nsd[-1],
+        dice=dice,
+        nsd=nsd,
     )
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
-__all__ = ["DEFAULT_TOLERANCE_MM", "case_metrics", "summarize"]
+__all__ = ["DEFAULT_TOLERANCE_MM", "case_metrics", "clicks_curve_area", "summarize"]
 
 DEFAULT_TOLERANCE_MM = 5.0
 
@@ -110,6 +110,12 @@ def case_metrics(
         )
         hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=spacing)
     return {"dice": float(dice), "nsd": float(nsd), "hd95": float(hd95)}
+
+
+def clicks_curve_area(values: Sequence[float]) -> float:
+    """Area under a curve of one value per prediction, by trapezoids one prediction wide (DSC-AUC, NSD-AUC)."""
+    points = [float(v) for v in values]
+    return sum(points) - (points[0] + points[-1]) / 2 if points else 0.0
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int | None]:

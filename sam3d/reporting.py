@@ -14,7 +14,7 @@ from typing import Any
 
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
-from sam3d.metrics import summarize
+from sam3d.metrics import clicks_curve_area, summarize
 
 METRICS = ("dice", "nsd", "hd95")
 Row = Mapping[str, Any]
@@ -38,7 +38,7 @@ def click_auc(rows: Sequence[Row], steps: int) -> dict[str, list[float]]:
         for metric, values in areas.items():
             points = [float(row[metric]) for row in curve]
             points += points[-1:] * (steps - len(points))
-            values.append(sum(points) - (points[0] + points[-1]) / 2)
+            values.append(clicks_curve_area(points))
     return areas
 
 
