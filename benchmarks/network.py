@@ -76,13 +76,13 @@ def child_forward(args: argparse.Namespace, device: torch.device) -> dict:
 
 def child_click(args: argparse.Namespace, device: torch.device) -> dict:
     """A first click, then ``--repeats`` correction clicks in the same crop (positive and negative)."""
-    from sam3d.inference import ClickSession
+    from sam3d.interaction import InteractionSession
 
     net = _network(args.variant, args.path, device).eval()
     crop = net.config.crop_size
     image = torch.randn(*(2 * n for n in crop))  # a volume larger than the crop
     centre = torch.tensor(image.shape) / 2
-    session = ClickSession(net, image, cache_size=8 if args.path == "new" else 0)
+    session = InteractionSession(net, image, cache_size=8 if args.path == "new" else 0)
     times = []
     with torch.autocast(device.type, torch.bfloat16, enabled=args.bf16):
         for index in range(args.repeats + 1):

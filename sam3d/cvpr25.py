@@ -19,7 +19,7 @@ indices ``(d, h, w)`` in the masks' axis order, which the challenge calls ``(z, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "challenge_box",
     "challenge_correction_click",
     "challenge_scores",
+    "challenge_steps",
     "gated_nsd",
     "run_protocol",
     "step_scores",
@@ -287,6 +288,38 @@ Predict = Callable[[ChallengeBox, Sequence[ChallengeClick], torch.Tensor | None]
 (oldest first) and the previous step's mask (None at the box step)."""
 
 
+def challenge_steps(
+    label: torch.Tensor, predict: Predict, box: ChallengeBox | None = None, n_clicks: int = N_CLICKS
+) -> Iterator[tuple[torch.Tensor, tuple[ChallengeClick, ...]]]:
+    """The challenge's interactions for one case: each step's prediction and the clicks it was given.
+
+    The box step, then ``n_clicks`` correction steps. Each correction click is placed on the previous
+    step's prediction (:func:`challenge_correction_click`) and added to the clicks so far; ``predict``
+    gets the box, all clicks and the previous prediction. When a prediction is already perfect no click
+    is added, but the step is still predicted, as in the challenge.
+
+    Args:
+        label: Binary ``(D, H, W)`` label, not empty.
+        predict: The method under test (see :data:`Predict`).
+        box: The first interaction; :func:`challenge_box` of the label if None.
+        n_clicks: Correction clicks.
+
+    Yields:
+        ``(prediction, clicks)`` per step, the box step first.
+    """
+    box = challenge_box(label) if box is None else box
+    clicks: list[ChallengeClick] = []
+    previous: torch.Tensor | None = None
+    for step in range(n_clicks + 1):
+        if step > 0:
+            assert previous is not None
+            click = challenge_correction_click(label, previous)
+            if click is not None:
+                clicks.append(click)
+        previous = predict(box, tuple(clicks), previous)
+        yield previous, tuple(clicks)
+
+
 def run_protocol(
     label: torch.Tensor,
     spacing: Sequence[float],
@@ -295,12 +328,7 @@ def run_protocol(
     n_clicks: int = N_CLICKS,
     tolerance_mm: float = TOLERANCE_MM,
 ) -> tuple[ChallengeScores, list[ChallengeClick]]:
-    """One case through the challenge's protocol: the box step, then ``n_clicks`` correction steps.
-
-    Each correction click is placed on the previous step's prediction (:func:`challenge_correction_click`)
-    and added to the clicks so far; ``predict`` gets the box, all clicks and the previous prediction.
-    When a prediction is already perfect no click is added, but the step is still predicted and
-    scored, as in the challenge.
+    """One case through the challenge's protocol (:func:`challenge_steps`), scored as the challenge scores.
 
     Args:
         label: Binary ``(D, H, W)`` label, not empty.
@@ -313,20 +341,8 @@ def run_protocol(
     Returns:
         The case's scores and the clicks placed.
     """
-    box = challenge_box(label) if box is None else box
-    clicks: list[ChallengeClick] = []
-    previous: torch.Tensor | None = None
-    dice: list[float] = []
-    nsd: list[float] = []
-    for step in range(n_clicks + 1):
-        if step > 0:
-            assert previous is not None
-            click = challenge_correction_click(label, previous)
-            if click is not None:
-                clicks.append(click)
-        prediction = predict(box, tuple(clicks), previous)
-        step_dice, step_nsd = step_scores(prediction, label, spacing, tolerance_mm)
-        dice.append(step_dice)
-        nsd.append(step_nsd)
-        previous = prediction
-    return challenge_scores(dice, nsd, n_clicks), clicks
+    steps = list(challenge_steps(label, predict, box, n_clicks))
+    dice, nsd = zip(
+        *(step_scores(prediction, label, spacing, tolerance_mm) for prediction, _ in steps), strict=True
+    )
+    return challenge_scores(dice, nsd, n_clicks), list(steps[-1][1])

@@ -3,7 +3,12 @@
 Promptable methods: a case is evaluated ``repeats`` times with seeded clicks. Each repeat starts from ``num_clicks`` clicks
 and adds ``refinement_clicks`` correction clicks, recording the metrics after every click (a
 clicks-vs-Dice curve). Correction clicks keep the crops of the first clicks, so they reuse those crops'
-encodings and cost only the decoding (see :class:`sam3d.inference.ClickSession`).
+encodings and cost only the decoding (see :class:`sam3d.interaction.InteractionSession`).
+
+``cvpr25``: the CVPR 2025 interactive 3D segmentation challenge's protocol (:mod:`sam3d.cvpr25`): a box from
+the label first, then five correction clicks at the challenge's error regions, every step with the previous
+prediction passed in (a network built with the ``mask`` prompt takes it), scored with a 2 mm NSD gated at
+Dice 0.2; one row per step (``clicks`` 0 is the box step).
 
 Methods without clicks (fully supervised baselines, automatic SAM): one prediction per case, reported as
 repeat 0 with 0 clicks in the same rows (:func:`evaluate_without_clicks`).
@@ -13,18 +18,23 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
+from sam3d.cvpr25 import N_CLICKS, TOLERANCE_MM, ChallengeBox, ChallengeClick, challenge_steps, gated_nsd
 from sam3d.data.clicks import correction_click, first_click, training_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase
 from sam3d.errors import Sam3dError
-from sam3d.inference import ClickSession, CropEncoder, Protocol
+from sam3d.inference import CropEncoder, Protocol
+from sam3d.interaction import InteractionSession
 from sam3d.metrics import case_metrics
 from sam3d.models import VolumetricSam
+
+EvaluationProtocol = Literal["paper", "full", "cvpr25"]
+EVALUATION_PROTOCOLS: tuple[str, ...] = get_args(EvaluationProtocol)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,10 @@ class EvaluationSettings:
         protocol: ``paper``: one crop centred on the clicks' bounding box (centre rounded down, padded with
             the dataset mean), zero elsewhere: the authors' test; ``full``: crops follow the object so
             tumours larger than a crop are covered, padded with the volume's minimum (see
-            :mod:`sam3d.inference`). Also used by ``sam3d predict``.
+            :mod:`sam3d.inference`); ``cvpr25``: the CVPR 2025 challenge's box, five correction clicks and
+            previous mask on ``full``'s crops, its own NSD tolerance (2 mm) and gating, one deterministic
+            sequence (``num_clicks``, ``first_click``, ``refinement_clicks``, ``repeats``, ``seed`` and
+            ``tolerance_mm`` do not apply). ``sam3d predict`` and ``serve`` place crops as ``full`` for it.
         num_clicks: Initial clicks.
         first_click: ``random``: drawn uniformly from the tumour (the paper); ``center``: the deepest
             interior point of the largest component (later initial clicks are random).
@@ -49,7 +62,7 @@ class EvaluationSettings:
         window_batch_size: Methods without clicks: crops segmented together (faster, more memory).
     """
 
-    protocol: Protocol = "paper"
+    protocol: EvaluationProtocol = "paper"
     num_clicks: int = 1
     first_click: Literal["random", "center"] = "random"
     refinement_clicks: int = 0
@@ -62,6 +75,10 @@ class EvaluationSettings:
     window_batch_size: int = 2
 
     def __post_init__(self) -> None:
+        if self.protocol not in EVALUATION_PROTOCOLS:
+            raise Sam3dError(
+                f"unknown evaluation protocol {self.protocol!r}: use one of {', '.join(EVALUATION_PROTOCOLS)}"
+            )
         if self.num_clicks < 1 or self.refinement_clicks < 0 or self.repeats < 1 or self.cache_size < 0:
             raise Sam3dError(
                 f"need num_clicks >= 1, refinement_clicks >= 0, repeats >= 1 and cache_size >= 0, got "
@@ -71,6 +88,11 @@ class EvaluationSettings:
             raise Sam3dError(
                 f"need 0 <= overlap < 1 and window_batch_size >= 1, got {self.overlap} and {self.window_batch_size}"
             )
+
+    @property
+    def crops(self) -> Protocol:
+        """Where crops go: ``paper`` or ``full`` (``cvpr25`` uses ``full``'s crops)."""
+        return "paper" if self.protocol == "paper" else "full"
 
 
 def initial_clicks(
@@ -98,6 +120,8 @@ def evaluate_case(
     net: VolumetricSam, case: EvaluationCase, settings: EvaluationSettings
 ) -> tuple[list[dict[str, float | int | str]], torch.Tensor, torch.Tensor]:
     """Score one case; returns a row per (repeat, click count), and the last prediction and clicks."""
+    if settings.protocol == "cvpr25":
+        return evaluate_cvpr25_case(net, case, settings)
     rows: list[dict[str, float | int | str]] = []
     prediction = torch.zeros_like(case.label, dtype=torch.bool)
     points = torch.zeros(0, 3)
@@ -107,7 +131,7 @@ def evaluate_case(
         points, labels = initial_clicks(case.label, settings, generator)
         if not len(points):
             break  # no tumour to click: the caller reports the case as skipped
-        session = ClickSession(net, case.image, settings.protocol, settings.threshold, encoder=encoder)
+        session = InteractionSession(net, case.image, settings.crops, settings.threshold, encoder=encoder)
         new_points, new_labels = points, labels
         for step in range(settings.refinement_clicks + 1):
             start = time.perf_counter()
@@ -129,6 +153,50 @@ def evaluate_case(
                 new_points, new_labels = correction_click(prediction, case.label, case.spacing)
         points = session.points
     return rows, prediction, points
+
+
+def evaluate_cvpr25_case(
+    net: VolumetricSam, case: EvaluationCase, settings: EvaluationSettings
+) -> tuple[list[dict[str, float | int | str]], torch.Tensor, torch.Tensor]:
+    """Score one case with the CVPR 2025 challenge's interactions (see :mod:`sam3d.cvpr25`).
+
+    The box and the clicks are derived from the label on the network grid, where the network works; the
+    scores are computed on the label's own grid. A network without the ``box`` prompt gets a positive
+    click at the box's centre instead (on its middle slice, the one slice whose extent the box gives).
+    """
+    if not case.label.any():
+        return [], torch.zeros_like(case.label, dtype=torch.bool), torch.zeros(0, 3)
+    session = InteractionSession(net, case.image, "full", settings.threshold, settings.cache_size)
+    seconds: list[float] = []
+
+    def predict(
+        box: ChallengeBox, clicks: Sequence[ChallengeClick], previous: torch.Tensor | None
+    ) -> torch.Tensor:
+        start = time.perf_counter()
+        if previous is None:
+            if "box" in session.takes:
+                session.add_box(box.bounds[:3], box.bounds[3:])
+            else:
+                session.add_click(_box_centre(box))
+        elif len(clicks) > len(session.points):  # no click after a perfect prediction: nothing changes
+            session.add_click(clicks[-1].point, clicks[-1].positive)
+        seconds.append(time.perf_counter() - start)
+        return session.probability > settings.threshold
+
+    rows: list[dict[str, float | int | str]] = []
+    for step, _ in enumerate(challenge_steps(case.label, predict, n_clicks=N_CLICKS)):
+        on_grid = case.to_label_grid(session.probability) > settings.threshold
+        metrics = case_metrics(
+            on_grid, case.label_on_grid, case.label_spacing, TOLERANCE_MM, use_subvoxels=True
+        )
+        metrics["nsd"] = gated_nsd(metrics["dice"], metrics["nsd"])
+        rows.append({"case": case.case_id, "repeat": 0, "clicks": step, **metrics, "seconds": seconds[step]})
+    shown = session.points if len(session.points) else session.prompts().positive_seeds()
+    return rows, session.probability > settings.threshold, shown
+
+
+def _box_centre(box: ChallengeBox) -> tuple[int, int, int]:
+    return box.d_mid, (box.h_min + box.h_max) // 2, (box.w_min + box.w_max) // 2
 
 
 def evaluate_without_clicks(

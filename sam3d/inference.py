@@ -16,7 +16,7 @@ Without clicks (the fully supervised baselines and the automatic SAM), :func:`sl
 covers the whole volume with overlapping crops (MONAI's sliding-window inference, Gaussian blending).
 
 Encoding a crop is the expensive part of the network; :class:`CropEncoder` keeps encodings for reuse, and
-:class:`ClickSession` uses it so that clicks added one by one (corrections) cost only the decoding.
+:class:`sam3d.interaction.InteractionSession` uses it so that interactions added one by one cost only the decoding.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -92,7 +93,7 @@ class CropEncoder:
 
 
 def crop_start(points: torch.Tensor, crop_size: tuple[int, int, int]) -> torch.Tensor:
-    """Start ``(3,)`` of the crop centred on the midpoint of the clicks' bounding box, rounded down (the paper's)."""
+    """Start ``(3,)`` of the crop centred on the midpoint of the points' bounding box, rounded down (the paper's)."""
     centre = torch.floor((points.amin(0) + points.amax(0)) / 2).long()
     return centre - torch.tensor(crop_size) // 2
 
@@ -108,15 +109,97 @@ def _slices(box: Box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in box)
 
 
+def _inside_crop(points: torch.Tensor, start: torch.Tensor, crop: tuple[int, ...]) -> torch.Tensor:
+    return ((points >= start) & (points <= start + torch.tensor(crop) - 1)).all(1)
+
+
+@dataclass(frozen=True)
+class VolumePrompts:
+    """Every prompt on one volume, in its voxels ``(d, h, w)``: what the crops of a prediction are cut from.
+
+    Attributes:
+        points: ``(N, 3)`` float clicks.
+        labels: ``(N,)`` int64 click labels, 1 positive, 0 negative.
+        boxes: ``(K, 6)`` int64 boxes ``(d0, h0, w0, d1, h1, w1)``, both ends inside the box.
+        scribble_voxels: ``(S, 3)`` int64 voxels of the scribbles.
+        scribble_labels: ``(S,)`` int64, 1 for a positive scribble's voxel, 0 for a negative one's.
+        previous: ``(D, H, W)`` the previous foreground probability, or None (none yet, or a network
+            without the ``mask`` prompt).
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 6, dtype=torch.long))
+    scribble_voxels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 3, dtype=torch.long))
+    scribble_labels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    previous: torch.Tensor | None = None
+
+    @classmethod
+    def from_clicks(cls, points: torch.Tensor, labels: torch.Tensor | None = None) -> VolumePrompts:
+        """Clicks only (labels default to all positive)."""
+        points = points.float().reshape(-1, 3)
+        labels = torch.full((len(points),), POSITIVE) if labels is None else labels.long().reshape(-1)
+        return cls(points, labels)
+
+    def positive_seeds(self) -> torch.Tensor:
+        """``(M, 3)`` voxels the object surely holds or surrounds: positive clicks and scribbles, box centres."""
+        centres = torch.div(self.boxes[:, :3] + self.boxes[:, 3:], 2, rounding_mode="floor").float()
+        scribbles = self.scribble_voxels[self.scribble_labels == POSITIVE].float()
+        return torch.cat([self.points[self.labels == POSITIVE], centres, scribbles])
+
+    def extent_points(self) -> torch.Tensor:
+        """``(M, 3)`` every click, box corner and scribble voxel: where the prompts are."""
+        corners = self.boxes.reshape(-1, 3).float()
+        return torch.cat([self.points, corners, self.scribble_voxels.float()])
+
+    def touches(self, start: torch.Tensor, crop: tuple[int, ...]) -> bool:
+        """Whether a box or a scribble voxel lies (at least partly) in the crop at ``start``."""
+        end = start + torch.tensor(crop) - 1
+        boxes_meet = ((self.boxes[:, :3] <= end) & (self.boxes[:, 3:] >= start)).all(1)
+        return bool(boxes_meet.any() or _inside_crop(self.scribble_voxels, start, crop).any())
+
+    def for_crop(
+        self, start: torch.Tensor, crop: tuple[int, ...], takes: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The network's keyword inputs for the crop at ``start``: its clicks and the dense prompts it takes.
+
+        Clicks outside the crop are dropped; boxes are clipped to it (boxes outside it dropped); a dense
+        prompt absent from the crop is not passed (the network renders it as zeros).
+        """
+        inside = _inside_crop(self.points, start, crop)
+        inputs = {"points": (self.points[inside] - start)[None], "labels": self.labels[inside][None]}
+        last = torch.tensor(crop) - 1
+        if "box" in takes and len(self.boxes):
+            lower, upper = (
+                (self.boxes[:, :3] - start).clamp(min=0),
+                (self.boxes[:, 3:] - start).clamp(max=last),
+            )
+            meets = ((lower <= last) & (upper >= 0) & (lower <= upper)).all(1)
+            if meets.any():
+                inputs["boxes"] = torch.cat([lower, upper], 1)[meets].float()[None]
+        scribbled = _inside_crop(self.scribble_voxels, start, crop)
+        if "scribble" in takes and scribbled.any():
+            scribbles = torch.zeros(2, *crop)
+            voxels, labels = self.scribble_voxels[scribbled] - start, self.scribble_labels[scribbled]
+            channel = (labels == NEGATIVE).long()  # positive scribbles in channel 0, negative in 1
+            scribbles[channel, voxels[:, 0], voxels[:, 1], voxels[:, 2]] = 1
+            inputs["scribbles"] = scribbles[None]
+        if "mask" in takes and self.previous is not None:
+            previous = torch.zeros(crop)
+            inside_volume, in_crop = _ranges(start, crop, tuple(self.previous.shape))
+            previous[_slices(in_crop)] = self.previous[_slices(inside_volume)]
+            inputs["previous_mask"] = previous[None, None].clamp(0, 1)
+        return inputs
+
+
 def predict_crop(
     encoder: CropEncoder,
     image: torch.Tensor,
     start: torch.Tensor,
-    points: torch.Tensor,
-    labels: torch.Tensor | None,
+    prompts: VolumePrompts,
     pad_value: float | None = None,
 ) -> torch.Tensor:
-    """Foreground probability ``crop_size`` of the crop at ``start``.
+    """Foreground probability ``crop_size`` of the crop at ``start`` from the prompts in it.
 
     Where the crop passes the volume's edge it is padded with ``pad_value``, None for the volume's minimum.
     """
@@ -127,8 +210,10 @@ def predict_crop(
     patch[_slices(in_crop)] = image[_slices(inside)]
     encoding = encoder(patch)
     device = encoding.last_map.device
-    batch_labels = None if labels is None else labels[None].to(device)
-    logits = net.segment(encoding, (points - start).float()[None].to(device), batch_labels)
+    inputs = prompts.for_crop(start, crop, net.config.dense_prompts)
+    points, labels = inputs.pop("points").float().to(device), inputs.pop("labels").to(device)
+    dense = {name: value.to(device) for name, value in inputs.items()}
+    logits = net.segment(encoding, points, labels, **dense)
     return logits.float().softmax(1)[0, 1].cpu()
 
 
@@ -136,8 +221,7 @@ def predict_crop(
 def segment_around_clicks(
     encoder: CropEncoder,
     image: torch.Tensor,
-    points: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    prompts: VolumePrompts,
     start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``paper`` protocol: probability ``(D, H, W)`` from one crop, zero elsewhere.
@@ -145,23 +229,16 @@ def segment_around_clicks(
     Args:
         encoder: The network's crop encoder (its ``config.crop_size`` sets the crop).
         image: ``(D, H, W)`` normalised volume.
-        points: ``(N, 3)`` clicks in volume voxels ``(d, h, w)``.
-        labels: ``(N,)`` click labels, None for all positive.
-        start: Crop start; default: centred on the clicks' bounding box. Clicks outside the crop are dropped.
+        prompts: The clicks (and dense prompts) in volume voxels ``(d, h, w)``.
+        start: Crop start; default: centred on the prompts' bounding box. Prompts outside the crop are dropped.
     """
     crop = encoder.crop_size
-    start = crop_start(points, crop) if start is None else start
+    start = crop_start(prompts.extent_points(), crop) if start is None else start
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
-    in_view = _inside_crop(points, start, crop)
     probability = image.new_zeros(image.shape)
-    crop_labels = None if labels is None else labels[in_view]
-    crop_probability = predict_crop(encoder, image, start, points[in_view], crop_labels, PAPER_PAD_VALUE)
+    crop_probability = predict_crop(encoder, image, start, prompts, PAPER_PAD_VALUE)
     probability[_slices(inside)] = crop_probability[_slices(in_crop)]
     return probability
-
-
-def _inside_crop(points: torch.Tensor, start: torch.Tensor, crop: tuple[int, ...]) -> torch.Tensor:
-    return ((points >= start) & (points <= start + torch.tensor(crop) - 1)).all(1)
 
 
 def _blend_weight(crop: tuple[int, ...]) -> torch.Tensor:
@@ -174,29 +251,28 @@ def _blend_weight(crop: tuple[int, ...]) -> torch.Tensor:
 def segment_object(
     encoder: CropEncoder,
     image: torch.Tensor,
-    points: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    prompts: VolumePrompts,
     threshold: float = 0.5,
     max_crops: int = 64,
     anchor: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``full`` protocol: probability ``(D, H, W)`` from crops that follow the object around the clicks.
+    """``full`` protocol: probability ``(D, H, W)`` from crops that follow the object around the prompts.
 
     Crops lie on a lattice of half-crop steps through ``anchor`` (default: the paper's crop), so a later
-    call with more clicks and the same anchor revisits the same crops (and reuses their encodings).
+    call with more prompts and the same anchor revisits the same crops (and reuses their encodings).
     """
     crop = encoder.crop_size
     shape = tuple(image.shape)
-    labels = torch.full((len(points),), POSITIVE, dtype=torch.long) if labels is None else labels
     step = torch.tensor(crop) // 2
-    anchor = crop_start(points, crop) if anchor is None else anchor
+    anchor = crop_start(prompts.extent_points(), crop) if anchor is None else anchor
     total, weights = image.new_zeros(shape), image.new_zeros(shape)
     blend = _blend_weight(crop)
     queue: list[torch.Tensor] = [anchor]
     seen: set[tuple[int, ...]] = set()
+    seeds = prompts.positive_seeds()
     while len(seen) < max_crops:
-        if not queue:  # a positive click no visited crop holds: start from its own crop
-            uncovered = [p for p in points[labels == POSITIVE] if not _covered(p, seen, crop)]
+        if not queue:  # a positive prompt no visited crop holds: start from its own crop
+            uncovered = [p for p in seeds if not _covered(p, seen, crop)]
             if not uncovered:
                 break
             queue.append(anchor + torch.round((uncovered[0] - anchor - step) / step).long() * step)
@@ -205,44 +281,45 @@ def segment_object(
             continue
         seen.add(tuple(start.tolist()))
         inside, in_crop = _ranges(start, crop, shape)
-        crop_points, crop_labels = _clicks_in_crop(points, labels, start, crop, total, weights, threshold)
-        if not len(crop_points):
+        crop_prompts = _prompts_of_crop(prompts, start, crop, total, weights, threshold)
+        if crop_prompts is None:
             continue
-        probability = predict_crop(encoder, image, start, crop_points, crop_labels)
+        probability = predict_crop(encoder, image, start, crop_prompts)
         total[_slices(inside)] += (probability * blend)[_slices(in_crop)]
         weights[_slices(inside)] += blend[_slices(in_crop)]
         queue += _neighbours(start, probability > threshold, crop, shape, step)
     probability = torch.where(weights > 0, total / weights.clamp(min=1e-12), 0)
-    return probability * _connected_to(probability > threshold, points[labels == POSITIVE])
+    return probability * _connected_to(probability > threshold, seeds, prompts.boxes)
 
 
 def _covered(point: torch.Tensor, starts: set[tuple[int, ...]], crop: tuple[int, ...]) -> bool:
     return any(bool(_inside_crop(point[None], torch.tensor(start), crop)[0]) for start in starts)
 
 
-def _clicks_in_crop(
-    points: torch.Tensor,
-    labels: torch.Tensor,
+def _prompts_of_crop(
+    prompts: VolumePrompts,
     start: torch.Tensor,
     crop: tuple[int, ...],
     total: torch.Tensor,
     weights: torch.Tensor,
     threshold: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clicks inside the crop, or a positive click at the deepest predicted object voxel in it."""
-    inside = _inside_crop(points, start, crop)
-    if inside.any():
-        return points[inside], labels[inside]
+) -> VolumePrompts | None:
+    """The prompts, if any lies in the crop; else a positive click at the deepest predicted object voxel in it.
+
+    None if the crop holds neither a prompt nor any of the object predicted so far.
+    """
+    if _inside_crop(prompts.points, start, crop).any() or prompts.touches(start, crop):
+        return prompts
     box, _ = _ranges(start, crop, tuple(total.shape))
     known = weights[_slices(box)] > 0
     object_so_far = (total[_slices(box)] > threshold * weights[_slices(box)]) & known
     if not object_so_far.any():
-        return points[:0], labels[:0]
+        return None
     depth = ndimage.distance_transform_edt(np.pad(object_so_far.numpy(), 1))[1:-1, 1:-1, 1:-1]
     deepest = torch.tensor(np.unravel_index(int(depth.argmax()), depth.shape)) + torch.tensor(
         [a for a, _ in box]
     )
-    return deepest[None].float(), torch.tensor([POSITIVE])
+    return replace(prompts, points=deepest[None].float(), labels=torch.tensor([POSITIVE]))
 
 
 def _neighbours(
@@ -265,13 +342,18 @@ def _neighbours(
     return found
 
 
-def _connected_to(mask: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """The connected components of ``mask`` that contain a seed voxel (all of ``mask`` without seeds)."""
-    if not len(seeds) or not mask.any():
+def _connected_to(mask: torch.Tensor, seeds: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The connected components of ``mask`` that hold a seed voxel or meet a box (all of ``mask`` without either)."""
+    if not (len(seeds) or len(boxes)) or not mask.any():
         return mask
     components, _ = ndimage.label(mask.numpy(), structure=np.ones((3, 3, 3)))
     index = seeds.round().long().clamp(min=torch.zeros(3, dtype=torch.long), max=torch.tensor(mask.shape) - 1)
-    ids = {int(components[tuple(p)]) for p in index.tolist()} - {0}
+    ids = {int(components[tuple(p)]) for p in index.tolist()}
+    for box in boxes.tolist():
+        ids |= set(
+            np.unique(components[box[0] : box[3] + 1, box[1] : box[4] + 1, box[2] : box[5] + 1]).tolist()
+        )
+    ids -= {0}
     if not ids:
         return mask
     return torch.from_numpy(np.isin(components, list(ids)))
@@ -286,116 +368,11 @@ def segment(
     threshold: float = 0.5,
 ) -> torch.Tensor:
     """Whole-volume probability of one set of clicks with the chosen protocol."""
-    return ClickSession(net, image, protocol, threshold, cache_size=0).add_clicks(points, labels)
-
-
-class ClickSession:
-    """Interactive segmentation of one volume: add clicks, get the updated foreground probability.
-
-    The crop encodings are kept (an LRU of ``cache_size`` crops, or a shared ``encoder``), so a click added
-    to a crop already seen costs only the prompt encoder and decoder. The crops stay where the first
-    clicks put them: ``paper`` keeps the first clicks' crop for every later click (later clicks outside
-    it are ignored), ``full`` keeps its lattice of crops through that crop.
-
-    Example::
-
-        session = ClickSession(net, image)  # image (D, H, W), normalised, on the network's grid
-        probability = session.add_click((40, 52, 60))
-        probability = session.add_click((44, 50, 71), positive=False)
-        probability = session.undo()
-
-    Args:
-        net: The network, on its device, in eval mode.
-        image: ``(D, H, W)`` normalised volume on the CPU.
-        protocol: ``paper`` or ``full`` (see :mod:`sam3d.inference`).
-        threshold: Foreground probability threshold (``full`` follows the object at this level).
-        cache_size: Crop encodings kept; ignored when ``encoder`` is given.
-        encoder: A crop encoder to share (e.g. across the repeats of one volume).
-    """
-
-    def __init__(
-        self,
-        net: VolumetricSam,
-        image: torch.Tensor,
-        protocol: Protocol = "paper",
-        threshold: float = 0.5,
-        cache_size: int = 8,
-        encoder: CropEncoder | None = None,
-    ) -> None:
-        if image.ndim != 3 or not image.is_floating_point():
-            raise Sam3dError(f"the volume must be a 3D float tensor (D, H, W), got {tuple(image.shape)}")
-        if protocol not in ("paper", "full"):
-            raise Sam3dError(f"unknown protocol {protocol!r}: use 'paper' or 'full'")
-        self.image, self.protocol, self.threshold = image, protocol, threshold
-        self.encoder = CropEncoder(net, cache_size) if encoder is None else encoder
-        self.points = torch.zeros(0, 3)
-        self.labels = torch.zeros(0, dtype=torch.long)
-        self._history: list[int] = []
-        self._anchor: torch.Tensor | None = None
-        self.probability = torch.zeros_like(image)
-
-    @property
-    def anchor(self) -> torch.Tensor | None:
-        """Start ``(3,)`` of the crop the first clicks placed (``full`` builds its lattice through it); None before."""
-        return self._anchor
-
-    def add_click(self, point: Sequence[float] | torch.Tensor, positive: bool = True) -> torch.Tensor:
-        """Add one click ``(d, h, w)`` in voxels; returns the probability ``(D, H, W)``."""
-        label = torch.tensor([POSITIVE if positive else NEGATIVE])
-        return self.add_clicks(torch.as_tensor(point, dtype=torch.float32).reshape(1, 3), label)
-
-    def add_clicks(self, points: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Add ``(N, 3)`` clicks at once (labels 1 positive, 0 negative; default all positive)."""
-        points = points.float().reshape(-1, 3)
-        labels = torch.full((len(points),), POSITIVE) if labels is None else labels.long().reshape(-1)
-        self._check(points, labels)
-        self.points, self.labels = torch.cat([self.points, points]), torch.cat([self.labels, labels])
-        self._history.append(len(points))
-        return self._update()
-
-    def undo(self) -> torch.Tensor:
-        """Remove the clicks added last; returns the probability without them."""
-        if self._history:
-            removed = self._history.pop()
-            self.points, self.labels = self.points[:-removed], self.labels[:-removed]
-        if not self._history:
-            self._anchor = None
-        return self._update()
-
-    def reset(self) -> None:
-        """Remove every click (the crop encodings are kept)."""
-        self.points, self.labels, self._history, self._anchor = self.points[:0], self.labels[:0], [], None
-        self.probability = torch.zeros_like(self.image)
-
-    def _check(self, points: torch.Tensor, labels: torch.Tensor) -> None:
-        upper = torch.tensor(self.image.shape) - 1
-        outside = ((points < 0) | (points > upper)).any(1)
-        if outside.any():
-            raise Sam3dError(
-                f"click {points[outside][0].tolist()} lies outside the volume of shape {tuple(self.image.shape)}; "
-                "clicks are (d, h, w) voxel coordinates inside it"
-            )
-        if len(labels) != len(points) or not torch.isin(labels, torch.tensor([POSITIVE, NEGATIVE])).all():
-            raise Sam3dError("click labels must be 1 (positive) or 0 (negative), one per click")
-        if not self._history and not (labels == POSITIVE).any():
-            raise Sam3dError("the first clicks must include a positive click (inside the object)")
-
-    def _update(self) -> torch.Tensor:
-        if not len(self.points):
-            self.probability = torch.zeros_like(self.image)
-            return self.probability
-        crop = self.encoder.crop_size
-        if self._anchor is None:
-            self._anchor = crop_start(self.points, crop)
-        if self.protocol == "full":
-            self.probability = segment_object(
-                self.encoder, self.image, self.points, self.labels, self.threshold, anchor=self._anchor
-            )
-        else:
-            self.probability = segment_around_clicks(
-                self.encoder, self.image, self.points, self.labels, start=self._anchor
-            )
-        return self.probability
+    encoder = CropEncoder(net, 0)
+    prompts = VolumePrompts.from_clicks(points, labels)
+    if protocol == "full":
+        return segment_object(encoder, image, prompts, threshold)
+    return segment_around_clicks(encoder, image, prompts)
 
 
 def sliding_window_probability(

@@ -134,6 +134,6 @@ class VolumetricSamModule(VolumetricSamTask):
         start = time.perf_counter()
         settings = self.evaluation
         probability = segment(
-            self.net, case.scan.image, case.points, case.labels, settings.protocol, settings.threshold
+            self.net, case.scan.image, case.points, case.labels, settings.crops, settings.threshold
         )
         return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}

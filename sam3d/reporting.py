@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sam3d.cvpr25 import challenge_scores
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
 from sam3d.metrics import clicks_curve_area, summarize
@@ -40,6 +41,25 @@ def click_auc(rows: Sequence[Row], steps: int) -> dict[str, list[float]]:
             points += points[-1:] * (steps - len(points))
             values.append(clicks_curve_area(points))
     return areas
+
+
+def cvpr25_summary(rows: Sequence[Row]) -> dict[str, Any]:
+    """The CVPR 2025 challenge's scores over the cases: DSC_AUC, NSD_AUC, final DSC and NSD (mean, std, ...).
+
+    Each case's rows are its box step (``clicks`` 0) and its correction steps, NSD already gated.
+    """
+    steps: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        steps[str(row["case"])].append(row)
+    scores = []
+    for case_rows in steps.values():
+        ordered = sorted(case_rows, key=lambda row: int(row["clicks"]))
+        dice, nsd = [float(r["dice"]) for r in ordered], [float(r["nsd"]) for r in ordered]
+        scores.append(challenge_scores(dice, nsd, n_clicks=len(ordered) - 1))
+    return {
+        name: summarize([float(getattr(score, name)) for score in scores])
+        for name in ("dsc_auc", "nsd_auc", "dsc_final", "nsd_final")
+    }
 
 
 def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]:
@@ -76,9 +96,11 @@ def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]
     steps = settings.refinement_clicks + 1
     result["click_auc"] = (
         {"steps": steps, **{metric: summarize(areas) for metric, areas in click_auc(rows, steps).items()}}
-        if steps > 1
-        else None  # one prediction per sequence: no curve
+        if steps > 1 and settings.protocol != "cvpr25"
+        else None  # one prediction per sequence: no curve; cvpr25 has its own areas
     )
+    if settings.protocol == "cvpr25":
+        result["cvpr25"] = cvpr25_summary(rows)
     result["across_repeats"] = {
         metric: {
             "mean": statistics.fmean(finite) if (finite := [v for v in values if v is not None]) else None,

@@ -36,12 +36,12 @@ class MagicWand(torch.nn.Module):
 
     The object is the region connected to each positive click whose smoothed intensity lies within
     ``tolerance`` (normalised units) of the click's, less the voxels nearer to a negative click than to
-    every positive one. It has the interface :class:`sam3d.inference.ClickSession` uses.
+    every positive one. It has the interface :class:`sam3d.interaction.InteractionSession` uses.
     """
 
     def __init__(self, crop_size: tuple[int, int, int] = (64, 64, 64), tolerance: float = 0.35) -> None:
         super().__init__()
-        self.config = SimpleNamespace(crop_size=crop_size)
+        self.config = SimpleNamespace(crop_size=crop_size, dense_prompts=())
         self.tolerance = tolerance
         self.weight = torch.nn.Parameter(torch.ones(()))  # the crop encoder keys on parameters and device
         self.encodings = 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sam3d.errors import Sam3dError
-from sam3d.inference import ClickSession, CropEncoder, segment_around_clicks, segment_object
+from sam3d.inference import CropEncoder, VolumePrompts, segment_around_clicks, segment_object
+from sam3d.interaction import InteractionSession
 from sam3d.models import CropEncoding, build_volumetric_sam
 
 
@@ -17,7 +18,7 @@ class ObjectFromIntensity(torch.nn.Module):
 
     def __init__(self, crop: tuple[int, int, int]) -> None:
         super().__init__()
-        self.config = SimpleNamespace(crop_size=crop)
+        self.config = SimpleNamespace(crop_size=crop, dense_prompts=())
         self.sharpness = torch.nn.Parameter(torch.tensor(20.0))
         self.calls = 0
 
@@ -50,8 +51,8 @@ def test_full_protocol_covers_an_object_longer_than_the_crop():
     image, tube = _volume()
     net = ObjectFromIntensity((32, 32, 32))
     click = torch.tensor([[24.0, 28.0, 70.0]])
-    paper = segment_around_clicks(CropEncoder(net, 0), image, click) > 0.5
-    full = segment_object(CropEncoder(net, 0), image, click) > 0.5
+    paper = segment_around_clicks(CropEncoder(net, 0), image, VolumePrompts.from_clicks(click)) > 0.5
+    full = segment_object(CropEncoder(net, 0), image, VolumePrompts.from_clicks(click)) > 0.5
     assert _dice(paper, tube) < 0.5  # one crop holds 32 of the tube's 110 voxels of length
     assert _dice(full, tube) > 0.99
     assert not full[:12, :12, :12].any()  # the separate blob is not connected to the click
@@ -63,15 +64,19 @@ def test_full_protocol_on_an_object_inside_one_crop_is_the_paper_protocol():
     image[28:36, 28:36, 28:36] = 1.0
     net = ObjectFromIntensity((32, 32, 32))
     click = torch.tensor([[31.0, 31.0, 31.0]])
-    full = segment_object(CropEncoder(net, 0), image, click)
+    full = segment_object(CropEncoder(net, 0), image, VolumePrompts.from_clicks(click))
     assert net.calls == 1
-    torch.testing.assert_close(full > 0.5, segment_around_clicks(CropEncoder(net, 0), image, click) > 0.5)
+    torch.testing.assert_close(
+        full > 0.5, segment_around_clicks(CropEncoder(net, 0), image, VolumePrompts.from_clicks(click)) > 0.5
+    )
 
 
 def test_segment_around_clicks_pastes_the_crop_at_the_clicks():
     net = build_volumetric_sam("tiny").eval()
     image = torch.randn(70, 90, 100)
-    probability = segment_around_clicks(CropEncoder(net, 0), image, torch.tensor([[5.0, 80.0, 50.0]]))
+    probability = segment_around_clicks(
+        CropEncoder(net, 0), image, VolumePrompts.from_clicks(torch.tensor([[5.0, 80.0, 50.0]]))
+    )
     inside = probability > 0
     indices = inside.nonzero()
     # crop of 64^3 centred on the click, clipped to the volume
@@ -110,7 +115,7 @@ def test_crop_encoder_reuses_only_identical_crops_of_unchanged_weights(tiny_net)
 def test_correction_clicks_reuse_the_crop_and_equal_a_full_forward(tiny_net):
     torch.manual_seed(1)
     image = torch.randn(100, 100, 100)
-    session = ClickSession(tiny_net, image, "paper")
+    session = InteractionSession(tiny_net, image, "paper")
     session.add_click((50, 50, 50))  # its 64^3 crop, [18, 82) on every axis, lies inside the volume
     session.add_click((54, 45, 55), positive=False)
     probability = session.add_click((40, 60, 48))  # the crop stays where the first click put it
@@ -122,7 +127,7 @@ def test_correction_clicks_reuse_the_crop_and_equal_a_full_forward(tiny_net):
         )
     torch.testing.assert_close(probability[18:82, 18:82, 18:82], logits.softmax(1)[0, 1], rtol=0, atol=0)
     assert not probability[:18].any()
-    replay = ClickSession(tiny_net, image)
+    replay = InteractionSession(tiny_net, image)
     replay.add_click((50, 50, 50))
     assert torch.equal(session.undo(), replay.add_click((54, 45, 55), positive=False))
 
@@ -130,7 +135,7 @@ def test_correction_clicks_reuse_the_crop_and_equal_a_full_forward(tiny_net):
 def test_full_protocol_corrections_revisit_the_same_crops():
     image, _ = _volume()
     net = ObjectFromIntensity((32, 32, 32))
-    session = ClickSession(net, image, "full")
+    session = InteractionSession(net, image, "full")
     first = session.add_click((24, 28, 70))
     calls = net.calls
     again = session.add_click((24, 28, 90))
@@ -140,14 +145,14 @@ def test_full_protocol_corrections_revisit_the_same_crops():
 
 
 def test_click_session_refuses_bad_clicks(tiny_net):
-    session = ClickSession(tiny_net, torch.randn(40, 40, 40))
+    session = InteractionSession(tiny_net, torch.randn(40, 40, 40))
     with pytest.raises(Sam3dError, match=r"outside the volume of shape \(40, 40, 40\)"):
         session.add_click((10, 40, 3))
-    with pytest.raises(Sam3dError, match="must include a positive click"):
+    with pytest.raises(Sam3dError, match="first interaction must be positive"):
         session.add_click((10, 10, 10), positive=False)
     assert not len(session.points)  # refused clicks are not kept
     with pytest.raises(Sam3dError, match="3D float tensor"):
-        ClickSession(tiny_net, torch.zeros(4, 4))
+        InteractionSession(tiny_net, torch.zeros(4, 4))
 
 
 @pytest.mark.parametrize(("protocol", "pad"), [("paper", 0.0), ("full", -3.0)])
@@ -159,7 +164,7 @@ def test_test_crop_rounds_its_centre_down_and_pads_as_the_protocol_says(protocol
     image = torch.full((20, 20, 20), -1.0)
     image[19, 0, 0] = -3.0  # the volume's minimum, outside the crop
     clicks = torch.tensor([[1.0, 10.0, 16.0], [2.0, 11.0, 17.0]])  # bounding-box midpoint (1.5, 10.5, 16.5)
-    ClickSession(net, image, protocol, cache_size=0).add_clicks(clicks)
+    InteractionSession(net, image, protocol, cache_size=0).add_clicks(clicks)
     # Centre (1, 10, 16) rounded down as the authors do (not 2 as half-to-even rounding gives), so the
     # crop starts at d = -3: three padded slices, with the dataset mean (0) in the paper's protocol.
     patch = patches[0]

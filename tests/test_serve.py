@@ -139,7 +139,7 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         assert page("/api/state")["scan"]["name"] == scan.name  # a refused scan leaves the open one open
 
         message = page.error("/api/click", {"point": centre, "positive": False})
-        assert "first clicks must include a positive click" in message
+        assert "first interaction must be positive" in message
         assert "nothing to save yet" in page.error("/api/save")
         assert "press Save first" in page.error("/api/download/mask")
         assert "lies outside the volume" in page.error("/api/click", {"point": [-3, 10, 10]})

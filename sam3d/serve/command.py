@@ -43,7 +43,7 @@ def serve(
         print(f"sam3d serve: {problem}", file=sys.stderr)
     evaluation = module.evaluation
     settings = ServeSettings(
-        ViewSettings(evaluation.protocol, evaluation.threshold, evaluation.cache_size, max_voxels),
+        ViewSettings(evaluation.crops, evaluation.threshold, evaluation.cache_size, max_voxels),
         max_sessions,
     )
     sessions = SessionStore(

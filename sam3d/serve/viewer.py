@@ -27,7 +27,8 @@ from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans import Scan, describe_grid, load_scan, write_prediction
 from sam3d.errors import Sam3dError
-from sam3d.inference import ClickSession, Protocol
+from sam3d.inference import Protocol
+from sam3d.interaction import InteractionSession
 from sam3d.models import VolumetricSam
 
 __all__ = ["OutputFolder", "OutputOptions", "ScanView", "ViewSettings", "open_scan"]
@@ -155,7 +156,7 @@ class ScanView:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
         self.scan, self.output, self.forward_context = scan, output, forward_context
         self.threshold = settings.threshold
-        self.session = ClickSession(
+        self.session = InteractionSession(
             net, scan.image, settings.protocol, settings.threshold, settings.cache_size
         )
         self.crop_size = tuple(net.config.crop_size)
