@@ -359,22 +359,6 @@ def _connected_to(mask: torch.Tensor, seeds: torch.Tensor, boxes: torch.Tensor) 
     return torch.from_numpy(np.isin(components, list(ids)))
 
 
-def segment(
-    net: VolumetricSam,
-    image: torch.Tensor,
-    points: torch.Tensor,
-    labels: torch.Tensor | None,
-    protocol: Protocol,
-    threshold: float = 0.5,
-) -> torch.Tensor:
-    """Whole-volume probability of one set of clicks with the chosen protocol."""
-    encoder = CropEncoder(net, 0)
-    prompts = VolumePrompts.from_clicks(points, labels)
-    if protocol == "full":
-        return segment_object(encoder, image, prompts, threshold)
-    return segment_around_clicks(encoder, image, prompts)
-
-
 def sliding_window_probability(
     logits: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,

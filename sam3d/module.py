@@ -13,7 +13,7 @@ from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import evaluate_case
-from sam3d.inference import segment
+from sam3d.interaction import InteractionSession
 from sam3d.models import ClickEncoding, DensePrompt
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
@@ -128,12 +128,32 @@ class VolumetricSamModule(VolumetricSamTask):
         return evaluate_case(self.net, case, self.evaluation)
 
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
-        """Foreground probability of a new scan from its clicks, with the `evaluation` settings' protocol."""
+        """Foreground probability of a new scan: its clicks file's steps replayed in order.
+
+        With the `evaluation` settings' protocol; a scan whose steps this network cannot take is skipped,
+        with why.
+        """
         if isinstance(case, SkippedCase):
             return {"case": case}
         start = time.perf_counter()
         settings = self.evaluation
-        probability = segment(
-            self.net, case.scan.image, case.points, case.labels, settings.crops, settings.threshold
+        takes = tuple(self.net.config.dense_prompts)
+        missing = sorted({i.kind for i in case.interactions if i.kind != "click" and i.kind not in takes})
+        if missing:
+            names = " and ".join(repr(kind) for kind in missing)
+            reason = (
+                f"clicks file {case.clicks_file} gives scan {case.scan.path} {names} prompts, which this "
+                f"checkpoint's network does not take (model.dense_prompts {list(takes)}); use a checkpoint "
+                f"trained with model.dense_prompts including {names}, or give this scan clicks only"
+            )
+            return {"case": SkippedCase(case.case_id, reason)}
+        session = InteractionSession(
+            self.net, case.scan.image, settings.crops, settings.threshold, cache_size=settings.cache_size
         )
+        try:
+            for step in case.steps:
+                session.add(*step)
+        except Sam3dError as error:
+            return {"case": SkippedCase(case.case_id, f"clicks file {case.clicks_file}: {error}")}
+        probability = session.probability
         return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}

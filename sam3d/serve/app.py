@@ -1,7 +1,7 @@
-"""The web application of ``sam3d serve`` (Starlette): the page, its scans and one click session per page.
+"""The web application of ``sam3d serve`` (Starlette): the page, its scans and one interaction session per page.
 
 Each page (browser tab) sends a random session id with every request; the server keeps one
-:class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks. The network runs
+:class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks, boxes and scribbles. The network runs
 for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
 anything else is logged with its traceback and answers 500, and the server goes on serving.
 
@@ -202,11 +202,57 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+# The most voxels one scribble may pass through (a stroke across a 2048-voxel slice and back, many times).
+MAX_SCRIBBLE_VOXELS = 65536
+
+
+def _is_voxel(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in value)
+    )
+
+
 def _point(body: dict[str, Any]) -> tuple[float, float, float]:
     point = body.get("point")
-    if not isinstance(point, list) or len(point) != 3 or not all(isinstance(c, int | float) for c in point):
+    if not _is_voxel(point):
         raise Sam3dError(f"a click needs a point [d, h, w] of three numbers, got {point!r}")
     return float(point[0]), float(point[1]), float(point[2])
+
+
+def _corners(body: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    lower, upper = body.get("lower"), body.get("upper")
+    if not _is_voxel(lower) or not _is_voxel(upper):
+        raise Sam3dError(
+            f"a box needs corners lower and upper, each [d, h, w] of three numbers, got {lower!r} and {upper!r}"
+        )
+    return (float(lower[0]), float(lower[1]), float(lower[2])), (
+        float(upper[0]),
+        float(upper[1]),
+        float(upper[2]),
+    )
+
+
+def _voxels(body: dict[str, Any]) -> list[tuple[float, float, float]]:
+    voxels = body.get("voxels")
+    if not isinstance(voxels, list) or not voxels or not all(_is_voxel(v) for v in voxels):
+        shown = repr(voxels) if len(repr(voxels)) < 80 else repr(voxels)[:77] + "..."
+        raise Sam3dError(
+            f"a scribble needs voxels: a non-empty list of [d, h, w] of three numbers, got {shown}"
+        )
+    if len(voxels) > MAX_SCRIBBLE_VOXELS:
+        raise Sam3dError(
+            f"a scribble may pass through at most {MAX_SCRIBBLE_VOXELS} voxels, got {len(voxels)}: draw a shorter one"
+        )
+    return [(float(d), float(h), float(w)) for d, h, w in voxels]
+
+
+def _positive(body: dict[str, Any]) -> bool:
+    positive = body.get("positive", True)
+    if not isinstance(positive, bool):
+        raise Sam3dError(f"positive must be true or false, got {positive!r}")
+    return positive
 
 
 def _state(page: _Page) -> dict[str, Any]:
@@ -237,6 +283,7 @@ def config(request: Request) -> JSONResponse:
             "protocol": store.settings.view.protocol,
             "crop_size": list(store.net.config.crop_size),
             "threshold": store.settings.view.threshold,
+            "prompts": ["click", *(kind for kind in store.net.config.dense_prompts if kind != "mask")],
             "window": list(store.preprocessing.window),
             "output_dir": str(store.output.output_dir),
             "version": __version__,
@@ -321,8 +368,32 @@ async def _edit(request: Request, action: Callable[[ScanView, dict[str, Any]], N
     return JSONResponse(await run_in_threadpool(run))
 
 
+def _log(view: ScanView, what: str, encoded: bool) -> None:
+    logger.info(
+        "%s: %s: %.3f s (%s), %.1f mL",
+        view.name,
+        what,
+        view.seconds,
+        "crop encoded" if encoded else "crop encoding reused",
+        view.volume_ml(),
+    )
+
+
+def _box(view: ScanView, body: dict[str, Any]) -> None:
+    lower, upper = _corners(body)
+    encoded = view.box(lower, upper)
+    corners = " to ".join("(" + ", ".join(f"{c:.0f}" for c in corner) + ")" for corner in (lower, upper))
+    _log(view, f"box {corners}", encoded)
+
+
+def _scribble(view: ScanView, body: dict[str, Any]) -> None:
+    voxels, positive = _voxels(body), _positive(body)
+    encoded = view.scribble(voxels, positive)
+    _log(view, f"{'positive' if positive else 'negative'} scribble through {len(voxels)} voxel(s)", encoded)
+
+
 def _click(view: ScanView, body: dict[str, Any]) -> None:
-    point, positive = _point(body), bool(body.get("positive", True))
+    point, positive = _point(body), _positive(body)
     encoded = view.click(point, positive)
     logger.info(
         "%s: click %d (%s) at (%s): %.3f s (%s), %.1f mL",
@@ -338,7 +409,12 @@ def _click(view: ScanView, body: dict[str, Any]) -> None:
 
 def _undo(view: ScanView, body: dict[str, Any]) -> None:
     view.undo()
-    logger.info("%s: undo, %d click(s) left: %.3f s", view.name, len(view.session.points), view.seconds or 0)
+    logger.info(
+        "%s: undo, %d interaction(s) left: %.3f s",
+        view.name,
+        len(view.session.interactions),
+        view.seconds or 0,
+    )
 
 
 def _reset(view: ScanView, body: dict[str, Any]) -> None:
@@ -350,18 +426,28 @@ async def click(request: Request) -> JSONResponse:
     return await _edit(request, _click)
 
 
+async def box(request: Request) -> JSONResponse:
+    """``POST /api/box {"lower": [d, h, w], "upper": [d, h, w]}``: add a box (corners inside it)."""
+    return await _edit(request, _box)
+
+
+async def scribble(request: Request) -> JSONResponse:
+    """``POST /api/scribble {"voxels": [[d, h, w], ...], "positive": bool}``: add a scribble."""
+    return await _edit(request, _scribble)
+
+
 async def undo(request: Request) -> JSONResponse:
-    """``POST /api/undo``: remove the last click."""
+    """``POST /api/undo``: remove the last interaction (click, box or scribble)."""
     return await _edit(request, _undo)
 
 
 async def reset(request: Request) -> JSONResponse:
-    """``POST /api/reset``: remove every click."""
+    """``POST /api/reset``: remove every interaction."""
     return await _edit(request, _reset)
 
 
 def save(request: Request) -> JSONResponse:
-    """``POST /api/save``: write the mask and the clicks into the output folder; their paths and the volume."""
+    """``POST /api/save``: write the mask and the interactions into the output folder; their paths and the volume."""
     store = _sessions(request)
     with store.lock:
         view = store.page(_session_id(request)).view
@@ -371,17 +457,19 @@ def save(request: Request) -> JSONResponse:
 
 
 def download(request: Request) -> Response:
-    """``GET /api/download/{kind}``: the clicks CSV, or a saved file (``mask``, ``probability``)."""
+    """``GET /api/download/{kind}``: the interactions file, or a saved file (``mask``, ``probability``)."""
     store = _sessions(request)
     kind = request.path_params["kind"]
     with store.lock:
         view = store.page(_session_id(request)).view
-    if kind == "clicks":
-        return PlainTextResponse(
-            view.clicks_csv(),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{view.scan.case_id}_clicks.csv"'},
-        )
+        if kind == "interactions":
+            return PlainTextResponse(
+                view.interactions_json(),
+                media_type="application/json",
+                headers={
+                    "Content-Disposition": f'attachment; filename="{view.scan.case_id}_interactions.json"'
+                },
+            )
     path = view.saved.get(kind)
     if path is None:
         raise Sam3dError(f"no {kind} saved for {view.name} yet: press Save first")
@@ -420,6 +508,8 @@ ROUTES = [
     Route("/api/upload", upload, methods=["POST"]),
     Route("/api/volume", volume),
     Route("/api/click", click, methods=["POST"]),
+    Route("/api/box", box, methods=["POST"]),
+    Route("/api/scribble", scribble, methods=["POST"]),
     Route("/api/undo", undo, methods=["POST"]),
     Route("/api/reset", reset, methods=["POST"]),
     Route("/api/save", save, methods=["POST"]),

@@ -1,19 +1,19 @@
-"""One scan open in a browser: opening it within limits, its clicks and mask, the files it saves.
+"""One scan open in a browser: opening it within limits, its interactions and mask, the files it saves.
 
 Everything here is on the network grid of :func:`sam3d.data.scans.load_scan` (network layout
-``(D, H, W)``: superior, anterior, right); the page draws that grid and its clicks are voxels of it.
+``(D, H, W)``: superior, anterior, right); the page draws that grid and its clicks, boxes and scribbles
+are voxels of it.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
-import io
+import json
 import math
 import time
 import typing
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans import Scan, describe_grid, load_scan, write_prediction
 from sam3d.errors import Sam3dError
 from sam3d.inference import Protocol
-from sam3d.interaction import InteractionSession
+from sam3d.interaction import Interaction, InteractionSession
 from sam3d.models import VolumetricSam
 
 __all__ = ["OutputFolder", "OutputOptions", "ScanView", "ViewSettings", "open_scan"]
@@ -199,33 +199,42 @@ class ScanView:
         stored = ((intensities.float() - offset) / scale).round().clamp(-32767, 32767)
         return stored.to(torch.int16).numpy().tobytes()
 
-    def click(self, point: tuple[float, float, float], positive: bool) -> bool:
-        """Add a click ``(d, h, w)``; whether a crop was encoded for it (else an encoding was reused)."""
+    def add(self, interaction: Interaction) -> bool:
+        """Add one interaction as a step; whether a crop was encoded for it (else an encoding was reused).
+
+        Raises:
+            Sam3dError: If the session refuses it (outside the volume, a prompt the network does not take,
+                a first step with nothing positive); nothing is added then.
+        """
         misses = self.session.encoder.misses
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():
-            try:
-                self.session.add_click(point, positive)
-            except Sam3dError:
-                raise  # refused before it was added
-            except Exception:
-                # The session adds a click before segmenting: take back one whose segmentation failed
-                # (undo restores the mask without it, or keeps the last one if it fails too).
-                with suppress(Exception):
-                    self.session.undo()
-                raise
+            # A refused interaction, or one whose segmentation fails, is not kept by the session.
+            self.session.add(interaction)
         self.seconds = time.perf_counter() - start
         return self.session.encoder.misses > misses
 
+    def click(self, point: tuple[float, float, float], positive: bool) -> bool:
+        """Add a click ``(d, h, w)``; whether a crop was encoded for it (see :meth:`add`)."""
+        return self.add(Interaction.click(point, positive))
+
+    def box(self, lower: tuple[float, float, float], upper: tuple[float, float, float]) -> bool:
+        """Add a box from its corners ``(d, h, w)``, both inside it; whether a crop was encoded for it."""
+        return self.add(Interaction.box(lower, upper))
+
+    def scribble(self, voxels: list[tuple[float, float, float]], positive: bool) -> bool:
+        """Add a scribble through ``(d, h, w)`` voxels; whether a crop was encoded for it."""
+        return self.add(Interaction.scribble(voxels, positive))
+
     def undo(self) -> None:
-        """Remove the last click."""
+        """Remove the last interaction (click, box or scribble)."""
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():
             self.session.undo()
         self.seconds = time.perf_counter() - start
 
     def reset(self) -> None:
-        """Remove every click."""
+        """Remove every interaction."""
         self.session.reset()
         self.seconds = None
 
@@ -239,7 +248,7 @@ class ScanView:
         return float(self.mask.sum()) * math.prod(self.scan.spacing) / 1000
 
     def state(self) -> dict[str, Any]:
-        """Clicks, crop, mask (its bounding box, bit-packed) and volume, for the page."""
+        """Interactions (and the clicks among them), crop, mask (its bounding box, bit-packed) and volume."""
         mask = self.mask
         present = torch.nonzero(mask)
         box = None
@@ -259,45 +268,61 @@ class ScanView:
                     self.session.points.tolist(), self.session.labels.tolist(), strict=True
                 )
             ],
+            "interactions": [
+                {
+                    "kind": interaction.kind,
+                    "voxels": [[round(float(c), 2) for c in voxel] for voxel in interaction.voxels.tolist()],
+                    "positive": interaction.positive,
+                }
+                for interaction in self.session.interactions
+            ],
             "crop": None if anchor is None else {"start": anchor.tolist(), "size": list(self.crop_size)},
             "mask": box,
             "volume_ml": self.volume_ml(),
             "seconds": self.seconds,
         }
 
-    def clicks_csv(self) -> str:
-        """The clicks as the CSV ``sam3d predict`` reads (world RAS+ mm, so any grid maps them back)."""
-        out = io.StringIO()
-        rows = csv.writer(out, lineterminator="\n")
-        rows.writerow(["scan", "x", "y", "z", "space", "label"])
+    def _world(self, voxels: torch.Tensor) -> list[list[float]]:
+        """``(N, 3)`` voxels ``(d, h, w)`` of the network grid in world RAS+ mm ``(x, y, z)``."""
         affine = self.scan.affine
-        for point, label in zip(self.session.points.tolist(), self.session.labels.tolist(), strict=True):
-            world = affine[:3, :3] @ np.array(point[::-1]) + affine[:3, 3]  # (d, h, w) -> (x, y, z) voxel
-            kind = "positive" if label else "negative"
-            rows.writerow([self.name, *(f"{c:.4f}" for c in world), "world", kind])
-        return out.getvalue()
+        world = voxels.double().numpy()[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]
+        return [[float(c) for c in point] for point in world]
+
+    def interactions_json(self) -> str:
+        """Every interaction in order, as the JSON clicks file ``sam3d predict`` replays (world RAS+ mm)."""
+        entries: list[dict[str, Any]] = []
+        for interaction in self.session.interactions:
+            world = self._world(interaction.voxels)
+            label = {"label": "positive" if interaction.positive else "negative"}
+            if interaction.kind == "click":
+                entries.append({"type": "click", "position": world[0], "space": "world", **label})
+            elif interaction.kind == "box":
+                entries.append({"type": "box", "corners": world, "space": "world"})
+            else:
+                entries.append({"type": "scribble", "positions": world, "space": "world", **label})
+        return json.dumps({"scans": [{"scan": self.name, "interactions": entries}]}, indent=1) + "\n"
 
     def save(self) -> dict[str, Any]:
-        """Write the mask (as ``sam3d predict`` does) and the clicks CSV into the output folder.
+        """Write the mask (as ``sam3d predict`` does) and the interactions file into the output folder.
 
         Raises:
-            Sam3dError: If there is no click yet or the folder cannot be written; nothing is lost.
+            Sam3dError: If there is no interaction yet or the folder cannot be written; nothing is lost.
         """
-        if not len(self.session.points):
-            raise Sam3dError("nothing to save yet: click inside the object first")
+        if not self.session.interactions:
+            raise Sam3dError("nothing to save yet: click inside the object, or draw a box, first")
         folder = self.output.output_dir
-        clicks = folder / f"{self.scan.case_id}_clicks.csv"
+        interactions = folder / f"{self.scan.case_id}_interactions.json"
         try:
             written = write_prediction(
                 self.scan, self.session.probability, self.threshold, folder, self.output.probabilities
             )
-            clicks.write_text(self.clicks_csv())
+            interactions.write_text(self.interactions_json())
         except OSError as error:
             raise Sam3dError(
-                f"cannot write into {folder} ({error}); the clicks are kept: free space or "
+                f"cannot write into {folder} ({error}); the interactions are kept: free space or "
                 "restart with another --prediction.output_dir, then save again"
             ) from None
-        self.saved = {"mask": written.mask, "clicks": clicks}
+        self.saved = {"mask": written.mask, "interactions": interactions}
         if written.probability is not None:
             self.saved["probability"] = written.probability
         return {

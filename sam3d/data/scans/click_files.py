@@ -1,7 +1,9 @@
-"""Clicks for ``sam3d predict`` from a CSV or JSON file, mapped onto the preprocessed network grid.
+"""Clicks, boxes and scribbles for ``sam3d predict`` from a CSV or JSON file, mapped onto the network grid.
 
 Each click names a scan, a position, the position's space and whether it is positive (inside the
-object) or negative (outside it).
+object) or negative (outside it). A JSON file may also give each scan an ordered list of
+``interactions``: clicks, boxes and scribbles, each one step replayed in order (what ``sam3d serve``
+saves).
 
 **Scan**: the scan's path (absolute, or relative to the clicks file's folder), its file name
 (``case_001.nii.gz``) or its case id (the file name without extension, ``case_001``).
@@ -32,6 +34,26 @@ JSON::
     {"scans": [{"scan": "case_001.nii.gz",
                 "clicks": [{"position": [101, 87, 30], "space": "voxel", "label": "positive"},
                            {"position": [-12.5, 40.2, -870.1], "space": "world", "label": 0}]}]}
+
+**Steps**: the clicks of a CSV file and of a ``"clicks"`` list are one step: the network sees them all
+at once. A scan's ``"interactions"`` list holds one step per entry, replayed in order after those
+clicks (as a user adds them in ``sam3d serve``)::
+
+    {"scans": [{"scan": "case_001.nii.gz",
+                "interactions": [
+                    {"type": "box", "corners": [[-20, 35, -880], [-5, 52, -880]], "space": "world"},
+                    {"type": "click", "position": [-12.5, 40.2, -870.1], "space": "world", "label": "negative"},
+                    {"type": "scribble", "positions": [[100, 86, 30], [101, 86, 30], [102, 87, 30]],
+                     "space": "voxel", "label": "positive"}]}]}
+
+* ``click``: as in ``"clicks"``.
+* ``box``: two opposite ``corners``, both inside the box; on the network grid the box spans their
+  rounded voxels, lowest to highest per axis (a box drawn on one slice has one axis where both agree).
+  A box marks the object: its ``label``, if given, must be positive.
+* ``scribble``: the ``positions`` the stroke passes through, each rounded to its voxel on the network
+  grid (repeats dropped); ``label`` positive (inside the object) or negative (outside).
+
+Boxes and scribbles need a network trained with those prompts (``model.dense_prompts``).
 """
 
 from __future__ import annotations
@@ -42,7 +64,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -50,13 +72,31 @@ import torch
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import case_id
 from sam3d.data.scans.loading import Scan
+from sam3d.interaction import Interaction
 
-__all__ = ["Click", "Space", "clicks_to_network", "match_clicks", "read_clicks"]
+__all__ = [
+    "Box",
+    "Click",
+    "Entry",
+    "Scribble",
+    "Space",
+    "clicks_to_network",
+    "interactions_to_network",
+    "match_clicks",
+    "read_clicks",
+    "steps_of",
+]
 
 Space = Literal["voxel", "world", "world_lps"]
+Position = tuple[float, float, float]
 _SPACES = ("voxel", "world", "world_lps")
 _LABELS = {"positive": True, "pos": True, "1": True, "negative": False, "neg": False, "0": False}
 _CSV_COLUMNS = ("scan", "x", "y", "z", "space", "label")
+_TYPES = ("click", "box", "scribble")
+
+
+def _coordinates(position: Position) -> str:
+    return ", ".join(f"{c:g}" for c in position)
 
 
 @dataclass(frozen=True)
@@ -68,42 +108,125 @@ class Click:
         space: ``"voxel"``, ``"world"`` (RAS+ mm) or ``"world_lps"`` (LPS+ mm).
         positive: True inside the object, False outside.
         where: Its place in the clicks file, for messages (e.g. ``clicks.csv line 3``).
+        own_step: An ``interactions`` entry (one step of its own); else one step with the scan's other
+            plain clicks.
     """
 
-    position: tuple[float, float, float]
+    position: Position
+    space: Space
+    positive: bool
+    where: str = ""
+    own_step: bool = False
+
+    def __str__(self) -> str:
+        kind = "positive" if self.positive else "negative"
+        return f"{kind} click ({_coordinates(self.position)}) in {self.space} space" + (
+            f" ({self.where})" if self.where else ""
+        )
+
+
+@dataclass(frozen=True)
+class Box:
+    """One box of an ``interactions`` list: two opposite corners, both inside it (always positive)."""
+
+    corners: tuple[Position, Position]
+    space: Space
+    where: str = ""
+
+    @property
+    def positive(self) -> bool:
+        """A box marks the object."""
+        return True
+
+    def __str__(self) -> str:
+        corners = " to ".join(f"({_coordinates(c)})" for c in self.corners)
+        return f"box {corners} in {self.space} space" + (f" ({self.where})" if self.where else "")
+
+
+@dataclass(frozen=True)
+class Scribble:
+    """One scribble of an ``interactions`` list: the positions its stroke passes through."""
+
+    positions: tuple[Position, ...]
     space: Space
     positive: bool
     where: str = ""
 
     def __str__(self) -> str:
-        coordinates = ", ".join(f"{c:g}" for c in self.position)
         kind = "positive" if self.positive else "negative"
-        return f"{kind} click ({coordinates}) in {self.space} space" + (
+        return f"{kind} scribble of {len(self.positions)} position(s) in {self.space} space" + (
             f" ({self.where})" if self.where else ""
         )
 
 
-def _parse_click(position: Any, space: Any, label: Any, where: str) -> Click:
-    """Validate one click's fields; raise ValueError with a short reason."""
+Entry = Click | Box | Scribble
+E = TypeVar("E")
+
+
+def _parse_position(position: Any, name: str = "position") -> Position:
     if isinstance(position, str) or not isinstance(position, Sequence) or len(position) != 3:
-        raise ValueError(f"position must be three numbers, got {position!r}")
+        raise ValueError(f"{name} must be three numbers, got {position!r}")
     try:
-        coordinates = tuple(float(c) for c in position)
+        x, y, z = (float(c) for c in position)
     except (TypeError, ValueError):
-        raise ValueError(f"position must be three numbers, got {position!r}") from None
-    if not all(math.isfinite(c) for c in coordinates):
-        raise ValueError(f"position must be finite, got {position!r}")
-    space = str(space).strip().lower() if space is not None else ""
-    if space not in _SPACES:
-        raise ValueError(f"space must be one of {', '.join(_SPACES)}, got {space!r}")
+        raise ValueError(f"{name} must be three numbers, got {position!r}") from None
+    if not all(math.isfinite(c) for c in (x, y, z)):
+        raise ValueError(f"{name} must be finite, got {position!r}")
+    return x, y, z
+
+
+def _parse_space(space: Any) -> Space:
+    key = str(space).strip().lower() if space is not None else ""
+    if key not in _SPACES:
+        raise ValueError(f"space must be one of {', '.join(_SPACES)}, got {key!r}")
+    return key  # type: ignore[return-value]
+
+
+def _parse_label(label: Any) -> bool:
     key = str(int(label) if isinstance(label, bool) else label).strip().lower() if label is not None else ""
     if key not in _LABELS:
         raise ValueError(f"label must be positive or negative (or 1/0), got {label!r}")
-    return Click(coordinates, space, _LABELS[key], where)  # type: ignore[arg-type]
+    return _LABELS[key]
 
 
-def _read_csv(path: Path) -> tuple[dict[str, list[Click]], list[str]]:
-    clicks: dict[str, list[Click]] = {}
+def _parse_click(position: Any, space: Any, label: Any, where: str, own_step: bool = False) -> Click:
+    """Validate one click's fields; raise ValueError with a short reason."""
+    return Click(_parse_position(position), _parse_space(space), _parse_label(label), where, own_step)
+
+
+def _parse_interaction(item: Any, where: str) -> Entry:
+    """Validate one ``interactions`` entry; raise ValueError saying what is expected."""
+    if not isinstance(item, dict) or item.get("type") not in _TYPES:
+        got = item.get("type") if isinstance(item, dict) else item
+        raise ValueError(
+            f'an interaction must be an object with "type" click, box or scribble, got {got!r}: '
+            '{"type": "click", "position": [x, y, z], "space": ..., "label": ...}, '
+            '{"type": "box", "corners": [[x, y, z], [x, y, z]], "space": ...} or '
+            '{"type": "scribble", "positions": [[x, y, z], ...], "space": ..., "label": ...}'
+        )
+    if item["type"] == "click":
+        return _parse_click(item.get("position"), item.get("space"), item.get("label"), where, True)
+    if item["type"] == "box":
+        corners = item.get("corners")
+        if isinstance(corners, str) or not isinstance(corners, Sequence) or len(corners) != 2:
+            raise ValueError(f'a box needs "corners": two positions [[x, y, z], [x, y, z]], got {corners!r}')
+        if "label" in item and not _parse_label(item["label"]):
+            raise ValueError("a box marks the object: its label must be positive (or left out)")
+        lower, upper = (_parse_position(c, "each corner") for c in corners)
+        return Box((lower, upper), _parse_space(item.get("space")), where)
+    positions = item.get("positions")
+    if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions:
+        raise ValueError(f'a scribble needs "positions": a list of [x, y, z] positions, got {positions!r}')
+    return Scribble(
+        tuple(_parse_position(p, "each position") for p in positions),
+        _parse_space(item.get("space")),
+        _parse_label(item.get("label")),
+        where,
+    )
+
+
+def _read_csv(path: Path) -> tuple[dict[str, list[Entry]], list[str]]:
+    clicks: dict[str, list[Entry]] = {}
     errors: list[str] = []
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
@@ -131,24 +254,32 @@ def _read_csv(path: Path) -> tuple[dict[str, list[Click]], list[str]]:
     return clicks, errors
 
 
-def _read_json(path: Path) -> tuple[dict[str, list[Click]], list[str]]:
+def _read_json(path: Path) -> tuple[dict[str, list[Entry]], list[str]]:
     try:
         content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DatasetError(f"clicks file {path} is not valid JSON ({error})") from None
     if not isinstance(content, dict) or not isinstance(content.get("scans"), list):
         raise DatasetError(
-            f'clicks file {path} must hold {{"scans": [{{"scan": ..., "clicks": [...]}}, ...]}}'
+            f'clicks file {path} must hold {{"scans": [{{"scan": ..., "clicks": [...]}}, ...]}} '
+            '(or "interactions": [...] instead of "clicks")'
         )
-    clicks: dict[str, list[Click]] = {}
+    entries: dict[str, list[Entry]] = {}
     errors: list[str] = []
     for s, entry in enumerate(content["scans"]):
         where = f"{path.name} scans[{s}]"
         scan = entry.get("scan") if isinstance(entry, dict) else None
-        if not isinstance(scan, str) or not scan.strip() or not isinstance(entry.get("clicks"), list):
-            errors.append(f'{where}: needs "scan" (a string) and "clicks" (a list)')
+        lists = [entry.get(key) for key in ("clicks", "interactions")] if isinstance(entry, dict) else []
+        if (
+            not isinstance(scan, str)
+            or not scan.strip()
+            or not any(isinstance(items, list) for items in lists)
+            or not all(items is None or isinstance(items, list) for items in lists)
+        ):
+            errors.append(f'{where}: needs "scan" (a string) and "clicks" or "interactions" (a list)')
             continue
-        for c, item in enumerate(entry["clicks"]):
+        found = entries.setdefault(scan.strip(), [])
+        for c, item in enumerate(entry.get("clicks") or []):
             item_where = f"{where}.clicks[{c}]"
             if not isinstance(item, dict):
                 errors.append(
@@ -156,26 +287,33 @@ def _read_json(path: Path) -> tuple[dict[str, list[Click]], list[str]]:
                 )
                 continue
             try:
-                click = _parse_click(item.get("position"), item.get("space"), item.get("label"), item_where)
+                found.append(
+                    _parse_click(item.get("position"), item.get("space"), item.get("label"), item_where)
+                )
             except ValueError as error:
                 errors.append(f"{item_where}: {error}")
-                continue
-            clicks.setdefault(scan.strip(), []).append(click)
-    return clicks, errors
+        for i, item in enumerate(entry.get("interactions") or []):
+            item_where = f"{where}.interactions[{i}]"
+            try:
+                found.append(_parse_interaction(item, item_where))
+            except ValueError as error:
+                errors.append(f"{item_where}: {error}")
+    return {scan: found for scan, found in entries.items() if found}, errors
 
 
-def read_clicks(path: str | Path) -> dict[str, list[Click]]:
-    """Read a clicks file (format in the module docstring), checking every click.
+def read_clicks(path: str | Path) -> dict[str, list[Entry]]:
+    """Read a clicks file (format in the module docstring), checking every click, box and scribble.
 
     Args:
         path: A ``.csv`` or ``.json`` file.
 
     Returns:
-        The clicks of each scan, keyed by the scan as the file names it, in file order.
+        The entries of each scan, keyed by the scan as the file names it, in file order (a CSV file
+        gives clicks only; :func:`steps_of` groups them into the steps replayed).
 
     Raises:
         DatasetError: If the file is missing, has an unknown extension, is malformed, holds no
-            click, or any click is invalid (all invalid clicks are listed).
+            click, or any entry is invalid (all invalid entries are listed, each with its place).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -199,10 +337,17 @@ def read_clicks(path: str | Path) -> dict[str, list[Click]]:
     return clicks
 
 
+def steps_of(entries: Sequence[Entry]) -> list[tuple[Entry, ...]]:
+    """The steps a scan's entries are replayed in: its plain clicks as one step first, then one per interaction."""
+    plain = tuple(e for e in entries if isinstance(e, Click) and not e.own_step)
+    own = [(e,) for e in entries if not (isinstance(e, Click) and not e.own_step)]
+    return ([plain] if plain else []) + own
+
+
 def match_clicks(
-    clicks: dict[str, list[Click]], scans: Sequence[str | Path], clicks_file: str | Path | None = None
-) -> tuple[dict[Path, list[Click]], list[Problem]]:
-    """Assign the clicks of a clicks file to the input scans.
+    clicks: dict[str, list[E]], scans: Sequence[str | Path], clicks_file: str | Path | None = None
+) -> tuple[dict[Path, list[E]], list[Problem]]:
+    """Assign the clicks (or any entries) of a clicks file to the input scans.
 
     A key matches a scan by path (relative keys are taken from the clicks file's folder, then from
     the working directory), file name or case id.
@@ -220,7 +365,7 @@ def match_clicks(
     resolved = [file.resolve() for file in files]
     bases = [Path(clicks_file).expanduser().resolve().parent] if clicks_file is not None else []
     bases.append(Path.cwd())
-    matched: dict[Path, list[Click]] = {}
+    matched: dict[Path, list[E]] = {}
     problems: list[Problem] = []
     for key, key_clicks in clicks.items():
         paths = {(base / key).resolve() for base in bases}
@@ -266,6 +411,37 @@ def _extent(scan: Scan) -> str:
     return f"voxels 0..{shape[0] - 1}, 0..{shape[1] - 1}, 0..{shape[2] - 1}; world RAS+ mm {ranges}"
 
 
+class _Grid:
+    """Maps positions of a scan's file onto its network grid."""
+
+    def __init__(self, scan: Scan) -> None:
+        self.scan = scan
+        self.source_inverse = np.linalg.inv(scan.source_affine)
+        self.network_inverse = np.linalg.inv(scan.affine)
+        self.shape = np.array(scan.source_shape)
+        self.grid = np.array(scan.image.shape[::-1])  # (X, Y, Z) of the preprocessed grid
+
+    def voxel(self, position: Position, space: Space) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(d, h, w)`` on the network grid, or None with the file's voxel when outside the scan."""
+        scan = self.scan
+        point = np.array(position, dtype=float)
+        if space == "voxel":
+            world = scan.source_affine[:3, :3] @ point + scan.source_affine[:3, 3]
+        else:
+            world = point * ([-1.0, -1.0, 1.0] if space == "world_lps" else 1.0)
+        voxel = self.source_inverse[:3, :3] @ world + self.source_inverse[:3, 3]
+        if np.any(voxel < -0.5) or np.any(voxel > self.shape - 0.5):
+            return voxel, None
+        xyz = self.network_inverse[:3, :3] @ world + self.network_inverse[:3, 3]
+        # Resampling may trim a fraction of a voxel at the borders of the field of view.
+        xyz = np.clip(xyz, 0, self.grid - 1)
+        return voxel, xyz[::-1].copy()
+
+    def outside(self, what: str, voxel: np.ndarray) -> Problem:
+        where = ", ".join(f"{v:.1f}" for v in voxel)
+        return Problem(self.scan.case_id, f"{what} lies outside the scan (voxel {where})", self.scan.path)
+
+
 def clicks_to_network(clicks: Sequence[Click], scan: Scan) -> tuple[torch.Tensor, torch.Tensor]:
     """Map clicks given on a scan's file onto its preprocessed network-layout grid.
 
@@ -281,28 +457,14 @@ def clicks_to_network(clicks: Sequence[Click], scan: Scan) -> tuple[torch.Tensor
         DatasetError: If any click lies outside the scan; the message names the scan, every such
             click with its coordinates, and the scan's extent.
     """
+    grid = _Grid(scan)
     points, labels, problems = [], [], []
-    source_inverse = np.linalg.inv(scan.source_affine)
-    network_inverse = np.linalg.inv(scan.affine)
-    shape = np.array(scan.source_shape)
-    grid = np.array(scan.image.shape[::-1])  # (X, Y, Z) of the preprocessed grid
     for click in clicks:
-        position = np.array(click.position, dtype=float)
-        if click.space == "voxel":
-            world = scan.source_affine[:3, :3] @ position + scan.source_affine[:3, 3]
-        else:
-            world = position * ([-1.0, -1.0, 1.0] if click.space == "world_lps" else 1.0)
-        voxel = source_inverse[:3, :3] @ world + source_inverse[:3, 3]
-        if np.any(voxel < -0.5) or np.any(voxel > shape - 0.5):
-            where = ", ".join(f"{v:.1f}" for v in voxel)
-            problems.append(
-                Problem(scan.case_id, f"{click} lies outside the scan (voxel {where})", scan.path)
-            )
+        voxel, point = grid.voxel(click.position, click.space)
+        if point is None:
+            problems.append(grid.outside(str(click), voxel))
             continue
-        xyz = network_inverse[:3, :3] @ world + network_inverse[:3, 3]
-        # Resampling may trim a fraction of a voxel at the borders of the field of view.
-        xyz = np.clip(xyz, 0, grid - 1)
-        points.append(xyz[::-1].copy())
+        points.append(point)
         labels.append(int(click.positive))
     if problems:
         raise DatasetError(
@@ -311,3 +473,59 @@ def clicks_to_network(clicks: Sequence[Click], scan: Scan) -> tuple[torch.Tensor
     if not points:
         return torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
     return torch.tensor(np.array(points), dtype=torch.float32), torch.tensor(labels, dtype=torch.long)
+
+
+def _interaction(entry: Entry, grid: _Grid, problems: list[Problem]) -> Interaction | None:
+    """One entry on the network grid (None, with its problems added, when a position is outside the scan)."""
+    if isinstance(entry, Click):
+        positions: Sequence[Position] = (entry.position,)
+    elif isinstance(entry, Box):
+        positions = entry.corners
+    else:
+        positions = entry.positions
+    voxels = []
+    for n, position in enumerate(positions):
+        voxel, point = grid.voxel(position, entry.space)
+        if point is None:
+            what = (
+                str(entry)
+                if isinstance(entry, Click)
+                else f"{entry}: position {n} ({_coordinates(position)})"
+            )
+            problems.append(grid.outside(what, voxel))
+        voxels.append(point)
+    if any(v is None for v in voxels):
+        return None
+    points = torch.tensor(np.array(voxels), dtype=torch.float32)
+    if isinstance(entry, Click):
+        return Interaction.click(points[0], entry.positive)
+    if isinstance(entry, Box):
+        return Interaction.box(*points.round())
+    rounded = points.round()
+    _, first = np.unique(rounded.numpy(), axis=0, return_index=True)
+    return Interaction.scribble(rounded[np.sort(first)], entry.positive)
+
+
+def interactions_to_network(entries: Sequence[Entry], scan: Scan) -> tuple[tuple[Interaction, ...], ...]:
+    """Map a scan's entries onto its network grid, as the steps :func:`steps_of` groups them into.
+
+    Clicks map as :func:`clicks_to_network` maps them; a box's corners map the same way, then it spans
+    their rounded voxels, lowest to highest per axis; a scribble's positions are rounded to voxels,
+    repeats dropped.
+
+    Raises:
+        DatasetError: If any position lies outside the scan; the message names the scan, every such
+            entry with its place in the file, and the scan's extent.
+    """
+    grid = _Grid(scan)
+    problems: list[Problem] = []
+    steps = []
+    for step in steps_of(entries):
+        mapped = [_interaction(entry, grid, problems) for entry in step]
+        steps.append(tuple(i for i in mapped if i is not None))
+    if problems:
+        raise DatasetError(
+            f"{len(problems)} position(s) of the clicks file lie outside scan {scan.path} ({_extent(scan)}):",
+            problems,
+        )
+    return tuple(steps)

@@ -1,4 +1,4 @@
-"""New scans and their clicks for ``sam3d predict`` (no labels), loaded one at a time."""
+"""New scans and their clicks, boxes and scribbles for ``sam3d predict`` (no labels), loaded one at a time."""
 
 from __future__ import annotations
 
@@ -12,23 +12,50 @@ from torch.utils.data import Dataset
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans.click_files import Click, clicks_to_network, match_clicks, read_clicks
+from sam3d.data.scans.click_files import Entry, interactions_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
+from sam3d.interaction import Interaction
+from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
 
 
 @dataclass
 class PredictionCase:
-    """A preprocessed scan and its clicks on the network grid (``(N, 3)`` points, ``(N,)`` labels)."""
+    """A preprocessed scan and the steps to replay on it, their interactions on the network grid.
+
+    Attributes:
+        scan: The preprocessed scan.
+        steps: One tuple of interactions per step, in order (the plain clicks of a clicks file are one step).
+        clicks_file: The file the steps come from, for messages.
+    """
 
     scan: Scan
-    points: torch.Tensor
-    labels: torch.Tensor
+    steps: tuple[tuple[Interaction, ...], ...]
+    clicks_file: str = ""
 
     @property
     def case_id(self) -> str:
         """The scan's file name without extension."""
         return self.scan.case_id
+
+    @property
+    def interactions(self) -> tuple[Interaction, ...]:
+        """Every interaction of every step, in order."""
+        return tuple(interaction for step in self.steps for interaction in step)
+
+    @property
+    def points(self) -> torch.Tensor:
+        """``(N, 3)`` the clicks."""
+        clicks = [i.voxels for i in self.interactions if i.kind == "click"]
+        return torch.cat(clicks) if clicks else torch.zeros(0, 3)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``(N,)`` int64 the clicks' labels, 1 positive, 0 negative."""
+        return torch.tensor(
+            [POSITIVE if i.positive else NEGATIVE for i in self.interactions if i.kind == "click"],
+            dtype=torch.long,
+        )
 
 
 def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]:
@@ -50,7 +77,7 @@ def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]
 
 
 class PredictionCases(Dataset):
-    """Scans with their clicks; a scan that cannot be used becomes a :class:`SkippedCase`.
+    """Scans with their clicks, boxes and scribbles; a scan that cannot be used becomes a :class:`SkippedCase`.
 
     Args:
         scans: Scan files or folders of scans.
@@ -70,19 +97,19 @@ class PredictionCases(Dataset):
         files, self.problems = scan_files(scans)
         matched, unmatched = match_clicks(read_clicks(clicks_file), files, clicks_file)
         self.problems += unmatched
-        self.items: list[tuple[Path, list[Click]]] = [(path, matched.get(path, [])) for path in files]
-        self.preprocessing = preprocessing
+        self.items: list[tuple[Path, list[Entry]]] = [(path, matched.get(path, [])) for path in files]
+        self.preprocessing, self.clicks_file = preprocessing, str(clicks_file)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> PredictionCase | SkippedCase:
-        path, clicks = self.items[index]
-        if not clicks:
+        path, entries = self.items[index]
+        if not entries:
             return SkippedCase(case_id(path), f"the clicks file has no click for {path}")
         try:
             scan = load_scan(path, self.preprocessing)
-            points, labels = clicks_to_network(clicks, scan)
+            steps = interactions_to_network(entries, scan)
         except DatasetError as error:
             return SkippedCase(case_id(path), str(error))
-        return PredictionCase(scan, points, labels)
+        return PredictionCase(scan, steps, self.clicks_file)
