@@ -34,14 +34,21 @@ PREPROCESSING = Preprocessing((1.0, 1.0, 1.0), (-100.0, 200.0), 50.0, 40.0, (1,)
 class MagicWand(torch.nn.Module):
     """Stand-in for :class:`sam3d.models.VolumetricSam` whose output means something on the phantoms.
 
-    The object is the region connected to each positive click whose smoothed intensity lies within
-    ``tolerance`` (normalised units) of the click's, less the voxels nearer to a negative click than to
-    every positive one. It has the interface :class:`sam3d.interaction.InteractionSession` uses.
+    The object is the region connected to each positive seed whose smoothed intensity lies within
+    ``tolerance`` (normalised units) of the seed's, less the voxels nearer to a negative seed than to
+    every positive one. Seeds: the clicks, and with ``dense_prompts`` the centre of each box and every
+    voxel of a scribble (positive or negative). It has the interface
+    :class:`sam3d.interaction.InteractionSession` uses.
     """
 
-    def __init__(self, crop_size: tuple[int, int, int] = (64, 64, 64), tolerance: float = 0.35) -> None:
+    def __init__(
+        self,
+        crop_size: tuple[int, int, int] = (64, 64, 64),
+        tolerance: float = 0.35,
+        dense_prompts: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
-        self.config = SimpleNamespace(crop_size=crop_size, dense_prompts=())
+        self.config = SimpleNamespace(crop_size=crop_size, dense_prompts=dense_prompts)
         self.tolerance = tolerance
         self.weight = torch.nn.Parameter(torch.ones(()))  # the crop encoder keys on parameters and device
         self.encodings = 0
@@ -52,18 +59,32 @@ class MagicWand(torch.nn.Module):
         return CropEncoding(smooth[None], torch.zeros(1))
 
     def segment(
-        self, encoding: CropEncoding, points: torch.Tensor, labels: torch.Tensor | None
+        self,
+        encoding: CropEncoding,
+        points: torch.Tensor,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        scribbles: torch.Tensor | None = None,
     ) -> torch.Tensor:
         smooth = encoding.last_map[0].numpy()
         points = points[0].float()
         labels = torch.ones(len(points), dtype=torch.long) if labels is None else labels[0]
         positive, negative = points[labels == 1], points[labels == 0]
+        if boxes is not None:
+            centres = torch.div(boxes[0, :, :3] + boxes[0, :, 3:], 2, rounding_mode="floor")
+            positive = torch.cat([positive, centres.float()])
+        seeds = len(positive)  # clicks and box centres; then scribble voxels, grown unless already inside
+        if scribbles is not None:
+            positive = torch.cat([positive, torch.nonzero(scribbles[0, 0]).float()])
+            negative = torch.cat([negative, torch.nonzero(scribbles[0, 1]).float()])
         mask = np.zeros(smooth.shape, dtype=bool)
-        for point in positive.round().long().tolist():
+        for n, point in enumerate(positive.round().long().tolist()):
+            if n >= seeds and mask[tuple(point)]:
+                continue
             near = tuple(slice(max(c - 1, 0), c + 2) for c in point)
             region, _ = ndimage.label(np.abs(smooth - smooth[near].mean()) < self.tolerance)
             mask |= region == region[tuple(point)]
-        if len(negative):
+        if len(negative) and len(positive):
             grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in smooth.shape), indexing="ij"), -1)
             voxels = grid.reshape(-1, 3).float()
             nearer = torch.cdist(voxels, positive).amin(1) <= torch.cdist(voxels, negative).amin(1)

@@ -1,19 +1,32 @@
-"""`sam3d serve`'s application without a browser: clicks, saving, replayable clicks and every bad input."""
+"""`sam3d serve`'s application without a browser: clicks, boxes, scribbles, saving, replaying and every bad input."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from serve_helpers import PREPROCESSING, MagicWand, Page, dice, lesion_centre, live_server, write_reoriented
 
-from sam3d.data.scans import clicks_to_network, load_scan, match_clicks, read_clicks
+from sam3d.data.scans import (
+    PredictionCases,
+    SkippedCase,
+    interactions_to_network,
+    load_scan,
+    match_clicks,
+    read_clicks,
+    write_prediction,
+)
 from sam3d.errors import Sam3dError
+from sam3d.evaluation import EvaluationSettings
+from sam3d.module import VolumetricSamModule
 from sam3d.serve import ScanView, ViewSettings, open_scan
 from sam3d.serve.server import bind, is_loopback
 from sam3d.serve.viewer import OutputFolder
@@ -64,16 +77,22 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
         assert {**undone, "seconds": None} == {**first, "seconds": None}
         page("/api/click", {"point": edge, "positive": False})
 
-        # the clicks file, as `sam3d predict` reads it, gives back the page's clicks
-        clicks = page.request("/api/download/clicks")[1].decode()
-        (tmp_path / "replay.csv").write_text(clicks)
-        matched, problems = match_clicks(read_clicks(tmp_path / "replay.csv"), [scan])
+        # the interactions file, as `sam3d predict` reads it, gives back the page's clicks, one step each
+        interactions = page.request("/api/download/interactions")[1].decode()
+        (tmp_path / "replay.json").write_text(interactions)
+        matched, problems = match_clicks(read_clicks(tmp_path / "replay.json"), [scan])
         assert not problems
-        points, labels = clicks_to_network(matched[scan], load_scan(scan, PREPROCESSING))
+        steps = interactions_to_network(matched[scan], load_scan(scan, PREPROCESSING))
+        assert [[(i.kind, i.positive) for i in step] for step in steps] == [
+            [("click", True)],
+            [("click", False)],
+        ]
+        points = torch.cat([step[0].voxels for step in steps])
         np.testing.assert_allclose(points.numpy(), [centre, edge], atol=1e-3)
-        assert labels.tolist() == [1, 0]
-        page("/api/save")
-        assert (output / "phantom_000_clicks.csv").read_text() == clicks
+        saved = page("/api/save")
+        assert set(saved["files"]) == {"mask", "interactions"}
+        assert (output / "phantom_000_interactions.json").read_text() == interactions
+        assert not (output / "phantom_000_clicks.csv").exists()
 
         reset = page("/api/reset")
         assert reset["clicks"] == []
@@ -163,7 +182,13 @@ def test_an_unexpected_error_answers_500_and_the_server_goes_on(phantom, tmp_pat
         assert b"ZeroDivisionError" in content
         assert b"server log" in content
         monkeypatch.undo()
-        assert len(page("/api/click", {"point": centre})["clicks"]) == 1
+        first = page("/api/click", {"point": centre})
+        assert len(first["clicks"]) == 1
+        # a failed second interaction is taken back, and only it: the first click and its mask stay
+        monkeypatch.setattr(MagicWand, "segment", lambda *args: 1 / 0)
+        assert page.request("/api/click", {"point": [centre[0], centre[1], centre[2] + 3]})[0] == 500
+        monkeypatch.undo()
+        assert {**page("/api/state"), "seconds": None} == {**first, "seconds": None}
 
 
 def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_path):
@@ -210,7 +235,7 @@ def test_save_writes_the_probability_map_when_asked(phantom, tmp_path):
     view = ScanView(MagicWand(), open_scan(scan, PREPROCESSING, 2**28), ViewSettings(), output)
     view.click(tuple(centre), positive=True)
     saved = view.save()
-    assert set(saved["files"]) == {"mask", "clicks", "probability"}
+    assert set(saved["files"]) == {"mask", "interactions", "probability"}
     mask, probability = (nib.load(saved["files"][kind]) for kind in ("mask", "probability"))
     assert mask.shape == probability.shape == nib.load(scan).shape
     assert np.array_equal(np.asarray(mask.dataobj).astype(bool), probability.get_fdata() > 0.5)
@@ -222,3 +247,117 @@ def test_serve_writes_its_files_without_the_lightning_callbacks():
     code = "import sys, sam3d.serve, sam3d.serve.command; print('sam3d.callbacks' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def _replay(net, scans, interactions_file, protocol="paper"):
+    """`sam3d predict`'s path for one scan: the prediction case of the file, and predict_step's result."""
+    cases = PredictionCases(scans, interactions_file, PREPROCESSING)
+    case = cases[0]
+    module = SimpleNamespace(net=net, evaluation=EvaluationSettings(protocol=protocol))
+    return case, VolumetricSamModule.predict_step(module, case, 0)
+
+
+def test_boxes_and_scribbles_segment_undo_save_and_replay(phantom, tmp_path, caplog):
+    scan, label, centre = phantom
+    output = tmp_path / "out"
+    net = MagicWand(dense_prompts=("box", "scribble"))
+    with live_server(net, [scan], output) as address, caplog.at_level(logging.INFO, "sam3d.serve"):
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        assert page("/api/config")["prompts"] == ["click", "box", "scribble"]
+        # a 2D box on the centre's coronal slice (h fixed), corners given in any order
+        lower, upper = [centre[0] + 3, centre[1], centre[2] - 3], [centre[0] - 3, centre[1], centre[2] + 3]
+        boxed = page("/api/box", {"lower": lower, "upper": upper})
+        low, high = [centre[0] - 3, centre[1], centre[2] - 3], [centre[0] + 3, centre[1], centre[2] + 3]
+        assert boxed["interactions"] == [{"kind": "box", "voxels": [low, high], "positive": True}]
+        assert boxed["clicks"] == []
+        assert boxed["crop"]["start"] == [c - 32 for c in centre]  # centred on the box
+        truth = load_scan(scan, PREPROCESSING)
+        lesion = np.asarray(nib.load(label).dataobj)
+        assert boxed["volume_ml"] > 0
+        stroke = [[centre[0], centre[1] + 6, w] for w in range(centre[2] - 2, centre[2] + 3)]
+        scribbled = page("/api/scribble", {"voxels": stroke, "positive": False})
+        assert [i["kind"] for i in scribbled["interactions"]] == ["box", "scribble"]
+        assert scribbled["interactions"][1]["positive"] is False
+        assert scribbled["interactions"][1]["voxels"] == stroke
+        assert 0 < scribbled["volume_ml"] < boxed["volume_ml"]
+        assert {**page("/api/undo"), "seconds": None} == {**boxed, "seconds": None}
+        page("/api/scribble", {"voxels": stroke, "positive": False})
+        page("/api/click", {"point": [centre[0], centre[1] + 1, centre[2]]})
+        last = page("/api/state")
+        saved = page("/api/save")
+        assert set(saved["files"]) == {"mask", "interactions"}
+        mask = np.asarray(nib.load(saved["files"]["mask"]).dataobj)
+        assert dice(mask, lesion) > 0.3
+
+    # `sam3d predict` reads the saved file back to the same interactions on the grid, in the same steps
+    interactions_file = output / "phantom_000_interactions.json"
+    case, prediction = _replay(net, [scan], interactions_file)
+    assert [[i.kind for i in step] for step in case.steps] == [["box"], ["scribble"], ["click"]]
+    for step, shown in zip(case.steps, last["interactions"], strict=True):
+        assert step[0].positive == shown["positive"]
+        np.testing.assert_allclose(step[0].voxels.numpy(), shown["voxels"], atol=1e-4)
+    assert case.steps[0][0].voxels.tolist() == boxed["interactions"][0]["voxels"]  # exact after rounding
+    assert case.steps[1][0].voxels.tolist() == stroke
+    # and replaying them gives the page's mask
+    replayed = write_prediction(truth, prediction["probability"], 0.5, tmp_path / "replayed", False)
+    np.testing.assert_array_equal(np.asarray(nib.load(replayed.mask).dataobj), mask)
+    assert "box (" in caplog.text
+    assert "negative scribble through 5 voxel(s)" in caplog.text
+    assert "undo, 1 interaction(s) left" in caplog.text
+
+
+def test_predict_skips_a_scan_whose_boxes_the_network_does_not_take(phantom, tmp_path):
+    scan, _, centre = phantom
+    world = load_scan(scan, PREPROCESSING).affine @ np.array([*centre[::-1], 1.0])
+    content = {
+        "scans": [
+            {
+                "scan": scan.name,
+                "interactions": [{"type": "box", "corners": [world[:3].tolist()] * 2, "space": "world"}],
+            }
+        ]
+    }
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(content))
+    _, prediction = _replay(MagicWand(), [scan], path)
+    skipped = prediction["case"]
+    assert isinstance(skipped, SkippedCase)
+    assert "probability" not in prediction
+    assert str(path) in skipped.reason
+    assert str(scan) in skipped.reason
+    assert "'box'" in skipped.reason
+    assert "model.dense_prompts" in skipped.reason
+    _, taken = _replay(MagicWand(dense_prompts=("box",)), [scan], path)
+    assert taken["probability"].sum() > 0
+
+
+def test_bad_box_and_scribble_bodies_are_refused_and_the_server_goes_on(phantom, tmp_path):
+    scan, _, centre = phantom
+    with live_server(MagicWand(dense_prompts=("box", "scribble")), [scan], tmp_path / "out") as address:
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        assert "lower and upper" in page.error("/api/box", {"lower": centre})
+        assert "lower and upper" in page.error("/api/box", {"lower": [1, 2], "upper": centre})
+        assert "lower and upper" in page.error("/api/box", {"lower": [1, 2, "x"], "upper": centre})
+        assert "non-empty list" in page.error("/api/scribble", {"voxels": []})
+        assert "non-empty list" in page.error("/api/scribble", {"voxels": centre})
+        assert "non-empty list" in page.error("/api/scribble", {"voxels": [centre, [1, True, 3]]})
+        assert "at most 65536 voxels" in page.error("/api/scribble", {"voxels": [centre] * 70000})
+        assert "true or false" in page.error("/api/scribble", {"voxels": [centre], "positive": "no"})
+        assert "first interaction must be positive" in page.error(
+            "/api/scribble", {"voxels": [centre], "positive": False}
+        )
+        assert "lies outside the volume" in page.error("/api/box", {"lower": [-2, 3, 3], "upper": centre})
+        assert "not valid JSON" in page.error("/api/box", data=b"[")
+        assert page("/api/state")["interactions"] == []
+        assert len(page("/api/box", {"lower": centre, "upper": centre})["interactions"]) == 1
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        assert page("/api/config")["prompts"] == ["click"]
+        message = page.error("/api/box", {"lower": centre, "upper": centre})
+        assert "takes no box prompts" in message
+        assert "click instead" in message
+        assert "takes no scribble prompts" in page.error("/api/scribble", {"voxels": [centre]})
+        assert page("/api/click", {"point": centre})["mask"] is not None

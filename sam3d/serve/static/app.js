@@ -1,6 +1,8 @@
 // sam3d serve: three slice views and a 3D view of the mask on plain canvases.
 // The volume is the network grid, (D, H, W) = (superior, anterior, right), sent once as int16;
-// each click returns the mask's bounding box (bit-packed) and the page redraws.
+// each click, box or scribble returns the mask's bounding box (bit-packed) and the page redraws.
+// On a slice view: click = click; drag = box on that slice; Alt+drag = scribble; Shift or the right
+// button makes a click or a drag negative (a negative drag is a negative scribble: boxes are positive).
 "use strict";
 
 const VIEWS = {
@@ -9,6 +11,7 @@ const VIEWS = {
   coronal: { axis: 1, rows: 0, cols: 2, edges: ["S", "I", "R", "L"] },
   sagittal: { axis: 2, rows: 0, cols: 1, edges: ["S", "I", "A", "P"] },
 };
+const DRAG_PIXELS = 4; // a press that moves less than this is a click
 const PRESETS = { "soft tissue": [400, 40], liver: [150, 90], lung: [1500, -600], bone: [1800, 400] };
 
 const $ = (id) => document.getElementById(id);
@@ -17,7 +20,8 @@ const state = {
   config: null,
   scan: null, // describe() of the server
   volume: null, // Int16Array, (D, H, W) C order
-  result: { clicks: [], crop: null, mask: null, volume_ml: 0, seconds: null },
+  result: { clicks: [], interactions: [], crop: null, mask: null, volume_ml: 0, seconds: null },
+  stroke: null, // the drag in progress: { name, button, alt, shift, points: [[x, y], ...], dragging }
   mask: null, // { start, shape, data: Uint8Array } of the mask's bounding box
   cursor: [0, 0, 0],
   window: [400, 40],
@@ -85,7 +89,8 @@ async function loadScan(result) {
   setPreset("network");
   show(`${result.scan.name}: ${result.scan.note}`, "info");
   update(result);
-  if (result.clicks.length) state.cursor = result.clicks[result.clicks.length - 1].point.map(Math.round);
+  const last = result.interactions[result.interactions.length - 1];
+  if (last) state.cursor = last.voxels[0].map(Math.round);
   draw();
 }
 
@@ -94,14 +99,18 @@ function update(result) {
   state.mask = result.mask ? unpack(result.mask) : null;
   const clicks = result.clicks.length;
   const positive = result.clicks.filter((c) => c.positive).length;
+  const count = (kind) => result.interactions.filter((i) => i.kind === kind).length;
+  const boxes = count("box"), scribbles = count("scribble");
   document.body.dataset.clicks = String(clicks);
+  document.body.dataset.interactions = String(result.interactions.length);
   document.body.dataset.maskVoxels = String(state.mask ? state.mask.count : 0);
   const latency = result.seconds == null ? "" : ` · last update ${result.seconds.toFixed(2)} s`;
+  const drawn = (boxes ? `, ${boxes} box(es)` : "") + (scribbles ? `, ${scribbles} scribble(s)` : "");
   $("status").textContent =
     `${state.scan.name} · file: ${state.scan.source} · ${clicks} click(s) (${positive}+, ${clicks - positive}−)` +
-    ` · ${result.volume_ml.toFixed(2)} mL${latency}`;
-  $("download-clicks").hidden = !clicks;
-  $("download-clicks").href = `/api/download/clicks?session=${state.session}`;
+    `${drawn} · ${result.volume_ml.toFixed(2)} mL${latency}`;
+  $("download-interactions").hidden = !result.interactions.length;
+  $("download-interactions").href = `/api/download/interactions?session=${state.session}`;
   $("download-mask").hidden = true;
   buildSurface();
 }
@@ -154,6 +163,18 @@ function voxelAt(name, x, y) {
   point[view.cols] = box.cols - 1 - column;
   point[view.rows] = box.rows - 1 - row;
   return point;
+}
+
+// The canvas rectangle (CSS pixels) of the voxels lower..upper (inclusive) of a view's rows and columns.
+function voxelRect(name, lower, upper) {
+  const view = VIEWS[name], box = layout(name);
+  const sx = box.w / box.cols, sy = box.h / box.rows;
+  return {
+    x: box.x + (box.cols - 1 - upper[view.cols]) * sx,
+    y: box.y + (box.rows - 1 - upper[view.rows]) * sy,
+    w: (upper[view.cols] - lower[view.cols] + 1) * sx,
+    h: (upper[view.rows] - lower[view.rows] + 1) * sy,
+  };
 }
 
 function drawSlice(name) {
@@ -219,6 +240,24 @@ function drawOverlays(name, ctx, box) {
   ctx.moveTo(box.x, cursor.y);
   ctx.lineTo(box.x + box.w, cursor.y);
   ctx.stroke();
+  for (const drawn of state.result.interactions) {
+    ctx.strokeStyle = ctx.fillStyle = drawn.positive ? "#3d3" : "#e3e";
+    if (drawn.kind === "box") {
+      const [lower, upper] = drawn.voxels;
+      if (slice < lower[view.axis] || slice > upper[view.axis]) continue;
+      const r = voxelRect(name, lower, upper);
+      ctx.lineWidth = 2;
+      ctx.strokeRect(r.x, r.y, r.w, r.h);
+      ctx.lineWidth = 1;
+    } else if (drawn.kind === "scribble") {
+      for (const voxel of drawn.voxels) {
+        if (Math.round(voxel[view.axis]) !== slice) continue;
+        const r = voxelRect(name, voxel, voxel);
+        ctx.fillRect(r.x, r.y, Math.max(r.w, 2), Math.max(r.h, 2));
+      }
+    }
+  }
+  drawStroke(name, ctx);
   for (const click of state.result.clicks) {
     if (Math.abs(click.point[view.axis] - slice) > 1) continue;
     const at = screenPoint(name, click.point);
@@ -236,6 +275,26 @@ function drawOverlays(name, ctx, box) {
   ctx.fillText(bottom, box.x + box.w / 2 - 4, box.y + box.h - 4);
   ctx.fillText(left, box.x + 4, box.y + box.h / 2);
   ctx.fillText(right, box.x + box.w - 12, box.y + box.h / 2);
+}
+
+// The drag in progress on this view: the box's outline, or the scribble's voxels.
+function drawStroke(name, ctx) {
+  const stroke = state.stroke;
+  if (!stroke || stroke.name !== name || !stroke.dragging) return;
+  ctx.save();
+  ctx.setLineDash([4, 3]);
+  ctx.strokeStyle = ctx.fillStyle = strokeNegative(stroke) ? "#e3e" : "#3d3";
+  if (strokeIsScribble(stroke)) {
+    for (const voxel of scribbleVoxels(name, stroke.points)) {
+      const r = voxelRect(name, voxel, voxel);
+      ctx.fillRect(r.x, r.y, Math.max(r.w, 2), Math.max(r.h, 2));
+    }
+  } else {
+    const [lower, upper] = boxCorners(name, stroke.points[0], stroke.points[stroke.points.length - 1]);
+    const r = voxelRect(name, lower, upper);
+    ctx.strokeRect(r.x, r.y, r.w, r.h);
+  }
+  ctx.restore();
 }
 
 // ---------------------------------------------------------------- 3D view of the mask
@@ -344,10 +403,7 @@ function setPreset(name) {
   $("level").value = Math.round(state.window[1]);
 }
 
-function addClick(name, event, positive) {
-  if (!state.scan) return;
-  const bounds = $(name).getBoundingClientRect();
-  const point = voxelAt(name, event.clientX - bounds.left, event.clientY - bounds.top);
+function addClick(point, positive) {
   enqueue(async () => {
     const result = await (await post("/api/click", { point, positive })).json();
     show("");
@@ -355,6 +411,104 @@ function addClick(name, event, positive) {
     update(result);
     draw();
   });
+}
+
+const inside = (point) => point.every((c, axis) => c >= 0 && c < state.scan.shape[axis]);
+const clamp = (point) => point.map((c, axis) => Math.max(0, Math.min(state.scan.shape[axis] - 1, c)));
+const strokeNegative = (stroke) => stroke.shift || stroke.button === 2;
+const strokeIsScribble = (stroke) => stroke.alt || strokeNegative(stroke);
+
+// A box's corners from a drag between two canvas positions: on the view's slice, clamped to the volume.
+function boxCorners(name, from, to) {
+  const a = clamp(voxelAt(name, ...from)), b = clamp(voxelAt(name, ...to));
+  return [a.map((c, axis) => Math.min(c, b[axis])), a.map((c, axis) => Math.max(c, b[axis]))];
+}
+
+// The voxels of the view's slice a drag passes over, in order, without gaps or repeats (outside ones dropped).
+function scribbleVoxels(name, points) {
+  const view = VIEWS[name], voxels = [], seen = new Set();
+  let previous = null;
+  for (const point of points) {
+    const voxel = voxelAt(name, ...point);
+    const from = previous || voxel;
+    const steps = Math.max(Math.abs(voxel[view.rows] - from[view.rows]), Math.abs(voxel[view.cols] - from[view.cols]), 1);
+    for (let i = previous ? 1 : 0; i <= steps; i++) {
+      const step = voxel.slice();
+      step[view.rows] = Math.round(from[view.rows] + ((voxel[view.rows] - from[view.rows]) * i) / steps);
+      step[view.cols] = Math.round(from[view.cols] + ((voxel[view.cols] - from[view.cols]) * i) / steps);
+      const key = step.join(",");
+      if (inside(step) && !seen.has(key)) {
+        seen.add(key);
+        voxels.push(step);
+      }
+    }
+    previous = voxel;
+  }
+  return voxels;
+}
+
+function addDrawn(path, body) {
+  enqueue(async () => {
+    const result = await (await post(path, body)).json();
+    show("");
+    update(result);
+    draw();
+  });
+}
+
+// Finish a press on a slice view: a click, a box or a scribble.
+function finishStroke(name, stroke, at) {
+  const negative = strokeNegative(stroke);
+  if (!stroke.dragging) return addClick(voxelAt(name, ...at), !negative);
+  if (!strokeIsScribble(stroke)) {
+    const [lower, upper] = boxCorners(name, stroke.points[0], at);
+    return addDrawn("/api/box", { lower, upper });
+  }
+  const voxels = scribbleVoxels(name, stroke.points);
+  if (!voxels.length) return show("the scribble passed over no voxel of the scan: draw it on the image", "error");
+  addDrawn("/api/scribble", { voxels, positive: !negative });
+}
+
+function canvasPoint(name, event) {
+  const bounds = $(name).getBoundingClientRect();
+  return [event.clientX - bounds.left, event.clientY - bounds.top];
+}
+
+function bindDrawing(name) {
+  const canvas = $(name);
+  canvas.addEventListener("pointerdown", (event) => {
+    if (!state.scan || (event.button !== 0 && event.button !== 2)) return;
+    canvas.setPointerCapture(event.pointerId);
+    const { altKey: alt, shiftKey: shift, button } = event;
+    state.stroke = { name, button, alt, shift, points: [canvasPoint(name, event)], dragging: false };
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    const stroke = state.stroke;
+    if (!stroke || stroke.name !== name) return;
+    const at = canvasPoint(name, event), start = stroke.points[0];
+    if (!stroke.dragging && Math.hypot(at[0] - start[0], at[1] - start[1]) < DRAG_PIXELS) return;
+    stroke.dragging = true;
+    stroke.alt ||= event.altKey;
+    stroke.shift ||= event.shiftKey;
+    stroke.points.push(at);
+    drawSlice(name);
+  });
+  canvas.addEventListener("pointerup", (event) => {
+    const stroke = state.stroke;
+    if (!stroke || stroke.name !== name) return;
+    state.stroke = null;
+    const at = canvasPoint(name, event);
+    if (stroke.dragging) stroke.points.push(at);
+    stroke.alt ||= event.altKey;
+    stroke.shift ||= event.shiftKey;
+    finishStroke(name, stroke, at);
+    drawSlice(name);
+  });
+  canvas.addEventListener("pointercancel", () => {
+    state.stroke = null;
+    drawSlice(name);
+  });
+  canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 }
 
 function edit(path) {
@@ -368,11 +522,7 @@ function edit(path) {
 function bind() {
   for (const [name, view] of Object.entries(VIEWS)) {
     const canvas = $(name);
-    canvas.addEventListener("click", (event) => addClick(name, event, !event.shiftKey));
-    canvas.addEventListener("contextmenu", (event) => {
-      event.preventDefault();
-      addClick(name, event, false);
-    });
+    bindDrawing(name);
     canvas.addEventListener("wheel", (event) => {
       if (!state.scan) return;
       event.preventDefault();
@@ -444,5 +594,5 @@ async function start() {
   document.body.dataset.ready = "1";
 }
 
-window.sam3d = { screenPoint, voxelAt, state }; // for the tests and the console
+window.sam3d = { screenPoint, voxelAt, scribbleVoxels, state }; // for the tests and the console
 start();
