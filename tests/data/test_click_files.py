@@ -9,11 +9,25 @@ from scipy import ndimage
 
 from sam3d.data.errors import DatasetError
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans import Click, clicks_to_network, load_label, load_scan, match_clicks, read_clicks
+from sam3d.data.scans import (
+    Box,
+    Click,
+    PredictionCases,
+    Scribble,
+    clicks_to_network,
+    interactions_to_network,
+    load_label,
+    load_scan,
+    match_clicks,
+    read_clicks,
+    steps_of,
+)
+
+PREPROCESSING = Preprocessing((1.0, 1.0, 1.0), (-200.0, 300.0), 50.0, 100.0, (1,))
 
 
 def load(path):
-    return load_scan(path, Preprocessing((1.0, 1.0, 1.0), (-200.0, 300.0), 50.0, 100.0, (1,)))
+    return load_scan(path, PREPROCESSING)
 
 
 def cases(root):
@@ -234,3 +248,171 @@ def test_match_clicks_by_path_name_or_case_id(tmp_path):
     assert "ghost.nii.gz" in messages[1]
     assert "does not exist" in messages[1]
     assert str(clicks_file) in messages[1]
+
+
+INTERACTIONS = {
+    "scans": [
+        {
+            "scan": "a.mha",
+            "clicks": [{"position": [1, 2, 3], "space": "voxel", "label": "positive"}],
+            "interactions": [
+                {"type": "box", "corners": [[4, 5, 6], [1, 2, 6]], "space": "world"},
+                {"type": "click", "position": [1.5, 2, 3], "space": "world_lps", "label": 0},
+                {"type": "scribble", "positions": [[1, 1, 1], [1, 2, 1]], "space": "voxel", "label": "neg"},
+            ],
+        },
+        {"scan": "b", "interactions": [{"type": "box", "corners": [[0, 0, 0], [1, 1, 1]], "space": "voxel"}]},
+    ]
+}
+
+
+def test_read_interactions_in_order_and_their_steps(tmp_path):
+    path = tmp_path / "interactions.json"
+    path.write_text(json.dumps(INTERACTIONS))
+    entries = read_clicks(path)
+    first, box, click, scribble = entries["a.mha"]
+    assert first == Click((1.0, 2.0, 3.0), "voxel", True, "interactions.json scans[0].clicks[0]")
+    assert box == Box(
+        ((4.0, 5.0, 6.0), (1.0, 2.0, 6.0)), "world", "interactions.json scans[0].interactions[0]"
+    )
+    assert click == Click(
+        (1.5, 2.0, 3.0), "world_lps", False, "interactions.json scans[0].interactions[1]", True
+    )
+    assert scribble == Scribble(
+        ((1.0, 1.0, 1.0), (1.0, 2.0, 1.0)), "voxel", False, "interactions.json scans[0].interactions[2]"
+    )
+    # the plain clicks are one step, first; then one step per interaction, in file order
+    assert steps_of(entries["a.mha"]) == [(first,), (box,), (click,), (scribble,)]
+    assert [type(e) for e in entries["b"]] == [Box]
+
+
+def test_old_clicks_files_stay_one_step_with_the_same_points(synthetic_root, tmp_path):
+    image_path = cases(synthetic_root)[0][0]
+    scan = load(image_path)
+    path = tmp_path / "clicks.csv"
+    path.write_text(
+        f"scan,x,y,z,space,label\n{image_path.name},10,12,9,voxel,1\n{image_path.name},14,12,9,voxel,0\n"
+    )
+    clicks = read_clicks(path)[image_path.name]
+    steps = interactions_to_network(clicks, scan)
+    assert len(steps) == 1
+    points, labels = clicks_to_network(clicks, scan)
+    assert torch.equal(torch.cat([i.voxels for i in steps[0]]), points)
+    assert [int(i.positive) for i in steps[0]] == labels.tolist()
+    case = PredictionCases([image_path], path, PREPROCESSING)[0]
+    assert len(case.steps) == 1
+    assert torch.equal(case.points, points)
+    assert torch.equal(case.labels, labels)
+
+
+def test_boxes_and_scribbles_map_onto_the_grid_in_every_space(synthetic_root):
+    image_path = cases(synthetic_root)[2][0]
+    scan = load(image_path)
+    affine = nib.load(image_path).affine
+    voxels = np.array(
+        [[10.2, 14.0, 9.0], [18.0, 11.0, 9.0], [12.0, 12.0, 9.0], [12.0, 12.2, 9.0], [13, 12, 9]]
+    )
+    world = nib.affines.apply_affine(affine, voxels)
+    lps = world * [-1, -1, 1]
+    mapped = {}
+    for space, positions in (("voxel", voxels), ("world", world), ("world_lps", lps)):
+        rows = [tuple(map(float, p)) for p in positions]
+        entries = [Box((rows[0], rows[1]), space), Scribble(tuple(rows[2:]), space, False)]
+        mapped[space] = interactions_to_network(entries, scan)
+    box, scribble = (step[0] for step in mapped["voxel"])
+    # exactly as clicks map: the box spans its corners' rounded voxels, lowest to highest per axis
+    corners, _ = clicks_to_network([Click(tuple(map(float, v)), "voxel", True) for v in voxels[:2]], scan)
+    assert box.kind == "box"
+    assert box.voxels.tolist() == [corners.round().amin(0).tolist(), corners.round().amax(0).tolist()]
+    # a scribble's positions rounded to voxels, repeats dropped, in order
+    points, _ = clicks_to_network([Click(tuple(map(float, v)), "voxel", True) for v in voxels[2:]], scan)
+    rounded = points.round()
+    assert torch.equal(rounded[0], rounded[1])  # 12.0 and 12.2 fall in one voxel
+    assert (scribble.kind, scribble.positive) == ("scribble", False)
+    assert scribble.voxels.tolist() == [rounded[0].tolist(), rounded[2].tolist()]
+    for space in ("world", "world_lps"):
+        for ours, theirs in zip(mapped[space], mapped["voxel"], strict=True):
+            assert torch.equal(ours[0].voxels, theirs[0].voxels), space
+
+
+def test_interactions_outside_the_scan_are_named_with_their_entry(synthetic_root, tmp_path):
+    image_path = cases(synthetic_root)[0][0]
+    shape = nib.load(image_path).shape
+    content = {
+        "scans": [
+            {
+                "scan": image_path.name,
+                "interactions": [
+                    {"type": "box", "corners": [[1, 1, 1], [shape[0] + 4, 2, 2]], "space": "voxel"},
+                    {
+                        "type": "scribble",
+                        "positions": [[1, 1, 1], [0, 0, 5000]],
+                        "space": "world",
+                        "label": 1,
+                    },
+                    {"type": "click", "position": [2, 2, 2], "space": "voxel", "label": 1},
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "interactions.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DatasetError) as error:
+        interactions_to_network(read_clicks(path)[image_path.name], load(image_path))
+    message = str(error.value)
+    assert "2 position(s)" in message
+    assert str(image_path) in message
+    assert "interactions.json scans[0].interactions[0]" in message
+    assert f"position 1 ({shape[0] + 4}, 2, 2)" in message
+    assert "interactions.json scans[0].interactions[1]" in message
+    assert "interactions[2]" not in message
+    case = PredictionCases([image_path], path, PREPROCESSING)[0]
+    assert "interactions.json scans[0].interactions[0]" in case.reason
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ([1, 2, 3], '"type" click, box or scribble'),
+        ({"type": "lasso"}, "got 'lasso'"),
+        ({"type": "box", "corners": [[1, 2, 3]], "space": "voxel"}, '"corners": two positions'),
+        (
+            {"type": "box", "corners": [[1, 2, 3], [1, 2]], "space": "voxel"},
+            "each corner must be three numbers",
+        ),
+        ({"type": "box", "corners": [[1, 2, 3], [1, 2, 3]], "space": "mm"}, "space must be one of"),
+        (
+            {"type": "box", "corners": [[1, 2, 3], [1, 2, 3]], "space": "voxel", "label": 0},
+            "must be positive",
+        ),
+        ({"type": "scribble", "positions": [], "space": "voxel", "label": 1}, '"positions": a list'),
+        (
+            {"type": "scribble", "positions": [[1, 2, "x"]], "space": "voxel", "label": 1},
+            "each position must",
+        ),
+        (
+            {"type": "scribble", "positions": [[1, 2, 3]], "space": "voxel"},
+            "label must be positive or negative",
+        ),
+        (
+            {"type": "click", "position": [1, 2], "space": "voxel", "label": 1},
+            "position must be three numbers",
+        ),
+    ],
+)
+def test_bad_interactions_are_explained_with_their_entry(tmp_path, entry, message):
+    path = tmp_path / "interactions.json"
+    good = {"type": "click", "position": [1, 2, 3], "space": "voxel", "label": 1}
+    path.write_text(json.dumps({"scans": [{"scan": "a", "interactions": [good, entry]}]}))
+    with pytest.raises(DatasetError, match="1 invalid") as error:
+        read_clicks(path)
+    assert "interactions.json scans[0].interactions[1]: " in str(error.value)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_a_scan_entry_needs_clicks_or_interactions(tmp_path):
+    path = tmp_path / "interactions.json"
+    path.write_text(json.dumps({"scans": [{"scan": "a", "interactions": {"type": "click"}}]}))
+    with pytest.raises(DatasetError, match='"clicks" or "interactions" \\(a list\\)'):
+        read_clicks(path)
