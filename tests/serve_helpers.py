@@ -22,7 +22,8 @@ from scipy import ndimage
 from sam3d.callbacks import PredictionWriter
 from sam3d.data.clicks import first_click
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans import load_label, load_scan
+from sam3d.data.scans import PredictionCase, PredictionCases, SkippedCase, load_label, load_scan
+from sam3d.evaluation import EvaluationSettings
 from sam3d.models import CropEncoding
 from sam3d.serve import ServeSettings, SessionStore, create_app
 from sam3d.serve.server import bind
@@ -91,6 +92,17 @@ class MagicWand(torch.nn.Module):
             mask &= nearer.reshape(smooth.shape).numpy()
         foreground = torch.from_numpy(np.where(mask, 10.0, -10.0)).float()
         return torch.stack([-foreground, foreground])[None]
+
+
+def replay(
+    net: torch.nn.Module, scans: list[Path], clicks_file: Path, protocol: str = "paper"
+) -> tuple[PredictionCase | SkippedCase, dict[str, Any]]:
+    """`sam3d predict`'s path for the first scan: its case from the clicks file, and ``predict_step``'s result."""
+    from sam3d.module import VolumetricSamModule
+
+    case = PredictionCases(scans, clicks_file, PREPROCESSING)[0]
+    module = SimpleNamespace(net=net, evaluation=EvaluationSettings(protocol=protocol))
+    return case, VolumetricSamModule.predict_step(module, case, 0)  # type: ignore[arg-type]
 
 
 def lesion_centre(scan_path: Path, label_path: Path) -> tuple[list[int], torch.Tensor]:

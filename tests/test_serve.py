@@ -7,16 +7,23 @@ import logging
 import socket
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from serve_helpers import PREPROCESSING, MagicWand, Page, dice, lesion_centre, live_server, write_reoriented
+from serve_helpers import (
+    PREPROCESSING,
+    MagicWand,
+    Page,
+    dice,
+    lesion_centre,
+    live_server,
+    replay,
+    write_reoriented,
+)
 
 from sam3d.data.scans import (
-    PredictionCases,
     SkippedCase,
     interactions_to_network,
     load_scan,
@@ -25,8 +32,6 @@ from sam3d.data.scans import (
     write_prediction,
 )
 from sam3d.errors import Sam3dError
-from sam3d.evaluation import EvaluationSettings
-from sam3d.module import VolumetricSamModule
 from sam3d.serve import ScanView, ViewSettings, open_scan
 from sam3d.serve.server import bind, is_loopback
 from sam3d.serve.viewer import OutputFolder
@@ -249,15 +254,7 @@ def test_serve_writes_its_files_without_the_lightning_callbacks():
     assert result.stdout.strip() == "False"
 
 
-def _replay(net, scans, interactions_file, protocol="paper"):
-    """`sam3d predict`'s path for one scan: the prediction case of the file, and predict_step's result."""
-    cases = PredictionCases(scans, interactions_file, PREPROCESSING)
-    case = cases[0]
-    module = SimpleNamespace(net=net, evaluation=EvaluationSettings(protocol=protocol))
-    return case, VolumetricSamModule.predict_step(module, case, 0)
-
-
-def test_boxes_and_scribbles_segment_undo_save_and_replay(phantom, tmp_path, caplog):
+def test_boxes_and_scribbles_segment_undo_save_andreplay(phantom, tmp_path, caplog):
     scan, label, centre = phantom
     output = tmp_path / "out"
     net = MagicWand(dense_prompts=("box", "scribble"))
@@ -292,7 +289,7 @@ def test_boxes_and_scribbles_segment_undo_save_and_replay(phantom, tmp_path, cap
 
     # `sam3d predict` reads the saved file back to the same interactions on the grid, in the same steps
     interactions_file = output / "phantom_000_interactions.json"
-    case, prediction = _replay(net, [scan], interactions_file)
+    case, prediction = replay(net, [scan], interactions_file)
     assert [[i.kind for i in step] for step in case.steps] == [["box"], ["scribble"], ["click"]]
     for step, shown in zip(case.steps, last["interactions"], strict=True):
         assert step[0].positive == shown["positive"]
@@ -320,7 +317,7 @@ def test_predict_skips_a_scan_whose_boxes_the_network_does_not_take(phantom, tmp
     }
     path = tmp_path / "boxes.json"
     path.write_text(json.dumps(content))
-    _, prediction = _replay(MagicWand(), [scan], path)
+    _, prediction = replay(MagicWand(), [scan], path)
     skipped = prediction["case"]
     assert isinstance(skipped, SkippedCase)
     assert "probability" not in prediction
@@ -328,7 +325,7 @@ def test_predict_skips_a_scan_whose_boxes_the_network_does_not_take(phantom, tmp
     assert str(scan) in skipped.reason
     assert "'box'" in skipped.reason
     assert "model.dense_prompts" in skipped.reason
-    _, taken = _replay(MagicWand(dense_prompts=("box",)), [scan], path)
+    _, taken = replay(MagicWand(dense_prompts=("box",)), [scan], path)
     assert taken["probability"].sum() > 0
 
 

@@ -1,4 +1,5 @@
-"""`sam3d serve`'s page in a real headless Chromium: click, see the overlay, correct, save; bad inputs on the page.
+"""`sam3d serve`'s page in a real headless Chromium: click, drag boxes and scribbles, see the overlay, correct,
+save and replay; bad inputs on the page.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); skipped without them.
 """
@@ -11,8 +12,9 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from serve_helpers import MagicWand, dice, lesion_centre, live_server
+from serve_helpers import MagicWand, dice, lesion_centre, live_server, replay
 
+from sam3d.data.scans import write_prediction
 from sam3d.serve import ViewSettings
 
 webdriver = pytest.importorskip(
@@ -20,6 +22,7 @@ webdriver = pytest.importorskip(
 )
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -107,6 +110,30 @@ def _click(driver, view, point, negative=False):
     (actions.context_click() if negative else actions.click()).perform()
 
 
+def _drag(driver, view, start, end, keys=()):
+    """Press on voxel ``start`` of ``view`` (on the slice shown), move to voxel ``end``, release; ``keys`` held."""
+    canvas = driver.find_element(By.ID, view)
+    size = canvas.size
+    at = [
+        driver.execute_script("return window.sam3d.screenPoint(arguments[0], arguments[1])", view, p)
+        for p in (start, end)
+    ]
+    actions = ActionChains(driver)
+    for key in keys:
+        actions.key_down(key)
+    actions.move_to_element_with_offset(
+        canvas, round(at[0]["x"] - size["width"] / 2), round(at[0]["y"] - size["height"] / 2)
+    ).click_and_hold()
+    actions.move_by_offset(round(at[1]["x"] - at[0]["x"]), round(at[1]["y"] - at[0]["y"])).release()
+    for key in keys:
+        actions.key_up(key)
+    actions.perform()
+
+
+def _result(driver):
+    return driver.execute_script("return window.sam3d.state.result")
+
+
 def _pixels(driver, view):
     """The view's canvas as an ``(H, W, 4)`` RGBA array."""
     width, height, data = driver.execute_script(
@@ -121,6 +148,11 @@ def _red(pixels):
     """Where the mask overlay is drawn (red over grey)."""
     r, g, b = (pixels[..., i].astype(int) for i in range(3))
     return (r > g + 60) & (r > b + 60)
+
+
+def _colour(pixels, rgb):
+    """Where ``rgb`` is drawn exactly (the interactions' outlines and voxels)."""
+    return (pixels[..., :3] == rgb).all(-1)
 
 
 def _message(driver):
@@ -240,3 +272,73 @@ def test_a_second_browser_is_told_when_the_server_is_full(browsers, phantom, tmp
         second.find_element(By.ID, "open").click()
         _wait(second, "window.sam3d.state.volume !== null")
         assert _message(second).startswith("phantom_000.nii.gz: shown and segmented")
+
+
+def test_drag_a_box_alt_drag_scribbles_undo_save_and_replay_with_predict(browsers, phantom, tmp_path):
+    scan, label, centre, _ = phantom
+    output = tmp_path / "out"
+    net = MagicWand(dense_prompts=("box", "scribble"))
+    d, h, w = centre
+    with live_server(net, [scan], output) as address:
+        driver = browsers()
+        _open(driver, address)
+        driver.execute_script(  # show the centre's slices
+            "window.sam3d.state.cursor = arguments[0];",
+            centre,
+        )
+        # a plain drag on the axial view: a 2D box on the centre's slice (d fixed)
+        _drag(driver, "axial", [d, h - 4, w - 4], [d, h + 4, w + 4])
+        _wait(driver, "document.body.dataset.interactions === '1' && document.body.dataset.maskVoxels > 0")
+        box = _result(driver)["interactions"][0]
+        assert box == {"kind": "box", "voxels": [[d, h - 4, w - 4], [d, h + 4, w + 4]], "positive": True}
+        assert _dataset(driver, "clicks") == "0"
+        boxed = int(_dataset(driver, "maskVoxels"))
+        axial = _pixels(driver, "axial")
+        assert _red(axial).sum() > 50
+        assert _colour(axial, [0x33, 0xDD, 0x33]).sum() > 20  # the box's outline
+        assert "1 box(es)" in driver.find_element(By.ID, "status").text
+
+        # Shift+Alt+drag: a negative scribble through every voxel passed over (no gaps), on the slice
+        _drag(driver, "axial", [d, h + 2, w - 3], [d, h + 2, w + 3], (Keys.SHIFT, Keys.ALT))
+        _wait(driver, "document.body.dataset.interactions === '2'")
+        scribble = _result(driver)["interactions"][1]
+        assert scribble == {
+            "kind": "scribble",
+            "voxels": [[d, h + 2, c] for c in range(w - 3, w + 4)],
+            "positive": False,
+        }
+        assert 0 < int(_dataset(driver, "maskVoxels")) < boxed
+        assert _colour(_pixels(driver, "axial"), [0xEE, 0x33, 0xEE]).sum() > 20  # the scribble's voxels
+        driver.find_element(By.ID, "undo").click()  # undo takes the scribble back, the box stays
+        _wait(driver, "document.body.dataset.interactions === '1'")
+        assert int(_dataset(driver, "maskVoxels")) == boxed
+
+        # Alt+drag: a positive scribble on the coronal view (h fixed at the slice shown)
+        _drag(driver, "coronal", [d - 2, h, w - 2], [d + 2, h, w + 2], (Keys.ALT,))
+        _wait(driver, "document.body.dataset.interactions === '2'")
+        positive = _result(driver)["interactions"][1]
+        assert positive["positive"] is True
+        assert positive["voxels"][0] == [d - 2, h, w - 2]
+        assert positive["voxels"][-1] == [d + 2, h, w + 2]
+        assert all(v[1] == h for v in positive["voxels"])
+        steps = np.abs(np.diff(np.array(positive["voxels"]), axis=0))
+        assert steps.max() == 1  # neighbours: no gap between the voxels passed over
+        _click(driver, "axial", [d, h + 3, w], negative=True)  # and a plain click stays a click
+        _wait(driver, "document.body.dataset.interactions === '3' && document.body.dataset.clicks === '1'")
+        shown = _result(driver)["interactions"]
+
+        driver.find_element(By.ID, "save").click()
+        saved = nib.load(_wait(driver, "document.body.dataset.saved"))
+        assert dice(np.asarray(saved.dataobj), np.asarray(nib.load(label).dataobj)) > 0.3
+
+    # `sam3d predict` replays the saved interactions file: the same steps, and the page's mask
+    case, prediction = replay(net, [scan], output / "phantom_000_interactions.json")
+    assert [(i.kind, i.positive) for i in case.interactions] == [
+        ("box", True),
+        ("scribble", True),
+        ("click", False),
+    ]
+    for ours, page in zip(case.interactions, shown, strict=True):
+        np.testing.assert_allclose(ours.voxels.numpy(), page["voxels"], atol=1e-4)
+    replayed = write_prediction(case.scan, prediction["probability"], 0.5, tmp_path / "replayed", False)
+    np.testing.assert_array_equal(np.asarray(nib.load(replayed.mask).dataobj), np.asarray(saved.dataobj))
