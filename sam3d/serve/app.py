@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -206,7 +206,7 @@ async def _json(request: Request) -> dict[str, Any]:
 MAX_SCRIBBLE_VOXELS = 65536
 
 
-def _is_voxel(value: Any) -> bool:
+def _is_voxel(value: Any) -> TypeGuard[list[float]]:
     return (
         isinstance(value, list)
         and len(value) == 3
@@ -218,7 +218,11 @@ def _point(body: dict[str, Any]) -> tuple[float, float, float]:
     point = body.get("point")
     if not _is_voxel(point):
         raise Sam3dError(f"a click needs a point [d, h, w] of three numbers, got {point!r}")
-    return float(point[0]), float(point[1]), float(point[2])
+    return _triple(point)
+
+
+def _triple(voxel: list[float]) -> tuple[float, float, float]:
+    return float(voxel[0]), float(voxel[1]), float(voxel[2])
 
 
 def _corners(body: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -227,11 +231,7 @@ def _corners(body: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[fl
         raise Sam3dError(
             f"a box needs corners lower and upper, each [d, h, w] of three numbers, got {lower!r} and {upper!r}"
         )
-    return (float(lower[0]), float(lower[1]), float(lower[2])), (
-        float(upper[0]),
-        float(upper[1]),
-        float(upper[2]),
-    )
+    return _triple(lower), _triple(upper)
 
 
 def _voxels(body: dict[str, Any]) -> list[tuple[float, float, float]]:

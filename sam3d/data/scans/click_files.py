@@ -339,8 +339,8 @@ def read_clicks(path: str | Path) -> dict[str, list[Entry]]:
 
 def steps_of(entries: Sequence[Entry]) -> list[tuple[Entry, ...]]:
     """The steps a scan's entries are replayed in: its plain clicks as one step first, then one per interaction."""
-    plain = tuple(e for e in entries if isinstance(e, Click) and not e.own_step)
-    own = [(e,) for e in entries if not (isinstance(e, Click) and not e.own_step)]
+    plain: tuple[Entry, ...] = tuple(e for e in entries if isinstance(e, Click) and not e.own_step)
+    own: list[tuple[Entry, ...]] = [(e,) for e in entries if not (isinstance(e, Click) and not e.own_step)]
     return ([plain] if plain else []) + own
 
 
