@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,19 +18,23 @@ from sam3d.interaction import Interaction
 from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
 
 
-@dataclass
 class PredictionCase:
     """A preprocessed scan and the steps to replay on it, their interactions on the network grid.
 
-    Attributes:
+    Not a dataclass: Lightning moves a step's output (which holds its case) to the CPU field by field, and
+    cannot rebuild the frozen :class:`~sam3d.interaction.Interaction` inside; the case stays on the CPU anyway.
+
+    Args:
         scan: The preprocessed scan.
         steps: One tuple of interactions per step, in order (the plain clicks of a clicks file are one step).
         clicks_file: The file the steps come from, for messages.
     """
 
-    scan: Scan
-    steps: tuple[tuple[Interaction, ...], ...]
-    clicks_file: str = ""
+    def __init__(self, scan: Scan, steps: tuple[tuple[Interaction, ...], ...], clicks_file: str = "") -> None:
+        self.scan, self.steps, self.clicks_file = scan, steps, clicks_file
+
+    def __repr__(self) -> str:
+        return f"PredictionCase({self.case_id!r}, {len(self.steps)} step(s), from {self.clicks_file!r})"
 
     @property
     def case_id(self) -> str:
