@@ -163,6 +163,44 @@ def test_predict_masks_use_the_one_threshold_and_keep_their_config(synthetic_roo
     assert (output / "config.yaml").is_file()  # what made the masks, beside them
 
 
+def test_predict_replays_interactions_and_skips_boxes_the_network_does_not_take(
+    synthetic_root, trained, tmp_path, capsys
+):
+    _, checkpoint = trained
+    scans = sorted((synthetic_root / "imagesTr").glob("*.nii.gz"))[:2]
+    entries = []
+    for scan in scans:
+        label = np.asarray(nib.load(synthetic_root / "labelsTr" / scan.name).dataobj)
+        i, j, k = (float(c) for c in np.argwhere(label > 0)[len(np.argwhere(label > 0)) // 2])
+        click = {"type": "click", "position": [i, j, k], "space": "voxel", "label": "positive"}
+        entries.append({"scan": scan.name, "interactions": [click, {**click, "position": [i, j, k + 1]}]})
+    box = {"type": "box", "corners": [[i, j, k], [i + 2, j + 2, k]], "space": "voxel"}
+    entries[1]["interactions"].append(box)
+    clicks = tmp_path / "interactions.json"
+    clicks.write_text(json.dumps({"scans": entries}))
+    output = tmp_path / "masks"
+    main(
+        [
+            "predict",
+            "--config",
+            str(CONFIG),
+            *predict_options(checkpoint, scans, clicks, output),
+            "--trainer.logger",
+            "false",
+        ]
+    )
+    printed = capsys.readouterr().out
+    first, second = (scan.name.removesuffix(".nii.gz") for scan in scans)
+    assert f"{first}: 2 click(s)" in printed
+    assert (output / f"{first}_mask.nii.gz").is_file()
+    skipped = next(line for line in printed.splitlines() if line.startswith(f"{second}: skipped"))
+    assert str(clicks) in skipped
+    assert str(scans[1]) in skipped
+    assert "'box'" in skipped
+    assert "model.dense_prompts" in skipped
+    assert not (output / f"{second}_mask.nii.gz").exists()
+
+
 def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
     _, checkpoint = trained
     with pytest.raises(SystemExit) as exit_info:
