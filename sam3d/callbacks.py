@@ -350,7 +350,13 @@ class PredictionWriter(BasePredictionWriter):
             self.probabilities,
         )
         seconds = prediction["seconds"] + time.perf_counter() - start
+        kinds = [i.kind for i in case.interactions]
+        drawn = "".join(
+            f", {kinds.count(kind)} {kind}{suffix}"
+            for kind, suffix in (("box", "(es)"), ("scribble", "(s)"))
+            if kind in kinds
+        )
         print(
-            f"{case.case_id}: {len(case.points)} click(s), {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
+            f"{case.case_id}: {len(case.points)} click(s){drawn}, {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
             f"{written.mask}"
         )
