@@ -155,8 +155,7 @@ class VolumetricSamModule(VolumetricSamTask):
         without keeps its negative click; its box is invalid, its scribbles empty).
         """
         points, labels = batch["points"], batch["point_labels"]
-        starts = ["click", *(name for name in self.hparams["dense_prompts"] if name != "mask")]
-        start = starts[int(torch.randint(len(starts), (), generator=generator))]
+        start = self._first_interaction_type(generator)
         if start == "click":
             return points, labels, {}
         if start == "box":
@@ -166,6 +165,11 @@ class VolumetricSamModule(VolumetricSamTask):
             dense = {"scribbles": batch_scribbles(target, generator)}
         has_target = target.flatten(1).any(1)[:, None]
         return points, labels.masked_fill(has_target, PADDING), dense
+
+    def _first_interaction_type(self, generator: torch.Generator) -> str:
+        """``click``, ``box`` or ``scribble``, uniform among the types the network takes (a draw of ``generator``)."""
+        starts = ["click", *(name for name in self.hparams["dense_prompts"] if name != "mask")]
+        return starts[int(torch.randint(len(starts), (), generator=generator))]
 
     def _simulation_generator(self, batch_idx: int) -> torch.Generator:
         """The step's source of simulated-user randomness.
