@@ -1,15 +1,22 @@
 """Clicks-vs-Dice curves of the tiny network trained in the paper's click mode and in the interactive mode.
 
-Both arms train with the same budget (the same epochs, patches, seed and optimiser: only the training
-clicks differ), then ``sam3d test`` scores each on the held-out fold with one first click and four
-correction clicks (``paper`` protocol), giving Dice/NSD after each click and the area under the clicks
-curve (DSC-AUC, NSD-AUC, as the CVPR 2025 interactive-segmentation challenge).
+Every arm trains with the same budget (the same epochs, patches, seed and optimiser: only the training
+prompts differ), then ``sam3d test`` scores each on the held-out fold: ``--protocol paper`` (default) with one
+first click and four correction clicks, giving Dice/NSD after each click and the area under the clicks curve
+(DSC-AUC, NSD-AUC); ``--protocol cvpr25`` with the CVPR 2025 challenge's box, five correction clicks and the
+previous mask (a network without the box prompt gets a click at the box's centre).
 
 * ``paper``: ``click_mode: reference``, 10 clicks in the tumour and 20 anywhere, all labelled 1 (the authors').
 * ``interactive``: ``configs/clicks/interactive.yaml``: a first click, then up to 4 simulated corrections,
   with click maps (the prompt encoder is told where each click is).
 * ``interactive-without-maps`` (optional): the same training clicks on the paper's network, whose clicks
   carry only the features under them.
+* ``interactive-mask``: the interactive arm whose network also takes its previous prediction
+  (``configs/prompts/mask.yaml``).
+* ``box``: the interactive arm with boxes and the previous mask (``configs/prompts/box.yaml``): training steps
+  start from a click or a simulated box.
+* ``interactive-distance``: the interactive arm with distance-transform click maps instead of Gaussian ones
+  (``configs/prompts/distance_clicks.yaml``).
 * ``labelled`` (optional): 10 positive and 20 negative clicks, no correction rounds.
 
 Run (CPU, synthetic phantoms; ~1 h on two shared cores with the defaults):
@@ -51,6 +58,19 @@ ARMS = {
         "--model.init_args.click_maps",
         "false",
     ],
+    "interactive-mask": [
+        "-c",
+        str(CONFIGS / "clicks" / "interactive.yaml"),
+        "-c",
+        str(CONFIGS / "prompts" / "mask.yaml"),
+    ],
+    "box": ["-c", str(CONFIGS / "clicks" / "interactive.yaml"), "-c", str(CONFIGS / "prompts" / "box.yaml")],
+    "interactive-distance": [
+        "-c",
+        str(CONFIGS / "clicks" / "interactive.yaml"),
+        "-c",
+        str(CONFIGS / "prompts" / "distance_clicks.yaml"),
+    ],
     "labelled": [
         "--data.click_mode",
         "labelled",
@@ -60,14 +80,17 @@ ARMS = {
         "20",
     ],
 }
-EVALUATION = [
-    "--evaluation.num_clicks",
-    "1",
-    "--evaluation.refinement_clicks",
-    "4",
-    "--evaluation.protocol",
-    "paper",
-]
+EVALUATION = {
+    "paper": [
+        "--evaluation.num_clicks",
+        "1",
+        "--evaluation.refinement_clicks",
+        "4",
+        "--evaluation.protocol",
+        "paper",
+    ],
+    "cvpr25": ["--evaluation.protocol", "cvpr25"],
+}
 
 
 def _sam3d(args: list[str], log: Path) -> float:
@@ -86,18 +109,21 @@ def run_arm(name: str, common: list[str], args: argparse.Namespace) -> dict:
     run = [*common, "--trainer.default_root_dir", str(folder), *ARMS[name]]
     log = args.workdir / f"{name}.log"
     fit_seconds = None if args.test_only else _sam3d(["fit", *run], log)
-    evaluation = [
-        *EVALUATION,
-        "--evaluation.first_click",
-        args.first_click,
-        "--evaluation.repeats",
-        str(args.repeats),
-    ]
+    evaluation = EVALUATION[args.protocol]
+    if args.protocol == "paper":
+        evaluation = [
+            *evaluation,
+            "--evaluation.first_click",
+            args.first_click,
+            "--evaluation.repeats",
+            str(args.repeats),
+        ]
     test_seconds = _sam3d(
         ["test", *run, *evaluation, "--ckpt_path", str(folder / "checkpoints" / "last.ckpt")], log
     )
     result = json.loads((folder / "test" / "summary.json").read_text())
     result["seconds"] = {"fit": fit_seconds, "test": test_seconds}
+    (folder / f"summary-{args.protocol}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -134,6 +160,23 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def cvpr25_table(results: dict[str, dict]) -> str:
+    """Markdown table of the ``cvpr25`` protocol: Dice of the box step, final Dice and NSD, DSC-AUC, NSD-AUC."""
+    lines = [
+        "| training | Dice, box step | Dice, 5 clicks | NSD, 5 clicks | DSC-AUC (0-4) | NSD-AUC (0-4) | fit s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        scores = result["cvpr25"]
+        box_step = result["by_clicks"]["0"]["dice"]["mean"]
+        lines.append(
+            f"| {name} | {box_step:.3f} | {scores['dsc_final']['mean']:.3f} | {scores['nsd_final']['mean']:.3f} | "
+            f"{scores['dsc_auc']['mean']:.3f} | {scores['nsd_auc']['mean']:.3f} | "
+            f"{result['seconds']['fit'] or float('nan'):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True, help="data, runs and logs go here")
@@ -145,6 +188,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3, help="test repeats (random first clicks)")
     parser.add_argument("--first-click", choices=["random", "center"], default="random")
+    parser.add_argument(
+        "--protocol",
+        choices=list(EVALUATION),
+        default="paper",
+        help="paper: a first click and 4 corrections; cvpr25: the CVPR 2025 challenge's box and 5 corrections",
+    )
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=["paper", "interactive"])
     parser.add_argument("--leave-out", nargs="+", default=[], help="test these case ids, train on the rest")
     parser.add_argument("--seed", type=int, default=0)
@@ -187,8 +236,8 @@ def main() -> None:
     for name in args.arms:
         results[name] = run_arm(name, common, args)
         print(f"{name}: done in {sum(filter(None, results[name]['seconds'].values())):.0f} s", flush=True)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    (args.workdir / f"results-{args.protocol}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(cvpr25_table(results) if args.protocol == "cvpr25" else table(results))
 
 
 if __name__ == "__main__":

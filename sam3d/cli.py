@@ -487,12 +487,12 @@ def _refuse_what_cannot_run(subcommand: str, config: Any, ckpt_path: str | None)
             asked.append(f"evaluation.refinement_clicks {config.evaluation.refinement_clicks}")
         if asked:
             raise Sam3dError(_no_clicks_refusal(config.model.class_path, asked))
-    elif dense := (config.model.init_args.get("dense_prompts") or ()):
+    elif (dense := config.model.init_args.get("dense_prompts")) and config.data.click_mode != "interactive":
         raise Sam3dError(
-            f"model.dense_prompts {list(dense)}: the network takes box, scribble and previous-mask prompts "
-            "(sam3d.models.VolumetricSam), but no sam3d command feeds them yet (no simulated user draws them "
-            "in training, and test, predict and serve give clicks only), so their projections would learn "
-            "nothing; remove model.dense_prompts"
+            f"model.dense_prompts {list(dense)} with data.click_mode {config.data.click_mode}: only the "
+            "interactive recipe's simulated user draws boxes, scribbles and previous masks, so nothing would "
+            "feed them; add the clicks overlay before the prompts one (-c clicks/interactive.yaml "
+            "-c prompts/<type>.yaml) or remove model.dense_prompts"
         )
     if subcommand in ("test", "predict", "serve") and ckpt_path is None:
         raise CheckpointError(f"sam3d {subcommand} needs --ckpt_path (a checkpoint file, best or last)")

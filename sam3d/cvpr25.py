@@ -8,8 +8,8 @@ independent implementation; the differences are listed in ``docs/evaluation.md``
 
 One case is six predictions: the first from the box alone, then five, each after one more correction
 click placed on the previous prediction's errors, with that prediction passed in as well.
-:func:`run_protocol` drives the loop for any ``predict`` callable; the sam3d network does not take a
-box or a previous mask yet, so ``sam3d test`` has no ``cvpr25`` protocol.
+:func:`challenge_steps` drives the loop for any ``predict`` callable and :func:`run_protocol` scores it;
+``sam3d test --evaluation.protocol cvpr25`` runs it on the network (:func:`sam3d.evaluation.evaluate_cvpr25_case`).
 
 Masks are binary ``(D, H, W)`` tensors (one tumour class: the challenge averages Dice and NSD over
 the classes of a multi-class label, which for one class is the value itself); coordinates are voxel

@@ -9,12 +9,14 @@ from typing import Any
 import torch
 
 from sam3d.data.clicks import ClickMode, checked_click_mode, correction_clicks
+from sam3d.data.prompts import batch_boxes, batch_scribbles
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import evaluate_case
 from sam3d.interaction import InteractionSession
-from sam3d.models import ClickEncoding, DensePrompt
+from sam3d.models import ClickEncoding, CropEncoding, DensePrompt
+from sam3d.models.prompt_encoder import PADDING
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
 
@@ -29,13 +31,20 @@ class VolumetricSamModule(VolumetricSamTask):
 
     ``data.click_mode: interactive`` (beyond the paper) trains corrections as SAM-Med3D and nnInteractive
     do: each step encodes its crops once, then simulates a user for a random number of rounds (0 to
-    ``correction_rounds``): the network predicts from the clicks so far and a click is added at the
+    ``correction_rounds``): the network predicts from the prompts so far and a click is added at the
     deepest point of each sample's largest error region (positive where the tumour is missed, negative
     where the prediction spills over). Only the last prediction is backpropagated; the simulation rounds
     run without gradients, as in RITM's iterative training. They reach the loss only through where the
-    clicks land (a thresholded, non-differentiable choice), and the network takes no mask prompt, so
-    backpropagating them would only add losses on shorter click sequences, which the random number of
-    rounds trains anyway, at one decoder's activation memory instead of one per round.
+    clicks land and the previous mask they hand on (thresholded or detached), so backpropagating them
+    would only add losses on shorter prompt sequences, which the random number of rounds trains anyway,
+    at one decoder's activation memory instead of one per round.
+
+    With ``dense_prompts`` the simulated user also starts with other prompts: each step draws its first
+    interaction uniformly among ``click`` and the enabled ``box`` and ``scribble``
+    (:mod:`sam3d.data.prompts` draws them from the label); a box or scribble start replaces the clicks of
+    samples with a target by padding, and the box or scribbles stay through the correction rounds. With
+    ``mask`` every network call also gets the previous call's foreground probability (zeros for the
+    first). The step's draws are a function of (run seed, epoch, batch, rank), so a resumed run replays them.
 
     Args:
         click_mode: The training clicks. Not a setting of its own: the CLI links it from
@@ -49,8 +58,8 @@ class VolumetricSamModule(VolumetricSamTask):
             (``exp(-d / sigma)``, a distance-transform encoding); ``distance`` needs ``click_maps``.
         dense_prompts: Beyond the paper: dense prompt types the network takes, among ``box``, ``scribble``
             and ``mask`` (its previous prediction), each added to the prompt encoder's map through a
-            zero-initialised projection. The sam3d commands refuse it until training feeds them (no simulated
-            user draws boxes, scribbles or previous masks yet); for use from Python.
+            zero-initialised projection. Training feeds them only with ``data.click_mode: interactive``
+            (the simulated user above); the sam3d commands refuse them with another click mode.
         **kwargs: The network and recipe (:class:`sam3d.volumetric.VolumetricSamTask`: ``variant``,
             ``sam_checkpoint``, ``crop_size``, ``lr``, ...).
     """
@@ -97,24 +106,83 @@ class VolumetricSamModule(VolumetricSamTask):
         return self(batch["image"], batch["points"], batch["point_labels"]).float()
 
     def _corrected_logits(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """Logits after a random number of simulated correction clicks on one encoding of the crops."""
-        encoding = self.net.encode_image(batch["image"])
-        points, labels = batch["points"], batch["point_labels"]
+        """Logits after this step's first interaction and simulated correction clicks, on one encoding."""
+        generator = self._simulation_generator(batch_idx)
+        rounds = self._correction_rounds(batch_idx, generator)
         target = batch["label"][:, 0] > 0
-        for _ in range(self._correction_rounds(batch_idx)):
+        points, labels, dense = self._first_interaction(batch, target, generator)
+        encoding = self.net.encode_image(batch["image"])
+        previous = self._no_previous_mask(target)
+        for _ in range(rounds):
             with torch.no_grad():
-                prediction = self.net.segment(encoding, points, labels).argmax(1)
-            points, labels = correction_clicks(prediction, target, points, labels)
-        return self.net.segment(encoding, points, labels).float()
+                logits = self._decode(encoding, points, labels, dense, previous)
+            previous = self._previous_mask(logits, previous)
+            points, labels = correction_clicks(logits.argmax(1), target, points, labels)
+        return self._decode(encoding, points, labels, dense, previous).float()
 
-    def _correction_rounds(self, batch_idx: int) -> int:
-        """This step's number of rounds, uniform in 0..correction_rounds.
+    def _decode(
+        self,
+        encoding: CropEncoding,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        dense: dict[str, torch.Tensor],
+        previous: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One network call on the prompts so far (dense keywords only for a network that takes them)."""
+        if previous is not None:
+            dense = {**dense, "previous_mask": previous}
+        return self.net.segment(encoding, points, labels, **dense)
 
-        A function of (run seed, epoch, batch, rank), so a resumed run simulates the rounds of an uninterrupted one.
+    def _no_previous_mask(self, target: torch.Tensor) -> torch.Tensor | None:
+        """The first call's ``previous_mask``: zeros with ``mask`` enabled, else None (the network takes none)."""
+        if "mask" not in self.hparams["dense_prompts"]:
+            return None
+        return torch.zeros(len(target), 1, *target.shape[1:], device=target.device)
+
+    @staticmethod
+    def _previous_mask(logits: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor | None:
+        """The next call's ``previous_mask``: this call's foreground probability, detached (None: no mask)."""
+        if previous is None:
+            return None
+        return torch.softmax(logits.detach().float(), 1)[:, 1:2]
+
+    def _first_interaction(
+        self, batch: Batch, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's first prompts: the clicks, or a simulated box or scribbles (see :mod:`sam3d.data.prompts`).
+
+        A box or scribble start replaces the datamodule's clicks by padding in samples with a target (one
+        without keeps its negative click; its box is invalid, its scribbles empty).
+        """
+        points, labels = batch["points"], batch["point_labels"]
+        start = self._first_interaction_type(generator)
+        if start == "click":
+            return points, labels, {}
+        if start == "box":
+            boxes, box_valid = batch_boxes(target, generator)
+            dense = {"boxes": boxes, "box_valid": box_valid}
+        else:
+            dense = {"scribbles": batch_scribbles(target, generator)}
+        has_target = target.flatten(1).any(1)[:, None]
+        return points, labels.masked_fill(has_target, PADDING), dense
+
+    def _first_interaction_type(self, generator: torch.Generator) -> str:
+        """``click``, ``box`` or ``scribble``, uniform among the types the network takes (a draw of ``generator``)."""
+        starts = ["click", *(name for name in self.hparams["dense_prompts"] if name != "mask")]
+        return starts[int(torch.randint(len(starts), (), generator=generator))]
+
+    def _simulation_generator(self, batch_idx: int) -> torch.Generator:
+        """The step's source of simulated-user randomness.
+
+        Seeded by (run seed, epoch, batch, rank), so a resumed run simulates the user of an uninterrupted one.
         """
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         key = ((seed * 1_000_003 + self.current_epoch) * 1_000_003 + batch_idx) * 1_009 + self.global_rank
-        generator = torch.Generator().manual_seed(key % 2**63)
+        return torch.Generator().manual_seed(key % 2**63)
+
+    def _correction_rounds(self, batch_idx: int, generator: torch.Generator | None = None) -> int:
+        """This step's number of rounds, uniform in 0..correction_rounds (the first draw of its generator)."""
+        generator = generator or self._simulation_generator(batch_idx)
         return int(torch.randint(self.hparams["correction_rounds"] + 1, (), generator=generator))
 
     def training_loss(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -144,7 +212,9 @@ class VolumetricSamModule(VolumetricSamTask):
             reason = (
                 f"clicks file {case.clicks_file} gives scan {case.scan.path} {names} prompts, which this "
                 f"checkpoint's network does not take (model.dense_prompts {list(takes)}); use a checkpoint "
-                f"trained with model.dense_prompts including {names}, or give this scan clicks only"
+                f"trained with model.dense_prompts including {names} (the overlay "
+                f"{' or '.join(f'configs/prompts/{kind}.yaml' for kind in missing)}, or all.yaml), "
+                "or give this scan clicks only"
             )
             return {"case": SkippedCase(case.case_id, reason)}
         session = InteractionSession(

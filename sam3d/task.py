@@ -171,7 +171,10 @@ class SegmentationTask(L.LightningModule):
             return
         self.test_rows += rows
         final = rows[-1]
-        title = f"{case.case_id}: Dice {final['dice']:.3f} with {final['clicks']} click(s)"
+        prompts = f"{final['clicks']} click(s)"
+        if self.evaluation.protocol == "cvpr25":
+            prompts = f"a box and {prompts}"
+        title = f"{case.case_id}: Dice {final['dice']:.3f} with {prompts}"
         self.test_pictures[case.case_id] = png_bytes(
             orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
         )

@@ -45,7 +45,9 @@ def test_every_prompt_overlay_parses_and_builds_its_network(overlay, tmp_path, c
 
     settings = yaml.safe_load((CONFIGS / "prompts" / overlay).read_text())
     assert set(settings) == {"model"}  # network settings only
-    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", str(CONFIGS / "prompts" / overlay)]
+    # After the clicks overlay, as their headers say: dense prompts need its simulated user.
+    interactive = str(CONFIGS / "clicks" / "interactive.yaml")
+    args = ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", interactive, "-c", str(CONFIGS / "prompts" / overlay)]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--data.root", str(tmp_path), "--print_config"])
     assert exit_info.value.code == 0
@@ -66,13 +68,37 @@ def test_a_trainer_without_clicks_refuses_a_prompt_overlay(tmp_path, capsys):
     assert "prompts/*.yaml overlay" in message
 
 
+def test_the_dense_prompt_overlays_are_the_four_documented_ones():
+    assert PROMPT_CONFIGS == ["all.yaml", "box.yaml", "distance_clicks.yaml", "mask.yaml", "scribble.yaml"]
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
-def test_dense_prompts_are_refused_while_no_command_feeds_them(subcommand, synthetic_root, tmp_path, capsys):
-    args = synthetic_cli_args(subcommand, synthetic_root, tmp_path, "--model.dense_prompts", "[box]")
+def test_dense_prompts_without_the_interactive_click_mode_are_refused(
+    subcommand, synthetic_root, tmp_path, capsys
+):
+    # configs/synthetic.yaml trains labelled clicks: no simulated user would draw the box.
+    args = synthetic_cli_args(
+        subcommand, synthetic_root, tmp_path, "-c", str(CONFIGS / "prompts" / "box.yaml")
+    )
     message = _error_of(args, capsys)
-    assert "model.dense_prompts ['box']" in message
-    assert "no sam3d command feeds them yet" in message
+    assert "model.dense_prompts ['box', 'mask'] with data.click_mode labelled" in message
+    assert "-c clicks/interactive.yaml" in message
     assert not (tmp_path / "cache").exists()  # refused before the data was touched
+
+
+def test_fit_with_dense_prompts_trains_their_projection(synthetic_root, tmp_path):
+    overlays = [
+        "-c",
+        str(CONFIGS / "clicks" / "interactive.yaml"),
+        "-c",
+        str(CONFIGS / "prompts" / "all.yaml"),
+    ]
+    args = [*overlays, "--trainer.logger", "false", "--trainer.limit_train_batches", "4"]
+    main(_fit_args(synthetic_root, tmp_path, *args, "--trainer.limit_val_batches", "1"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["dense_prompts"] == ["box", "scribble", "mask"]
+    # Zero-initialised: it moved only if some step fed it a prompt (the previous mask feeds every step).
+    assert checkpoint["state_dict"]["net.prompt_encoder.dense_prompts.project.weight"].abs().sum() > 0
 
 
 def test_dataset_configs_write_out_the_paper_preprocessing():

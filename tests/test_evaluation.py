@@ -9,13 +9,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from cli_helpers import SYNTHETIC_CONFIG, predict_options, synthetic_cli_args
 from scipy.integrate import trapezoid
+from test_interaction import BoxAndScribbleNet
 
 from sam3d.cli import main
+from sam3d.cvpr25 import challenge_box, challenge_correction_click, step_scores
 from sam3d.data import VolumeDataModule
+from sam3d.data.scans.evaluation_cases import EvaluationCase
 from sam3d.data.synthetic import make_synthetic_dataset
-from sam3d.evaluation import EvaluationSettings
+from sam3d.evaluation import EvaluationSettings, evaluate_cvpr25_case
 from sam3d.reporting import click_auc, summary
 
 CONFIG = SYNTHETIC_CONFIG
@@ -211,7 +215,6 @@ def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
 
 
 def test_aggregate_folds_reports_mean_and_std_across_folds(tmp_path, capsys):
-    from sam3d.evaluation import EvaluationSettings
     from sam3d.reporting import summary
 
     paths = []
@@ -270,3 +273,52 @@ def test_click_auc_is_the_challenges_trapezoid_over_the_click_sequence():
     settings = EvaluationSettings(refinement_clicks=4)
     assert summary(rows, settings)["click_auc"]["dice"]["mean"] == pytest.approx(np.mean(areas["dice"]))
     assert summary(rows[:1], EvaluationSettings())["click_auc"] is None  # a single prediction has no curve
+
+
+def test_sam3d_test_runs_the_cvpr25_protocol(synthetic_root, trained, tmp_path):
+    _, checkpoint = trained
+    rows, result, _ = _test(synthetic_root, tmp_path, checkpoint, "--evaluation.protocol", "cvpr25")
+    cases = sorted({row["case"] for row in rows})
+    assert cases
+    assert len(rows) == 6 * len(cases)  # the box step and five correction steps per case
+    expected = {"dsc_auc": [], "nsd_auc": [], "dsc_final": []}
+    for case in cases:
+        steps = sorted((r for r in rows if r["case"] == case), key=lambda r: int(r["clicks"]))
+        assert [int(r["clicks"]) for r in steps] == list(range(6))
+        dice, nsd = [float(r["dice"]) for r in steps], [float(r["nsd"]) for r in steps]
+        assert all(n == 0 for d, n in zip(dice, nsd, strict=True) if d <= 0.2)  # the challenge's gate
+        expected["dsc_auc"].append(trapezoid(dice[1:]))
+        expected["nsd_auc"].append(trapezoid(nsd[1:]))
+        expected["dsc_final"].append(dice[-1])
+    for name, values in expected.items():
+        assert result["cvpr25"][name]["mean"] == pytest.approx(np.mean(values))
+    assert result["click_auc"] is None
+    assert result["settings"]["protocol"] == "cvpr25"
+
+
+def test_cvpr25_cases_get_the_challenges_box_clicks_and_previous_mask():
+    net = BoxAndScribbleNet((16, 16, 16))
+    d, h, w = torch.meshgrid(*(torch.arange(24),) * 3, indexing="ij")
+    label = (d - 12) ** 2 + (h - 11) ** 2 + (w - 12) ** 2 <= 25
+    case = EvaluationCase(
+        "ball", torch.zeros(24, 24, 24), label, (1.0, 1.0, 1.0), lambda p: p, label, (1.0, 1.0, 1.0)
+    )
+    rows, prediction, _ = evaluate_cvpr25_case(net, case, EvaluationSettings(protocol="cvpr25"))
+    box = challenge_box(label)
+    assert box.bounds == (7, 6, 7, 17, 16, 17)
+    start = torch.tensor([4, 3, 4])  # the crop centred on the box
+    assert (
+        net.calls[0]["boxes"][0, 0].tolist()
+        == (torch.tensor(box.bounds).reshape(2, 3) - start).flatten().tolist()
+    )
+    boxed = torch.zeros_like(label)
+    boxed[box.d_min : box.d_max + 1, box.h_min : box.h_max + 1, box.w_min : box.w_max + 1] = True
+    assert torch.equal(prediction, boxed)  # this network segments its box, whatever the clicks say
+    click = challenge_correction_click(label, boxed)
+    assert not click.positive
+    last = net.calls[-1]
+    assert last["points"][0].tolist() == [list(map(float, torch.tensor(click.point) - start))] * 5
+    assert last["labels"].tolist() == [[0] * 5]
+    torch.testing.assert_close(last["previous_mask"][0, 0], boxed[4:20, 3:19, 4:20].float())
+    dice, nsd = step_scores(boxed, label, (1.0, 1.0, 1.0))
+    assert [(r["clicks"], r["dice"], r["nsd"]) for r in rows] == [(step, dice, nsd) for step in range(6)]

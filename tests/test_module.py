@@ -213,3 +213,120 @@ def test_interactive_settings_are_checked():
         VolumetricSamModule(variant="tiny", click_mode="interactive", correction_rounds=-1)
     with pytest.raises(ValueError, match="click_mode"):
         VolumetricSamModule(variant="tiny", click_mode="boxes")  # type: ignore[arg-type]
+
+
+def test_clicks_that_are_all_padding_run_forward_and_backward(module):
+    image, points = torch.randn(2, 1, 64, 64, 64), torch.zeros(2, 3, 3)
+    logits = module(image, points, torch.full((2, 3), -1))
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert module.net.mask_decoder.fuse[-1].weight.grad is not None
+
+
+def _plan(module, batch_idx):
+    """The (rounds, first interaction) the module draws for ``batch_idx``."""
+    generator = module._simulation_generator(batch_idx)
+    return module._correction_rounds(batch_idx, generator), module._first_interaction_type(generator)
+
+
+def _dense_module(dense_prompts, monkeypatch):
+    monkeypatch.setattr(VolumetricSamModule, "trainer", None, raising=False)
+    module = VolumetricSamModule(
+        variant="tiny", click_mode="interactive", correction_rounds=2, dense_prompts=dense_prompts
+    )
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    return module
+
+
+def _recorded_step(module, batch, batch_idx, monkeypatch):
+    """Runs one training step; returns its loss and each network call's (points, labels, dense, logits)."""
+    net, calls = module.net, []
+    segment = net.segment
+
+    def recording_segment(encoding, points, labels, **dense):
+        logits = segment(encoding, points, labels, **dense)
+        calls.append((points, labels, dense, logits))
+        return logits
+
+    monkeypatch.setattr(net, "segment", recording_segment)
+    loss = module.training_step(batch, batch_idx)
+    monkeypatch.setattr(net, "segment", segment)
+    return loss, calls
+
+
+def _batch_with_an_empty_sample() -> dict:
+    batch = _ball_batch()
+    batch["label"][1] = 0
+    batch["point_labels"] = torch.tensor([[1], [0]])  # the datamodule's negative click without target
+    return batch
+
+
+def test_a_box_start_passes_boxes_and_padding_clicks_and_the_mask_rounds_pass_the_previous_probability(
+    monkeypatch,
+):
+    module = _dense_module(("box", "mask"), monkeypatch)
+    plans = [_plan(module, batch_idx) for batch_idx in range(40)]
+    assert {start for _, start in plans} == {"click", "box"}
+    batch_idx = plans.index((2, "box"))
+    batch = _batch_with_an_empty_sample()
+    loss, calls = _recorded_step(module, batch, batch_idx, monkeypatch)
+    assert len(calls) == 3  # two simulated rounds, then the trained call
+    _, first_labels, first_dense, _ = calls[0]
+    assert first_labels.tolist() == [[-1], [0]]  # the box replaces the click; no target: the negative stays
+    assert first_dense["box_valid"].tolist() == [[True], [False]]
+    box = first_dense["boxes"][0, 0]
+    ball = batch["label"][0, 0] > 0
+    voxels = torch.nonzero(ball)
+    assert (box[:3] >= voxels.min(0).values - 3).all()  # drawn from the target, widened by <= 3 voxels
+    assert (box[3:] <= voxels.max(0).values + 3).all()
+    d0, h0, w0, _, h1, w1 = box.tolist()
+    assert ball[d0].any()
+    assert not ball[d0, :h0].any()  # it covers the target on its first slice
+    assert not ball[d0, h1 + 1 :].any()
+    assert not ball[d0, :, :w0].any()
+    assert not ball[d0, :, w1 + 1 :].any()
+    assert torch.equal(first_dense["previous_mask"], torch.zeros(2, 1, 64, 64, 64))
+    for (_, _, _, logits), (_, _, dense, _) in itertools.pairwise(calls):
+        assert torch.equal(dense["boxes"], first_dense["boxes"])  # the box stays through the rounds
+        probability = torch.softmax(logits.float(), 1)[:, 1:2]
+        torch.testing.assert_close(dense["previous_mask"], probability)
+        assert not dense["previous_mask"].requires_grad
+    assert [logits.requires_grad for *_, logits in calls] == [False, False, True]
+    loss.backward()
+    assert module.net.prompt_encoder.dense_prompts.project.weight.grad is not None  # type: ignore[union-attr]
+
+
+def test_a_scribble_start_passes_scribbles_and_no_previous_mask_without_the_mask_prompt(monkeypatch):
+    module = _dense_module(("scribble",), monkeypatch)
+    plans = [_plan(module, batch_idx) for batch_idx in range(40)]
+    batch = _batch_with_an_empty_sample()
+    _, calls = _recorded_step(module, batch, plans.index((1, "scribble")), monkeypatch)
+    assert len(calls) == 2
+    for _, _, dense, _ in calls:
+        assert set(dense) == {"scribbles"}
+        positive, negative = dense["scribbles"][0]
+        target = batch["label"][0, 0] > 0
+        assert positive.any()
+        assert target[positive].all()
+        assert not target[negative].any()
+        assert not dense["scribbles"][1].any()  # no target, no scribbles
+    assert calls[0][1].tolist() == [[-1], [0]]
+    _, calls = _recorded_step(module, batch, plans.index((0, "click")), monkeypatch)
+    assert [(labels.tolist(), dense) for _, labels, dense, _ in calls] == [([[1], [0]], {})]
+
+
+def test_the_simulated_user_is_a_function_of_seed_epoch_batch_and_rank(monkeypatch):
+    module = _dense_module(("box", "scribble", "mask"), monkeypatch)
+    batch = _batch_with_an_empty_sample()
+    plans = [_plan(module, batch_idx) for batch_idx in range(40)]
+    assert {start for _, start in plans} == {"click", "box", "scribble"}
+    assert plans == [_plan(module, batch_idx) for batch_idx in range(40)]
+    batch_idx = plans.index((0, "box"))
+    boxes = [_recorded_step(module, batch, batch_idx, monkeypatch)[1][0][2]["boxes"] for _ in range(2)]
+    assert torch.equal(*boxes)  # the same box when the step is replayed
+    for name, value in (("current_epoch", 1), ("global_rank", 1)):
+        with monkeypatch.context() as patched:
+            patched.setattr(VolumetricSamModule, name, property(lambda self, v=value: v))
+            assert [_plan(module, batch_idx) for batch_idx in range(40)] != plans, name
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    assert [_plan(module, batch_idx) for batch_idx in range(40)] != plans

@@ -325,6 +325,7 @@ def test_predict_skips_a_scan_whose_boxes_the_network_does_not_take(phantom, tmp
     assert str(scan) in skipped.reason
     assert "'box'" in skipped.reason
     assert "model.dense_prompts" in skipped.reason
+    assert "configs/prompts/box.yaml" in skipped.reason
     _, taken = replay(MagicWand(dense_prompts=("box",)), [scan], path)
     assert taken["probability"].sum() > 0
 
