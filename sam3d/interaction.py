@@ -27,7 +27,7 @@ from sam3d.inference import (
 from sam3d.models import VolumetricSam
 from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
 
-__all__ = ["Interaction", "InteractionKind", "InteractionSession"]
+__all__ = ["Interaction", "InteractionKind", "InteractionSession", "click_tensors"]
 
 InteractionKind = Literal["click", "box", "scribble"]
 
@@ -64,6 +64,14 @@ class Interaction:
     def scribble(cls, voxels: Sequence[Sequence[float]] | torch.Tensor, positive: bool = True) -> Interaction:
         """A scribble through ``(N, 3)`` voxels."""
         return cls("scribble", torch.as_tensor(voxels, dtype=torch.float32).reshape(-1, 3), positive)
+
+
+def click_tensors(interactions: Sequence[Interaction]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clicks among ``interactions``: ``(N, 3)`` float points and ``(N,)`` int64 labels (1 positive, 0 negative)."""
+    clicks = [i for i in interactions if i.kind == "click"]
+    points = torch.cat([i.voxels for i in clicks]) if clicks else torch.zeros(0, 3)
+    labels = torch.tensor([POSITIVE if i.positive else NEGATIVE for i in clicks], dtype=torch.long)
+    return points, labels
 
 
 @dataclass(frozen=True)
@@ -126,15 +134,12 @@ class InteractionSession:
     @property
     def points(self) -> torch.Tensor:
         """``(N, 3)`` the clicks so far."""
-        clicks = [i.voxels for i in self.interactions if i.kind == "click"]
-        return torch.cat(clicks) if clicks else torch.zeros(0, 3)
+        return click_tensors(self.interactions)[0]
 
     @property
     def labels(self) -> torch.Tensor:
         """``(N,)`` the clicks' labels, 1 positive, 0 negative."""
-        return torch.tensor(
-            [POSITIVE if i.positive else NEGATIVE for i in self.interactions if i.kind == "click"]
-        )
+        return click_tensors(self.interactions)[1]
 
     @property
     def anchor(self) -> torch.Tensor | None:
@@ -212,7 +217,7 @@ class InteractionSession:
         voxels = [i.voxels.round().long() for i in scribbles]
         return VolumePrompts(
             points=self.points,
-            labels=self.labels.long().reshape(-1),
+            labels=self.labels,
             boxes=torch.stack(boxes) if boxes else torch.zeros(0, 6, dtype=torch.long),
             scribble_voxels=torch.cat(voxels) if voxels else torch.zeros(0, 3, dtype=torch.long),
             scribble_labels=torch.cat(

@@ -198,25 +198,13 @@ class VolumetricSamModule(VolumetricSamTask):
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
         """Foreground probability of a new scan: its clicks file's steps replayed in order.
 
-        With the `evaluation` settings' protocol; a scan whose steps this network cannot take is skipped,
-        with why.
+        With the `evaluation` settings' protocol; a scan whose steps the session refuses (a box for a network
+        without the box prompt, ...) is skipped, with why.
         """
         if isinstance(case, SkippedCase):
             return {"case": case}
         start = time.perf_counter()
         settings = self.evaluation
-        takes = tuple(self.net.config.dense_prompts)
-        missing = sorted({i.kind for i in case.interactions if i.kind != "click" and i.kind not in takes})
-        if missing:
-            names = " and ".join(repr(kind) for kind in missing)
-            reason = (
-                f"clicks file {case.clicks_file} gives scan {case.scan.path} {names} prompts, which this "
-                f"checkpoint's network does not take (model.dense_prompts {list(takes)}); use a checkpoint "
-                f"trained with model.dense_prompts including {names} (the overlay "
-                f"{' or '.join(f'configs/prompts/{kind}.yaml' for kind in missing)}, or all.yaml), "
-                "or give this scan clicks only"
-            )
-            return {"case": SkippedCase(case.case_id, reason)}
         session = InteractionSession(
             self.net, case.scan.image, settings.crops, settings.threshold, cache_size=settings.cache_size
         )
@@ -224,6 +212,7 @@ class VolumetricSamModule(VolumetricSamTask):
             for step in case.steps:
                 session.add(*step)
         except Sam3dError as error:
-            return {"case": SkippedCase(case.case_id, f"clicks file {case.clicks_file}: {error}")}
+            reason = f"clicks file {case.clicks_file}, scan {case.scan.path}: {error}"
+            return {"case": SkippedCase(case.case_id, reason)}
         probability = session.probability
         return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}

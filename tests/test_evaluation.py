@@ -200,7 +200,7 @@ def test_predict_replays_interactions_and_skips_boxes_the_network_does_not_take(
     skipped = next(line for line in printed.splitlines() if line.startswith(f"{second}: skipped"))
     assert str(clicks) in skipped
     assert str(scans[1]) in skipped
-    assert "'box'" in skipped
+    assert "takes no box prompts" in skipped
     assert "model.dense_prompts" in skipped
     assert not (output / f"{second}_mask.nii.gz").exists()
 

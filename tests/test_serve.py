@@ -323,7 +323,7 @@ def test_predict_skips_a_scan_whose_boxes_the_network_does_not_take(phantom, tmp
     assert "probability" not in prediction
     assert str(path) in skipped.reason
     assert str(scan) in skipped.reason
-    assert "'box'" in skipped.reason
+    assert "takes no box prompts" in skipped.reason
     assert "model.dense_prompts" in skipped.reason
     assert "configs/prompts/box.yaml" in skipped.reason
     _, taken = replay(MagicWand(dense_prompts=("box",)), [scan], path)

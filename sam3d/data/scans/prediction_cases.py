@@ -14,8 +14,7 @@ from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.click_files import Entry, interactions_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
-from sam3d.interaction import Interaction
-from sam3d.models.prompt_encoder import NEGATIVE, POSITIVE
+from sam3d.interaction import Interaction, click_tensors
 
 
 class PredictionCase:
@@ -49,16 +48,12 @@ class PredictionCase:
     @property
     def points(self) -> torch.Tensor:
         """``(N, 3)`` the clicks."""
-        clicks = [i.voxels for i in self.interactions if i.kind == "click"]
-        return torch.cat(clicks) if clicks else torch.zeros(0, 3)
+        return click_tensors(self.interactions)[0]
 
     @property
     def labels(self) -> torch.Tensor:
         """``(N,)`` int64 the clicks' labels, 1 positive, 0 negative."""
-        return torch.tensor(
-            [POSITIVE if i.positive else NEGATIVE for i in self.interactions if i.kind == "click"],
-            dtype=torch.long,
-        )
+        return click_tensors(self.interactions)[1]
 
 
 def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]:
