@@ -357,6 +357,6 @@ class PredictionWriter(BasePredictionWriter):
             if kind in kinds
         )
         print(
-            f"{case.case_id}: {len(case.points)} click(s){drawn}, {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
+            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
             f"{written.mask}"
         )

@@ -22,6 +22,7 @@ from sam3d.data.scans import (
     read_clicks,
     steps_of,
 )
+from sam3d.interaction import click_tensors
 
 PREPROCESSING = Preprocessing((1.0, 1.0, 1.0), (-200.0, 300.0), 50.0, 100.0, (1,))
 
@@ -301,8 +302,9 @@ def test_old_clicks_files_stay_one_step_with_the_same_points(synthetic_root, tmp
     assert [int(i.positive) for i in steps[0]] == labels.tolist()
     case = PredictionCases([image_path], path, PREPROCESSING)[0]
     assert len(case.steps) == 1
-    assert torch.equal(case.points, points)
-    assert torch.equal(case.labels, labels)
+    case_points, case_labels = click_tensors(case.interactions)
+    assert torch.equal(case_points, points)
+    assert torch.equal(case_labels, labels)
 
 
 def test_boxes_and_scribbles_map_onto_the_grid_in_every_space(synthetic_root):

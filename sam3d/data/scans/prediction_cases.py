@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch.utils.data import Dataset
 
 from sam3d.data.errors import DatasetError, Problem
@@ -14,7 +13,7 @@ from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.click_files import Entry, interactions_to_network, match_clicks, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
-from sam3d.interaction import Interaction, click_tensors
+from sam3d.interaction import Interaction
 
 
 class PredictionCase:
@@ -44,16 +43,6 @@ class PredictionCase:
     def interactions(self) -> tuple[Interaction, ...]:
         """Every interaction of every step, in order."""
         return tuple(interaction for step in self.steps for interaction in step)
-
-    @property
-    def points(self) -> torch.Tensor:
-        """``(N, 3)`` the clicks."""
-        return click_tensors(self.interactions)[0]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """``(N,)`` int64 the clicks' labels, 1 positive, 0 negative."""
-        return click_tensors(self.interactions)[1]
 
 
 def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]:
