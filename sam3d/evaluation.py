@@ -178,7 +178,8 @@ def evaluate_cvpr25_case(
                 session.add_box(box.bounds[:3], box.bounds[3:])
             else:
                 session.add_click(_box_centre(box))
-        elif len(clicks) > len(session.points):  # no click after a perfect prediction: nothing changes
+        elif len(clicks) >= len(session.interactions):  # the first interaction, then one per new click
+            # (none after a perfect prediction: nothing changes)
             session.add_click(clicks[-1].point, clicks[-1].positive)
         seconds.append(time.perf_counter() - start)
         return session.probability > settings.threshold

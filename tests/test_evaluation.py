@@ -322,3 +322,8 @@ def test_cvpr25_cases_get_the_challenges_box_clicks_and_previous_mask():
     torch.testing.assert_close(last["previous_mask"][0, 0], boxed[4:20, 3:19, 4:20].float())
     dice, nsd = step_scores(boxed, label, (1.0, 1.0, 1.0))
     assert [(r["clicks"], r["dice"], r["nsd"]) for r in rows] == [(step, dice, nsd) for step in range(6)]
+    clicks_only = BoxAndScribbleNet((16, 16, 16), prompts=())
+    evaluate_cvpr25_case(clicks_only, case, EvaluationSettings(protocol="cvpr25"))
+    # The box's centre on its middle slice, (12, 11, 12), is the first click; each step adds one more.
+    assert [len(call["points"][0]) for call in clicks_only.calls] == [1, 2, 3, 4, 5, 6]
+    assert clicks_only.calls[0]["points"][0, 0].tolist() == [8.0, 8.0, 8.0]
