@@ -1,8 +1,8 @@
-"""The web application of ``sam3d serve`` (Starlette): the page, its scans and one interaction session per page.
+"""The web application of ``sam3d serve`` (Starlette): the page, its scans, one interaction session per page.
 
 Each page (browser tab) sends a random session id with every request; the server keeps one
-:class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks, boxes and scribbles. The network runs
-for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
+:class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks, boxes and scribbles.
+The network runs for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
 anything else is logged with its traceback and answers 500, and the server goes on serving.
 
 What the requests share is one :class:`SessionStore` on ``app.state.sessions``: the network and its
@@ -395,15 +395,11 @@ def _scribble(view: ScanView, body: dict[str, Any]) -> None:
 def _click(view: ScanView, body: dict[str, Any]) -> None:
     point, positive = _point(body), _positive(body)
     encoded = view.click(point, positive)
-    logger.info(
-        "%s: click %d (%s) at (%s): %.3f s (%s), %.1f mL",
-        view.name,
-        len(view.session.points),
-        "positive" if positive else "negative",
-        ", ".join(f"{c:.0f}" for c in point),
-        view.seconds,
-        "crop encoded" if encoded else "crop encoding reused",
-        view.volume_ml(),
+    where = ", ".join(f"{c:.0f}" for c in point)
+    _log(
+        view,
+        f"click {len(view.session.points)} ({'positive' if positive else 'negative'}) at ({where})",
+        encoded,
     )
 
 
