@@ -43,6 +43,7 @@ __all__ = [
     "challenge_steps",
     "gated_nsd",
     "run_protocol",
+    "step_metrics",
     "step_scores",
 ]
 
@@ -197,6 +198,17 @@ def gated_nsd(dice: float, nsd: float) -> float:
     return float(nsd) if dice > DICE_GATE else 0.0
 
 
+def step_metrics(
+    prediction: torch.Tensor,
+    label: torch.Tensor,
+    spacing: Sequence[float],
+    tolerance_mm: float = TOLERANCE_MM,
+) -> dict[str, float]:
+    """Dice, the challenge's gated NSD and HD95 (mm) of one step's prediction (see :func:`step_scores`)."""
+    metrics = case_metrics(prediction, label, spacing, tolerance_mm=tolerance_mm, use_subvoxels=True)
+    return {**metrics, "nsd": gated_nsd(metrics["dice"], metrics["nsd"])}
+
+
 def step_scores(
     prediction: torch.Tensor,
     label: torch.Tensor,
@@ -224,8 +236,8 @@ def step_scores(
     """
     if not bool(label.any()):
         raise ValueError("the label is empty: the challenge scores only labelled classes")
-    metrics = case_metrics(prediction, label, spacing, tolerance_mm=tolerance_mm, use_subvoxels=True)
-    return metrics["dice"], gated_nsd(metrics["dice"], metrics["nsd"])
+    metrics = step_metrics(prediction, label, spacing, tolerance_mm)
+    return metrics["dice"], metrics["nsd"]
 
 
 @dataclass(frozen=True)

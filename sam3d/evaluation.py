@@ -24,7 +24,7 @@ from typing import Literal, get_args
 
 import torch
 
-from sam3d.cvpr25 import N_CLICKS, TOLERANCE_MM, ChallengeBox, ChallengeClick, challenge_steps, gated_nsd
+from sam3d.cvpr25 import N_CLICKS, ChallengeBox, ChallengeClick, challenge_steps, step_metrics
 from sam3d.data.clicks import correction_click, first_click, training_clicks
 from sam3d.data.scans.evaluation_cases import EvaluationCase
 from sam3d.errors import Sam3dError
@@ -187,10 +187,7 @@ def evaluate_cvpr25_case(
     rows: list[dict[str, float | int | str]] = []
     for step, _ in enumerate(challenge_steps(case.label, predict, n_clicks=N_CLICKS)):
         on_grid = case.to_label_grid(session.probability) > settings.threshold
-        metrics = case_metrics(
-            on_grid, case.label_on_grid, case.label_spacing, TOLERANCE_MM, use_subvoxels=True
-        )
-        metrics["nsd"] = gated_nsd(metrics["dice"], metrics["nsd"])
+        metrics = step_metrics(on_grid, case.label_on_grid, case.label_spacing)
         rows.append({"case": case.case_id, "repeat": 0, "clicks": step, **metrics, "seconds": seconds[step]})
     shown = session.points if len(session.points) else session.prompts().positive_seeds()
     return rows, session.probability > settings.threshold, shown
