@@ -34,6 +34,10 @@ def _test(root, workdir, checkpoint, *extra):
     return rows, json.loads((folder / "summary.json").read_text()), folder
 
 
+def _predict(*options: str) -> None:
+    main(["predict", "--config", str(CONFIG), *options, "--trainer.logger", "false"])
+
+
 def test_report_with_refinement_and_repeats_is_reproducible(synthetic_root, trained, tmp_path):
     _, checkpoint = trained
     extra = ("--evaluation.refinement_clicks", "2", "--evaluation.repeats", "2", "--evaluation.seed", "7")
@@ -115,16 +119,7 @@ def test_predict_writes_masks_in_each_scans_own_geometry(shared_ct_root, trained
     clicks = _write_clicks(tmp_path / "clicks.csv", rows)
     output = tmp_path / "masks"
     with pytest.warns(UserWarning, match="missing_scan"):
-        main(
-            [
-                "predict",
-                "--config",
-                str(CONFIG),
-                *predict_options(checkpoint, scans, clicks, output, probabilities=True),
-                "--trainer.logger",
-                "false",
-            ]
-        )
+        _predict(*predict_options(checkpoint, scans, clicks, output, probabilities=True))
     printed = capsys.readouterr().out
     assert f"{scans[1].name.removesuffix('.nii.gz')}: skipped" in printed
     assert "outside" in printed
@@ -147,18 +142,7 @@ def test_predict_masks_use_the_one_threshold_and_keep_their_config(synthetic_roo
     clicks = _write_clicks(tmp_path / "clicks.csv", [(scan.name, i, j, k, "voxel", "positive")])
     output = tmp_path / "masks"
     options = predict_options(checkpoint, [scan], clicks, output, probabilities=True)
-    main(
-        [
-            "predict",
-            "--config",
-            str(CONFIG),
-            *options,
-            "--evaluation.threshold",
-            "0.3",
-            "--trainer.logger",
-            "false",
-        ]
-    )
+    _predict(*options, "--evaluation.threshold", "0.3")
     case = scan.name.removesuffix(".nii.gz")
     probability = np.asarray(nib.load(output / f"{case}_probability.nii.gz").dataobj)
     mask = np.asarray(nib.load(output / f"{case}_mask.nii.gz").dataobj)
@@ -183,16 +167,7 @@ def test_predict_replays_interactions_and_skips_boxes_the_network_does_not_take(
     clicks = tmp_path / "interactions.json"
     clicks.write_text(json.dumps({"scans": entries}))
     output = tmp_path / "masks"
-    main(
-        [
-            "predict",
-            "--config",
-            str(CONFIG),
-            *predict_options(checkpoint, scans, clicks, output),
-            "--trainer.logger",
-            "false",
-        ]
-    )
+    _predict(*predict_options(checkpoint, scans, clicks, output))
     printed = capsys.readouterr().out
     first, second = (scan.name.removesuffix(".nii.gz") for scan in scans)
     assert f"{first}: 2 click(s)" in printed
@@ -208,9 +183,7 @@ def test_predict_replays_interactions_and_skips_boxes_the_network_does_not_take(
 def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
     _, checkpoint = trained
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["predict", "--config", str(CONFIG), "--ckpt_path", str(checkpoint), "--trainer.logger", "false"]
-        )
+        _predict("--ckpt_path", str(checkpoint))
     assert "--data.predict_scans" in str(exit_info.value.code)
 
 
