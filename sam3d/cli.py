@@ -339,6 +339,14 @@ class Sam3dCLI(LightningCLI):
                 f"the config says {config.data.click_mode}; a resumed run keeps its clicks: pass --data."
                 f"click_mode {trained_clicks} (or the run's overlay, e.g. -c clicks/interactive.yaml)"
             )
+        trained_factor = checkpoint.get("hyper_parameters", {}).get("prompt_lr_factor", 1.0)
+        requested_factor = config.model.init_args.get("prompt_lr_factor", 1.0)
+        if resumed and trained_factor != requested_factor:
+            raise CheckpointError(
+                f"--ckpt_path {ckpt_path} resumes a run trained with model.prompt_lr_factor {trained_factor} "
+                f"but the config says {requested_factor}; a resumed run keeps its optimiser: pass "
+                f"--model.prompt_lr_factor {trained_factor}"
+            )
         self.checkpoint, self.checkpoint_data = checkpoint, checkpoint.get(VolumeDataModule.__qualname__)
         hparams = _model_hyperparameters(ckpt_path, checkpoint, trainer_class(written_by))
         if hparams:

@@ -60,6 +60,10 @@ class VolumetricSamModule(VolumetricSamTask):
             and ``mask`` (its previous prediction), each added to the prompt encoder's map through a
             zero-initialised projection. Training feeds them only with ``data.click_mode: interactive``
             (the simulated user above); the sam3d commands refuse them with another click mode.
+        prompt_lr_factor: Beyond the paper: learning-rate factor of the zero-initialised projections that
+            bring the click maps and dense prompts into the prompt encoder (their own optimiser group,
+            clipped with the prompt encoder). Adam moves a weight by about ``lr`` per step whatever its
+            gradient, so at 1 these projections stay near zero for a short run.
         **kwargs: The network and recipe (:class:`sam3d.volumetric.VolumetricSamTask`: ``variant``,
             ``sam_checkpoint``, ``crop_size``, ``lr``, ...).
     """
@@ -73,11 +77,14 @@ class VolumetricSamModule(VolumetricSamTask):
         click_maps: bool = False,
         click_encoding: ClickEncoding = "gaussian",
         dense_prompts: tuple[DensePrompt, ...] = (),
+        prompt_lr_factor: float = 1.0,
         **kwargs: Any,
     ) -> None:
         checked_click_mode(click_mode)
         if not isinstance(correction_rounds, int) or correction_rounds < 0:
             raise Sam3dError(f"correction_rounds must be an integer >= 0, got {correction_rounds!r}")
+        if not prompt_lr_factor > 0:
+            raise Sam3dError(f"prompt_lr_factor must be > 0, got {prompt_lr_factor!r}")
         super().__init__(**kwargs)
         self.net = self.build_network(
             click_maps=click_maps, click_encoding=click_encoding, dense_prompts=tuple(dense_prompts)
@@ -86,6 +93,24 @@ class VolumetricSamModule(VolumetricSamTask):
         name = f"sam-lora-r{self.hparams['lora_rank']}" if adaptation == "lora" else f"sam-{adaptation}"
         # The method's name in test summaries and comparison reports, e.g. sam-spatial, sam-lora-r4.
         self.method = name if self.hparams["freeze_sam"] or adaptation == "full" else f"{name}-unfrozen"
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The paper's parts; with ``prompt_lr_factor`` != 1 the prompt input projections are a part of their own."""
+        groups = super().parameter_groups()
+        if self.hparams["prompt_lr_factor"] == 1:
+            return groups  # the same groups as before the factor existed, so older runs resume
+        inputs = {id(p) for p in self.net.prompt_encoder.input_projections() if p.requires_grad}
+        groups["prompt_inputs"] = [p for p in groups["prompt_encoder"] if id(p) in inputs]
+        groups["prompt_encoder"] = [p for p in groups["prompt_encoder"] if id(p) not in inputs]
+        return groups
+
+    def learning_rate_factors(self) -> dict[str, float]:
+        """``prompt_lr_factor`` for the prompt input projections."""
+        return {"prompt_inputs": self.hparams["prompt_lr_factor"]}
+
+    def clipped_with(self) -> dict[str, str]:
+        """The prompt input projections are clipped as part of the prompt encoder, as with the factor at 1."""
+        return {"prompt_inputs": "prompt_encoder"}
 
     def forward(
         self,

@@ -104,6 +104,14 @@ class SegmentationTask(L.LightningModule):
         """Trainable parameters by part (one optimiser group and one gradient clip per part)."""
         return {"network": [p for p in self.parameters() if p.requires_grad]}
 
+    def learning_rate_factors(self) -> dict[str, float]:
+        """Factor of ``lr`` for some parts of :meth:`parameter_groups` (the others train at ``lr``)."""
+        return {}
+
+    def clipped_with(self) -> dict[str, str]:
+        """Parts whose gradients are clipped together with another part's (as one norm)."""
+        return {}
+
     def training_loss(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """The loss of one training batch."""
         return self.loss(self._logits(batch), batch["label"])
@@ -213,8 +221,11 @@ class SegmentationTask(L.LightningModule):
             raise Sam3dError(
                 "trainer.max_epochs must be set (>= 1): the learning rate decays linearly over the epochs"
             )
+        factors = self.learning_rate_factors()
         groups = [
-            {"params": params, "name": name} for name, params in self.parameter_groups().items() if params
+            {"params": params, "name": name, "lr": self.hparams["lr"] * factors.get(name, 1.0)}
+            for name, params in self.parameter_groups().items()
+            if params
         ]
         optimizer = AdamW(groups, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
         scheduler = LinearLR(optimizer, 1.0, self.hparams["final_lr_factor"], total_iters=max_epochs)
@@ -231,8 +242,12 @@ class SegmentationTask(L.LightningModule):
             return
         if gradient_clip_algorithm not in (None, "norm"):
             raise Sam3dError("only gradient_clip_algorithm 'norm' is supported (the paper clips norms)")
+        together = self.clipped_with()
+        parts: dict[str, list[torch.Tensor]] = {}
         for group in optimizer.param_groups:
-            torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)
+            parts.setdefault(together.get(group["name"], group["name"]), []).extend(group["params"])
+        for params in parts.values():
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     # Checkpoints --------------------------------------------------------------------------------------
     def checkpoint_record(self) -> dict[str, Any]:

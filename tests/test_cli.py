@@ -455,6 +455,17 @@ def test_resuming_with_other_clicks_is_refused(trained, synthetic_root, tmp_path
     assert "resumes a run trained with data.click_mode labelled but the config says reference" in message
 
 
+def test_resuming_with_another_prompt_learning_rate_is_refused(
+    trained, synthetic_root, tmp_path, capsys, nothing_built
+):
+    _, checkpoint = trained
+    args = _fit_args(
+        synthetic_root, tmp_path, "--ckpt_path", str(checkpoint), "--model.prompt_lr_factor", "10"
+    )
+    message = _error_of(args, capsys)
+    assert "trained with model.prompt_lr_factor 1.0 but the config says 10.0" in message
+
+
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
 def test_a_command_that_needs_a_checkpoint_is_refused_before_anything_is_built(
     subcommand, tmp_path, capsys, nothing_built

@@ -83,9 +83,72 @@ def test_gradients_are_clipped_per_part(module):
     assert norms[1] == pytest.approx(small_before.item())  # a global clip would have shrunk it too
 
 
+def _prompt_module(prompt_lr_factor, monkeypatch):
+    monkeypatch.setattr(VolumetricSamModule, "trainer", None, raising=False)
+    torch.manual_seed(0)
+    return VolumetricSamModule(
+        variant="tiny", click_maps=True, dense_prompts=("box", "mask"), prompt_lr_factor=prompt_lr_factor
+    )
+
+
+def test_the_prompt_input_projections_train_at_their_own_rate(monkeypatch):
+    plain, fast = _prompt_module(1.0, monkeypatch), _prompt_module(25.0, monkeypatch)
+    # factor 1: the paper's three groups, so runs started before the factor existed resume
+    assert [g["name"] for g in _optimizer_and_scheduler(plain)[0].param_groups] == [
+        "encoder",
+        "prompt_encoder",
+        "decoder",
+    ]
+    optimizer, scheduler = _optimizer_and_scheduler(fast)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    encoder = fast.net.prompt_encoder
+    projections = [encoder.click_maps.project, encoder.dense_prompts.project]  # type: ignore[union-attr]
+    expected = {id(p) for module in projections for p in module.parameters()}
+    assert {id(p) for p in groups["prompt_inputs"]["params"]} == expected
+    assert not expected & {id(p) for p in groups["prompt_encoder"]["params"]}
+    assert groups["prompt_inputs"]["lr"] == pytest.approx(25 * 4e-4)
+    assert groups["decoder"]["lr"] == pytest.approx(4e-4)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in fast.parameters() if p.requires_grad}
+    scheduler.step()  # the linear decay scales every group from its own rate
+    assert groups["prompt_inputs"]["lr"] == pytest.approx(25 * 4e-4 * (1 - 0.99 / 500))
+
+    # one Adam step from zero moves each projection weight by about its group's rate
+    moved = {}
+    for name, module in (("plain", plain), ("fast", fast)):
+        optimizer, _ = _optimizer_and_scheduler(module)
+        for p in module.parameters():
+            p.grad = torch.ones_like(p) if p.requires_grad else None
+        optimizer.step()
+        moved[name] = module.net.prompt_encoder.dense_prompts.project.weight.abs().max().item()  # type: ignore[union-attr]
+    assert moved["plain"] == pytest.approx(4e-4, rel=1e-3)
+    assert moved["fast"] == pytest.approx(25 * 4e-4, rel=1e-3)
+
+
+def test_the_prompt_input_projections_are_clipped_with_the_prompt_encoder(monkeypatch):
+    module = _prompt_module(25.0, monkeypatch)
+    optimizer, _ = _optimizer_and_scheduler(module)
+    groups = {group["name"]: group["params"] for group in optimizer.param_groups}
+    for p in groups["prompt_encoder"]:
+        p.grad = torch.full_like(p, 1e-4)
+    for p in groups["prompt_inputs"]:
+        p.grad = torch.full_like(p, 10.0)
+    prompt = ("prompt_encoder", "prompt_inputs")
+    before = {name: torch.cat([p.grad.flatten() for p in groups[name]]).norm() for name in prompt}
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0)
+    after = {name: torch.cat([p.grad.flatten() for p in groups[name]]).norm() for name in prompt}
+    joint = torch.cat([p.grad.flatten() for name in prompt for p in groups[name]])
+    assert joint.norm() == pytest.approx(1.0, rel=1e-4)  # one norm for both, as with the factor at 1
+    ratio = after["prompt_encoder"] / before["prompt_encoder"]
+    assert ratio == pytest.approx((after["prompt_inputs"] / before["prompt_inputs"]).item(), rel=1e-4)
+    assert ratio < 0.2
+
+
 def test_bad_optimiser_settings_are_refused():
     with pytest.raises(ValueError, match="final_lr_factor"):
         VolumetricSamModule(variant="tiny", final_lr_factor=0.0)
+    with pytest.raises(ValueError, match="prompt_lr_factor must be > 0"):
+        VolumetricSamModule(variant="tiny", prompt_lr_factor=0.0)
 
 
 def test_training_step_gives_a_finite_loss_that_backpropagates(module):

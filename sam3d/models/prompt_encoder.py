@@ -196,6 +196,11 @@ class ClickPromptEncoder(nn.Module):
             DensePrompts(config.crop_size, config.dense_prompts, dim) if config.dense_prompts else None
         )
 
+    def input_projections(self) -> list[nn.Parameter]:
+        """The zero-initialised projections of the click maps and dense prompts (empty for the paper's)."""
+        inputs = [module for module in (self.click_maps, self.dense_prompts) if module is not None]
+        return [parameter for module in inputs for parameter in module.project.parameters()]
+
     def dense_embedding(
         self,
         image_map: torch.Tensor,
