@@ -37,6 +37,7 @@ from sam3d.data.errors import DatasetError
 from sam3d.data.tools import UTILITIES as DATA_UTILITIES
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
+from sam3d.inference import Protocol
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
 from sam3d.reference_import import import_reference
@@ -138,6 +139,7 @@ class Sam3dTrainer(Trainer):
         port: int = 8000,
         max_voxels: int = 2**28,
         max_sessions: int = 4,
+        crops: Protocol = "full",
     ) -> None:
         """Serve a page to click on scans, see and correct their 3D masks and save them.
 
@@ -149,11 +151,14 @@ class Sam3dTrainer(Trainer):
             port: Port to listen on (0: any free port).
             max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
             max_sessions: Pages (browser tabs) served at once, each holding its scan in memory.
+            crops: ``full``: an object that reaches a crop's border grows into the neighbouring crops (no
+                extra clicks for an object larger than a crop); ``paper``: the one crop of the first
+                interaction, as ``sam3d test``'s paper protocol.
         """
         from sam3d.serve.command import serve  # the web stack is imported for `serve` only
 
         assert ckpt_path is not None  # the CLI refuses `serve` without a checkpoint
-        serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions)
+        serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions, crops)
 
 
 class Sam3dArgumentParser(LightningArgumentParser):

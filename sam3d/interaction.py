@@ -85,8 +85,10 @@ class _Step:
 class InteractionSession:
     """Interactive segmentation of one volume: add clicks, boxes and scribbles, get the updated probability.
 
-    The crops stay where the first interaction put them: ``paper`` keeps that crop for everything after
-    (what lies outside it is ignored), ``full`` keeps its lattice of crops through that crop. Every
+    The crops stay where the first interaction put them: ``full`` (the default) keeps a lattice of crops
+    through that crop and grows into the neighbouring crops wherever the object reaches a crop's border, so
+    an object larger than a crop needs no extra interaction; ``paper`` keeps that one crop for everything
+    after (what lies outside it is ignored), as the paper's test does. Every
     interaction is one undoable step (:meth:`add_clicks` adds its clicks as one step).
 
     Example::
@@ -100,7 +102,7 @@ class InteractionSession:
     Args:
         net: The network, on its device, in eval mode.
         image: ``(D, H, W)`` normalised volume on the CPU.
-        protocol: ``paper`` or ``full`` (see :mod:`sam3d.inference`).
+        protocol: ``full`` or ``paper`` (see :mod:`sam3d.inference`).
         threshold: Foreground probability threshold (``full`` follows the object at this level).
         cache_size: Crop encodings kept; ignored when ``encoder`` is given.
         encoder: A crop encoder to share (e.g. across the repeats of one volume).
@@ -110,7 +112,7 @@ class InteractionSession:
         self,
         net: VolumetricSam,
         image: torch.Tensor,
-        protocol: Protocol = "paper",
+        protocol: Protocol = "full",
         threshold: float = 0.5,
         cache_size: int = 8,
         encoder: CropEncoder | None = None,

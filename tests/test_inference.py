@@ -57,6 +57,9 @@ def test_full_protocol_covers_an_object_longer_than_the_crop():
     assert _dice(full, tube) > 0.99
     assert not full[:12, :12, :12].any()  # the separate blob is not connected to the click
     assert net.calls < 20
+    # a session grows into the neighbouring crops by default: one click covers the whole tube
+    session = InteractionSession(ObjectFromIntensity((32, 32, 32)), image)
+    assert _dice(session.add_click(click[0]) > 0.5, tube) > 0.99
 
 
 def test_full_protocol_on_an_object_inside_one_crop_is_the_paper_protocol():
@@ -127,7 +130,7 @@ def test_correction_clicks_reuse_the_crop_and_equal_a_full_forward(tiny_net):
         )
     torch.testing.assert_close(probability[18:82, 18:82, 18:82], logits.softmax(1)[0, 1], rtol=0, atol=0)
     assert not probability[:18].any()
-    replay = InteractionSession(tiny_net, image)
+    replay = InteractionSession(tiny_net, image, "paper")
     replay.add_click((50, 50, 50))
     assert torch.equal(session.undo(), replay.add_click((54, 45, 55), positive=False))
 

@@ -122,7 +122,7 @@ def test_the_session_feeds_a_real_network_what_a_direct_call_would_get():
         for parameter in net.prompt_encoder.dense_prompts.parameters():
             parameter.normal_(0, 0.5)
     image = torch.randn(80, 80, 80)
-    session = InteractionSession(net, image)
+    session = InteractionSession(net, image, "paper")
     first = session.add_box((30, 30, 30), (45, 40, 50))  # centre (37, 35, 40): crop start (5, 3, 8)
     second = session.add_click((40, 36, 41), positive=False)
     crop = (slice(5, 69), slice(3, 67), slice(8, 72))

@@ -109,17 +109,17 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
     assert "crop encoding reused" in caplog.text
 
 
-def test_full_protocol_follows_the_object_beyond_the_first_crop(phantom, tmp_path):
+def test_the_mask_follows_the_object_beyond_the_first_crop_by_default(phantom, tmp_path):
     scan, _, centre = phantom
     results = {}
-    for protocol in ("paper", "full"):
-        settings = ViewSettings(protocol=protocol)
+    for protocol, settings in (("paper", ViewSettings(protocol="paper")), ("default", ViewSettings())):
         with live_server(MagicWand(crop_size=(16, 16, 16)), [scan], tmp_path, view=settings) as address:
             page = Page(address)
             page("/api/open", {"index": 0})
             results[protocol] = page("/api/click", {"point": centre})
-    assert results["full"]["crop"] == results["paper"]["crop"]  # the outline: the crop the click placed
-    assert results["full"]["volume_ml"] > 1.5 * results["paper"]["volume_ml"]  # a lesion larger than 16^3 mm
+    assert results["default"]["crop"] == results["paper"]["crop"]  # the outline: the crop the click placed
+    # by default the mask grows beyond the first crop: a lesion larger than 16^3 mm is covered
+    assert results["default"]["volume_ml"] > 1.5 * results["paper"]["volume_ml"]
 
 
 def test_scan_of_another_orientation_and_spacing_is_saved_in_its_own_geometry(phantom, tmp_path):

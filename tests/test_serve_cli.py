@@ -65,7 +65,7 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         page = Page(address)
         config = page("/api/config")
         assert config["scans"] == [scan.name]
-        assert config["protocol"] == "paper"
+        assert config["protocol"] == "full"  # objects grow into neighbouring crops unless --crops paper
         assert config["crop_size"] == [64] * 3
         assert config["window"] == [-100.0, 200.0]  # the checkpoint's preprocessing
         page("/api/open", {"index": 0})

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from sam3d.data import VolumeDataModule
 from sam3d.data.scans import scan_files
+from sam3d.inference import Protocol
 from sam3d.module import VolumetricSamModule
 from sam3d.serve.app import ServeSettings, SessionStore, create_app, memory_note
 from sam3d.serve.server import run
@@ -26,11 +27,13 @@ def serve(
     port: int,
     max_voxels: int,
     max_sessions: int,
+    crops: Protocol = "full",
 ) -> None:
     """Load ``ckpt_path`` into ``module`` and serve the page on the trainer's device and precision.
 
     The data module gives the scans listed (``--data.predict_scans``) and the checkpoint's preprocessing,
-    ``module.evaluation`` the protocol, the trainer's prediction writer (``--prediction``) the output folder.
+    ``module.evaluation`` the threshold and cache, the trainer's prediction writer (``--prediction``) the
+    output folder; ``crops`` places the crops (``full``: objects grow into neighbouring crops).
     """
     # The CLI has read and checked the file: the trainer's checkpoint IO hands over that copy.
     checkpoint = trainer.strategy.checkpoint_io.load_checkpoint(ckpt_path)
@@ -43,7 +46,7 @@ def serve(
         print(f"sam3d serve: {problem}", file=sys.stderr)
     evaluation = module.evaluation
     settings = ServeSettings(
-        ViewSettings(evaluation.crops, evaluation.threshold, evaluation.cache_size, max_voxels),
+        ViewSettings(crops, evaluation.threshold, evaluation.cache_size, max_voxels),
         max_sessions,
     )
     sessions = SessionStore(
@@ -57,7 +60,7 @@ def serve(
     )
     app = create_app(sessions)
     print(
-        f"sam3d serve: {len(files)} scan(s) listed, protocol {evaluation.protocol}, on {trainer.strategy.root_device}; "
+        f"sam3d serve: {len(files)} scan(s) listed, {crops} crops, on {trainer.strategy.root_device}; "
         f"masks are saved into {output.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
         file=sys.stderr,
     )

@@ -43,13 +43,13 @@ class ViewSettings:
     """How the clicks of a page are segmented.
 
     Args:
-        protocol: ``paper`` or ``full``, as ``sam3d predict`` (``--evaluation.protocol``).
+        protocol: ``full`` (objects grow into neighbouring crops) or ``paper`` (``sam3d serve --crops``).
         threshold: Probability level of the mask, also where ``full`` follows the object (``--evaluation.threshold``).
         cache_size: Crop encodings kept per page (``--evaluation.cache_size``).
         max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
     """
 
-    protocol: Protocol = "paper"
+    protocol: Protocol = "full"
     threshold: float = 0.5
     cache_size: int = 8
     max_voxels: int = 2**28
