@@ -365,4 +365,6 @@ class PredictionWriter(BasePredictionWriter):
             for kind, suffix in (("box", "(es)"), ("scribble", "(s)"))
             if kind in kinds
         )
-        print(f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}")
+        print(
+            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}"
+        )

@@ -47,12 +47,14 @@ def test_objects_share_one_encoder_keep_their_own_interactions_and_make_one_labe
     assert len(first.session.interactions) == len(second.session.interactions) == 1
     labels = objects.label_map()
     assert set(labels.unique().tolist()) == {0, 1, 2}
-    assert labels[tuple(one)] == 1 and labels[tuple(two)] == 2
+    assert labels[tuple(one)] == 1
+    assert labels[tuple(two)] == 2
     assert torch.equal(labels == 1, first.session.probability > 0.5)
 
     objects.select(1)
     objects.session.undo()
-    assert not first.session.interactions and len(second.session.interactions) == 1
+    assert not first.session.interactions
+    assert len(second.session.interactions) == 1
     assert set(objects.label_map().unique().tolist()) == {0, 2}
 
 
@@ -102,7 +104,9 @@ def _click(position, **extra):
 def test_a_file_without_objects_is_object_1_and_objects_group_in_file_order(lesions, tmp_path):
     scan, _, _ = lesions
     plain = tmp_path / "plain.json"
-    plain.write_text(json.dumps({"scans": [{"scan": scan.path.name, "interactions": [_click([20, 24, 16])]}]}))
+    plain.write_text(
+        json.dumps({"scans": [{"scan": scan.path.name, "interactions": [_click([20, 24, 16])]}]})
+    )
     entries = read_clicks(plain)[scan.path.name]
     (only,) = objects_to_network(entries, scan)
     assert (only.id, only.name, len(only.steps)) == (1, "object 1", 1)
@@ -157,5 +161,5 @@ def test_a_csv_may_name_objects_in_optional_columns(lesions, tmp_path):
         (2, "cyst", [True, False]),
     ]
     path.write_text(f"scan,x,y,z,space,label,object\n{scan.path.name},20,24,16,voxel,positive,two\n")
-    with pytest.raises(DatasetError, match="clicks.csv line 2: object must be an integer id"):
+    with pytest.raises(DatasetError, match=r"clicks\.csv line 2: object must be an integer id"):
         read_clicks(path)

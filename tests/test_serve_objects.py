@@ -34,12 +34,14 @@ def test_two_objects_each_click_to_its_own_undo_per_object_save_a_label_map(lesi
         first = page("/api/click", {"point": one})
         added = page("/api/objects/add", {"name": "cyst"})
         assert (_ids(added), added["selected"]) == ([(1, "object 1", 1), (2, "cyst", 0)], 2)
-        assert added["interactions"] == [] and added["mask"] is None  # the selected object's own
+        assert added["interactions"] == []
+        assert added["mask"] is None
         second = page("/api/click", {"point": two})
         assert _ids(second) == [(1, "object 1", 1), (2, "cyst", 1)]
         assert [c["point"] for c in second["clicks"]] == [two]
         volumes = {o["id"]: o["volume_ml"] for o in second["objects"]}
-        assert volumes[1] == pytest.approx(first["volume_ml"]) and volumes[2] == second["volume_ml"] > 0
+        assert volumes[1] == pytest.approx(first["volume_ml"])
+        assert volumes[2] == second["volume_ml"] > 0
 
         # a negative click and undo act on the selected object only
         page("/api/objects/select", {"id": 1})
@@ -52,12 +54,15 @@ def test_two_objects_each_click_to_its_own_undo_per_object_save_a_label_map(lesi
 
         page("/api/objects/rename", {"id": 1, "name": "tumour"})
         saved = page("/api/save")
-        files = {kind: output / name for kind, name in [
-            ("labels", "two_lesions_labels.nii.gz"),
-            ("object-1", "two_lesions_object-1_tumour.nii.gz"),
-            ("object-2", "two_lesions_object-2_cyst.nii.gz"),
-            ("interactions", "two_lesions_interactions.json"),
-        ]}
+        files = {
+            kind: output / name
+            for kind, name in [
+                ("labels", "two_lesions_labels.nii.gz"),
+                ("object-1", "two_lesions_object-1_tumour.nii.gz"),
+                ("object-2", "two_lesions_object-2_cyst.nii.gz"),
+                ("interactions", "two_lesions_interactions.json"),
+            ]
+        }
         assert saved["files"] == {kind: str(path) for kind, path in files.items()}
         assert [(o["id"], o["name"]) for o in saved["objects"]] == [(1, "tumour"), (2, "cyst")]
         assert page.request(f"/api/download/labels?session={page.session}")[1] == files["labels"].read_bytes()
@@ -97,7 +102,9 @@ def test_deleting_keeps_the_ids_and_bad_object_requests_are_refused(lesions, tmp
         assert "integer from 1 to 255" in page.error("/api/objects/select", {"id": "1"})
         assert "integer from 1 to 255" in page.error("/api/objects/delete", {})
         for bad in ("../../etc/passwd", "a\\b", "", "x" * 65):
-            assert "no '/' or other path characters" in page.error("/api/objects/rename", {"id": 1, "name": bad})
+            assert "no '/' or other path characters" in page.error(
+                "/api/objects/rename", {"id": 1, "name": bad}
+            )
         assert "no '/'" in page.error("/api/objects/add", {"name": "c:/x"})
         for _ in range(252):
             page("/api/objects/add", {})
@@ -111,7 +118,9 @@ def test_deleting_keeps_the_ids_and_bad_object_requests_are_refused(lesions, tmp
         assert set(page("/api/save")["files"]) == {"mask", "interactions"}
 
 
-def test_predict_replays_each_object_and_writes_the_label_map_and_one_mask_per_object(lesions, tmp_path, capsys):
+def test_predict_replays_each_object_and_writes_the_label_map_and_one_mask_per_object(
+    lesions, tmp_path, capsys
+):
     scan, label, (one, two) = lesions
     net = MagicWand()
     with live_server(net, [scan], tmp_path / "page") as address:
@@ -130,7 +139,8 @@ def test_predict_replays_each_object_and_writes_the_label_map_and_one_mask_per_o
         (1, "object 1", [[True]]),
         (2, "second lesion", [[True], [False]]),
     ]
-    assert set(prediction["probabilities"]) == {1, 2} and "probability" not in prediction
+    assert set(prediction["probabilities"]) == {1, 2}
+    assert "probability" not in prediction
     writer = PredictionWriter(str(tmp_path / "predicted"))
     module = SimpleNamespace(evaluation=EvaluationSettings(), test_rows=[], test_pictures={}, test_skipped={})
     writer.write_on_batch_end(None, module, prediction, None, None, 0)  # type: ignore[arg-type]
@@ -148,5 +158,8 @@ def test_predict_replays_each_object_and_writes_the_label_map_and_one_mask_per_o
     np.testing.assert_allclose(labels.affine, source.affine)
     np.testing.assert_array_equal(np.asarray(labels.dataobj), shown)  # the page's label map
     truth = np.asarray(nib.load(label).dataobj)
-    second = np.asarray(nib.load(tmp_path / "predicted" / "two_lesions_object-2_second-lesion.nii.gz").dataobj)
-    assert (second & (truth == 2)).sum() > 0.5 * (truth == 2).sum() and not (second & (truth == 1)).any()
+    second = np.asarray(
+        nib.load(tmp_path / "predicted" / "two_lesions_object-2_second-lesion.nii.gz").dataobj
+    )
+    assert (second & (truth == 2)).sum() > 0.5 * (truth == 2).sum()
+    assert not (second & (truth == 1)).any()

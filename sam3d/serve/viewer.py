@@ -185,7 +185,9 @@ class ScanView:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
         self.scan, self.output, self.forward_context = scan, output, forward_context
         self.threshold = settings.threshold
-        self.objects = ObjectSessions(net, scan.image, settings.protocol, settings.threshold, settings.cache_size)
+        self.objects = ObjectSessions(
+            net, scan.image, settings.protocol, settings.threshold, settings.cache_size
+        )
         self.objects.add()
         self.crop_size = tuple(net.config.crop_size)
         self.seconds: float | None = None
@@ -315,14 +317,14 @@ class ScanView:
         labels = self.objects.label_map()
         objects = []
         for each in self.objects.objects:
-            own = labels == each.id
+            own = labels == each.id if each.session.interactions else None  # an empty object: no mask
             objects.append(
                 {
                     "id": each.id,
                     "name": each.name,
                     "interactions": len(each.session.interactions),
-                    "volume_ml": self._ml(own),
-                    "mask": _packed(own),
+                    "volume_ml": 0.0 if own is None else self._ml(own),
+                    "mask": None if own is None else _packed(own),
                 }
             )
         anchor = self.session.anchor
@@ -403,7 +405,9 @@ class ScanView:
         with_probability = self.output.probabilities
         if len(segmented) == 1:
             only = segmented[0]
-            written = write_prediction(self.scan, only.session.probability, self.threshold, folder, with_probability)
+            written = write_prediction(
+                self.scan, only.session.probability, self.threshold, folder, with_probability
+            )
             files = {"mask": written.mask}
             if written.probability is not None:
                 files["probability"] = written.probability

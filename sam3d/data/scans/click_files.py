@@ -231,7 +231,12 @@ def _parse_click(
 ) -> Click:
     """Validate one click's fields (``of``: its object); raise ValueError with a short reason."""
     return Click(
-        _parse_position(position), _parse_space(space), _parse_label(label), where, own_step, *_parse_object(of)
+        _parse_position(position),
+        _parse_space(space),
+        _parse_label(label),
+        where,
+        own_step,
+        *_parse_object(of),
     )
 
 
@@ -247,7 +252,9 @@ def _parse_interaction(item: Any, where: str) -> Entry:
         )
     of = _parse_object(item.get("object"))
     if item["type"] == "click":
-        return _parse_click(item.get("position"), item.get("space"), item.get("label"), where, True, item.get("object"))
+        return _parse_click(
+            item.get("position"), item.get("space"), item.get("label"), where, True, item.get("object")
+        )
     if item["type"] == "box":
         corners = item.get("corners")
         if isinstance(corners, str) or not isinstance(corners, Sequence) or len(corners) != 2:
@@ -436,7 +443,8 @@ def objects_of(entries: Sequence[Entry]) -> tuple[list[ObjectEntries], list[str]
                 f"{name!r} before: give each object one name"
             )
     objects = [
-        ObjectEntries(key, names.get(key, default_object_name(key)), tuple(grouped[key])) for key in sorted(grouped)
+        ObjectEntries(key, names.get(key, default_object_name(key)), tuple(grouped[key]))
+        for key in sorted(grouped)
     ]
     return objects, errors
 

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans.click_files import ObjectSteps, Entry, match_clicks, objects_to_network, read_clicks
+from sam3d.data.scans.click_files import Entry, ObjectSteps, match_clicks, objects_to_network, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
 from sam3d.interaction import Interaction
