@@ -87,7 +87,7 @@ from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import case_id
 from sam3d.data.scans.loading import Scan
 from sam3d.interaction import Interaction
-from sam3d.objects import check_object_id, check_object_name, default_object_name
+from sam3d.objects import MAX_OBJECTS, check_object_id, check_object_name, default_object_name
 
 __all__ = [
     "Box",
@@ -250,11 +250,11 @@ def _parse_interaction(item: Any, where: str) -> Entry:
             '{"type": "box", "corners": [[x, y, z], [x, y, z]], "space": ...} or '
             '{"type": "scribble", "positions": [[x, y, z], ...], "space": ..., "label": ...}'
         )
-    of = _parse_object(item.get("object"))
     if item["type"] == "click":
         return _parse_click(
             item.get("position"), item.get("space"), item.get("label"), where, True, item.get("object")
         )
+    of = _parse_object(item.get("object"))
     if item["type"] == "box":
         corners = item.get("corners")
         if isinstance(corners, str) or not isinstance(corners, Sequence) or len(corners) != 2:
@@ -283,7 +283,7 @@ def _csv_object(row: dict[str, str | None]) -> dict[str, Any] | None:
             raise ValueError("object_name is given without an object id (the object column)")
         return None
     if not object_id.isdigit():
-        raise ValueError(f"object must be an integer id from 1 to 255, got {object_id!r}")
+        raise ValueError(f"object must be an integer id from 1 to {MAX_OBJECTS}, got {object_id!r}")
     return {"id": int(object_id), "name": name or None}
 
 
