@@ -421,22 +421,22 @@ def _reset(view: ScanView, body: dict[str, Any]) -> None:
 
 
 def _add_object(view: ScanView, body: dict[str, Any]) -> None:
-    added = view.add_object(body.get("name"))
+    added = view.objects.add(body.get("name"))
     logger.info("%s: object %d (%s) added", view.name, added.id, added.name)
 
 
 def _select_object(view: ScanView, body: dict[str, Any]) -> None:
-    view.select_object(body.get("id"))
+    view.objects.select(body.get("id"))
 
 
 def _rename_object(view: ScanView, body: dict[str, Any]) -> None:
-    renamed = view.rename_object(body.get("id"), body.get("name"))
+    renamed = view.objects.rename(body.get("id"), body.get("name"))
     logger.info("%s: object %d renamed %s", view.name, renamed.id, renamed.name)
 
 
 def _delete_object(view: ScanView, body: dict[str, Any]) -> None:
     deleted = view.objects.get(body.get("id"))
-    view.delete_object(deleted.id)
+    view.objects.delete(deleted.id)
     logger.info("%s: object %d (%s) deleted", view.name, deleted.id, deleted.name)
 
 

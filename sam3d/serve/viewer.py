@@ -273,22 +273,6 @@ class ScanView:
         self.session.reset()
         self.seconds = None
 
-    def add_object(self, name: object = None) -> SegmentedObject:
-        """Add an object (``object <id>`` unless named) and select it."""
-        return self.objects.add(name)
-
-    def select_object(self, object_id: object) -> SegmentedObject:
-        """Select the object of ``object_id``: interactions, undo and reset go to it."""
-        return self.objects.select(object_id)
-
-    def rename_object(self, object_id: object, name: object) -> SegmentedObject:
-        """Rename the object of ``object_id``."""
-        return self.objects.rename(object_id, name)
-
-    def delete_object(self, object_id: object) -> None:
-        """Delete the object of ``object_id`` with its interactions (the others keep their ids)."""
-        self.objects.delete(object_id)
-
     @property
     def mask(self) -> torch.Tensor:
         """The selected object's mask on the network grid at ``evaluation.threshold``."""
