@@ -377,14 +377,22 @@ def test_segment_two_objects_in_their_colours_rename_one_and_save_one_label_map(
 
         name = driver.find_element(By.ID, "object-name")
         name.clear()
-        name.send_keys("cyst")
-        driver.find_element(By.ID, "rename-object").click()
+        name.send_keys("cyst", Keys.ENTER)  # Enter renames, as the Rename button does
         _wait(driver, "document.querySelector('#object-list li.selected').textContent.includes('2 cyst')")
         driver.find_element(By.CSS_SELECTOR, "#object-list li[data-id='1']").click()  # select object 1 again
         _wait(driver, "document.body.dataset.selected === '1'")
         driver.find_element(By.ID, "save").click()
         saved = _wait(driver, "document.body.dataset.saved")
         assert "cyst" in _message(driver)
+
+        driver.find_element(By.CSS_SELECTOR, "#object-list li[data-id='2']").click()
+        _wait(driver, "document.body.dataset.selected === '2'")
+        driver.find_element(By.ID, "delete-object").click()
+        driver.switch_to.alert.accept()  # it has an interaction: the page asks first
+        _wait(driver, "document.body.dataset.objects === '1' && document.body.dataset.selected === '1'")
+        axial = _pixels(driver, "axial")
+        assert not _coloured(axial, blue).any()
+        assert _coloured(axial, red).sum() > 30
 
     assert saved == str(output / "two_lesions_labels.nii.gz")
     values, truth = (np.asarray(nib.load(path).dataobj) for path in (saved, label))

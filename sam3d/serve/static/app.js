@@ -637,9 +637,9 @@ function bind() {
     const taken = state.objects.some((o) => o.name === typedName());
     edit("/api/objects/add", typedName() && !taken ? { name: typedName() } : {});
   });
-  $("rename-object").addEventListener("click", () =>
-    edit("/api/objects/rename", { id: state.result.selected, name: typedName() }),
-  );
+  const rename = () => edit("/api/objects/rename", { id: state.result.selected, name: typedName() });
+  $("rename-object").addEventListener("click", rename);
+  $("object-name").addEventListener("keydown", (event) => event.key === "Enter" && rename());
   $("delete-object").addEventListener("click", () => {
     const selected = state.objects.find((o) => o.id === state.result.selected);
     if (selected && selected.interactions && !confirm(`Delete ${selected.name} and its ${selected.interactions} interaction(s)?`))
@@ -649,6 +649,7 @@ function bind() {
   // A closed tab gives its place on the server to another page (a reload takes it back).
   window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/leave?session=${state.session}`));
   document.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement) return; // Ctrl+Z in the name box edits the name
     if ((event.ctrlKey || event.metaKey) && event.key === "z") edit("/api/undo");
   });
   $("save").addEventListener("click", () =>
