@@ -22,7 +22,7 @@ from PIL import Image
 
 from sam3d.data.datamodule import VolumeDataModule
 from sam3d.data.scans.evaluation_cases import SkippedCase
-from sam3d.data.scans.writing import write_prediction
+from sam3d.data.scans.writing import ObjectProbability, write_objects, write_prediction
 from sam3d.evaluation import EvaluationSettings
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
@@ -315,11 +315,13 @@ def _print_table(rows: list[dict[str, Any]], result: dict[str, Any], folder: Pat
 class PredictionWriter(BasePredictionWriter):
     """Writes each predicted mask (and optionally the probability map) as NIfTI in the input scan's geometry.
 
-    The mask threshold is ``evaluation.threshold``, the one that also shapes the prediction itself.
+    The mask threshold is ``evaluation.threshold``, the one that also shapes the prediction itself. A scan
+    with several objects gets their label map and one mask per object (:func:`write_objects`).
 
     Args:
-        output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``).
-        probabilities: Also write the foreground probability map.
+        output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``; several
+            objects: ``<case>_labels.nii.gz``, ``<case>_object-<id>_<name>.nii.gz``).
+        probabilities: Also write the foreground probability map (of each object).
     """
 
     def __init__(self, output_dir: str = "predictions", probabilities: bool = False) -> None:
@@ -336,19 +338,26 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Map the probability back to the scan's own grid and write it; a line per case."""
+        """Map the probabilities back to the scan's own grid and write them; a line per case."""
         case = prediction["case"]
         if isinstance(case, SkippedCase):
             print(f"{case.case_id}: skipped: {case.reason}")
             return
         start = time.perf_counter()
-        written = write_prediction(
-            case.scan,
-            prediction["probability"],
-            reporting_task(pl_module).evaluation.threshold,
-            self.output_dir,
-            self.probabilities,
-        )
+        threshold = reporting_task(pl_module).evaluation.threshold
+        probabilities = prediction["probabilities"]
+        if len(case.objects) == 1:
+            written = write_prediction(
+                case.scan, probabilities[case.objects[0].id], threshold, self.output_dir, self.probabilities
+            )
+            result = f"{written.volume_ml:.1f} ml"
+            target = written.mask
+        else:
+            objects = [ObjectProbability(o.id, o.name, probabilities[o.id]) for o in case.objects]
+            labelled = write_objects(case.scan, objects, threshold, self.output_dir, self.probabilities)
+            result = ", ".join(f"{o.name} {labelled.volumes_ml[o.id]:.1f} ml" for o in case.objects)
+            result = f"{len(objects)} objects ({result})"
+            target = labelled.labels
         seconds = prediction["seconds"] + time.perf_counter() - start
         kinds = [i.kind for i in case.interactions]
         drawn = "".join(
@@ -357,6 +366,5 @@ class PredictionWriter(BasePredictionWriter):
             if kind in kinds
         )
         print(
-            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {written.volume_ml:.1f} ml, {seconds:.1f} s -> "
-            f"{written.mask}"
+            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}"
         )

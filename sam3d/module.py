@@ -14,9 +14,9 @@ from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
 from sam3d.errors import Sam3dError
 from sam3d.evaluation import evaluate_case
-from sam3d.interaction import InteractionSession
 from sam3d.models import ClickEncoding, CropEncoding, DensePrompt
 from sam3d.models.prompt_encoder import PADDING
+from sam3d.objects import ObjectSessions
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
 
@@ -221,23 +221,29 @@ class VolumetricSamModule(VolumetricSamTask):
         return evaluate_case(self.net, case, self.evaluation)
 
     def predict_step(self, case: PredictionCase | SkippedCase, batch_idx: int) -> dict[str, Any]:
-        """Foreground probability of a new scan: its clicks file's steps replayed in order.
+        """Foreground probability of each object of a new scan: its clicks file's steps replayed in order.
 
-        With the `evaluation` settings' protocol; a scan whose steps the session refuses (a box for a network
-        without the box prompt, ...) is skipped, with why.
+        With the `evaluation` settings' protocol, one session per object sharing the crop encodings; a scan
+        whose steps a session refuses (a box for a network without the box prompt, ...) is skipped, with why.
+        Returns ``probabilities`` by object id, and ``probability`` too for a scan with one object.
         """
         if isinstance(case, SkippedCase):
             return {"case": case}
         start = time.perf_counter()
         settings = self.evaluation
-        session = InteractionSession(
+        objects = ObjectSessions(
             self.net, case.scan.image, settings.crops, settings.threshold, cache_size=settings.cache_size
         )
         try:
-            for step in case.steps:
-                session.add(*step)
+            for each in case.objects:
+                objects.add(each.name, each.id)
+                for step in each.steps:
+                    objects.session.add(*step)
         except Sam3dError as error:
             reason = f"clicks file {case.clicks_file}, scan {case.scan.path}: {error}"
             return {"case": SkippedCase(case.case_id, reason)}
-        probability = session.probability
-        return {"case": case, "probability": probability, "seconds": time.perf_counter() - start}
+        probabilities = {each.id: each.session.probability for each in objects.objects}
+        prediction = {"case": case, "probabilities": probabilities, "seconds": time.perf_counter() - start}
+        if len(probabilities) == 1:
+            prediction["probability"] = next(iter(probabilities.values()))
+        return prediction

@@ -192,4 +192,32 @@ class Page:
         return json.loads(content)["error"]
 
 
-POSTS = {"/api/undo", "/api/reset", "/api/save"}
+POSTS = {"/api/undo", "/api/reset", "/api/save", "/api/objects/add"}
+
+
+def two_lesion_phantom(folder: Path) -> tuple[Path, Path, list[list[int]]]:
+    """A small scan with two bright lesions on one axial slice, its label map (1 and 2) and their centres.
+
+    Soft tissue at 40 HU with mild noise, 1 mm voxels (the network grid of :data:`PREPROCESSING`); the
+    lesions are spheres of 110 and 100 HU. The centres are ``(d, h, w)`` on the network grid.
+    """
+    shape = (56, 64, 40)
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    labels = np.zeros(shape, np.uint8)
+    image = 40 + 5 * np.random.default_rng(0).standard_normal(shape)
+    for value, (centre, radius, hu) in enumerate(
+        (((16, 24, 20), 6.0, 110.0), ((40, 38, 20), 7.0, 100.0)), start=1
+    ):
+        inside = ((index - np.array(centre)) ** 2).sum(-1) <= radius**2
+        labels[inside] = value
+        image[inside] = hu + 5 * np.random.default_rng(value).standard_normal(int(inside.sum()))
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    scan_path, label_path = folder / "two_lesions.nii.gz", folder / "two_lesions_labels.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(image).astype(np.int16), affine), scan_path)
+    nib.save(nib.Nifti1Image(labels, affine), label_path)
+    scan = load_scan(scan_path, PREPROCESSING)
+    centres = [
+        first_click(load_label(label_path, scan, (value,)).bool(), "center")[0][0].round().long().tolist()
+        for value in (1, 2)
+    ]
+    return scan_path, label_path, centres

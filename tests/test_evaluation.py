@@ -180,6 +180,43 @@ def test_predict_replays_interactions_and_skips_boxes_the_network_does_not_take(
     assert not (output / f"{second}_mask.nii.gz").exists()
 
 
+def test_predict_writes_a_label_map_and_one_mask_per_object_of_a_csv(
+    synthetic_root, trained, tmp_path, capsys
+):
+    _, checkpoint = trained
+    scan = min((synthetic_root / "imagesTr").glob("*.nii.gz"))
+    label = np.asarray(nib.load(synthetic_root / "labelsTr" / scan.name).dataobj)
+    inside = np.argwhere(label > 0)
+    (i, j, k), (a, b, c) = inside[len(inside) // 2], inside[0]
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text(
+        "scan,x,y,z,space,label,object,object_name\n"
+        f"{scan.name},{i},{j},{k},voxel,positive,,\n"
+        f"{scan.name},{a},{b},{c},voxel,positive,2,edge\n"
+    )
+    output = tmp_path / "masks"
+    _predict(*predict_options(checkpoint, [scan], clicks, output, probabilities=True))
+    case = scan.name.removesuffix(".nii.gz")
+    assert f"{case}: 2 click(s), 2 objects (object 1 " in capsys.readouterr().out
+    assert not (output / f"{case}_mask.nii.gz").exists()
+    source = nib.load(scan)
+    labels = nib.load(output / f"{case}_labels.nii.gz")
+    assert labels.shape == source.shape
+    np.testing.assert_allclose(labels.affine, source.affine)
+    stems = {1: f"{case}_object-1_object-1", 2: f"{case}_object-2_edge"}
+    probability = {
+        key: torch.from_numpy(nib.load(output / f"{stem}_probability.nii.gz").get_fdata())
+        for key, stem in stems.items()
+    }
+    for key, stem in stems.items():
+        mask = np.asarray(nib.load(output / f"{stem}.nii.gz").dataobj)
+        np.testing.assert_array_equal(mask, probability[key].numpy() > 0.5)
+    # each voxel to the more probable object above the threshold, as written on the scan's grid
+    best = torch.where(probability[2] > probability[1], 2, 1)
+    expected = torch.where(torch.maximum(probability[1], probability[2]) > 0.5, best, 0)
+    np.testing.assert_array_equal(np.asarray(labels.dataobj), expected.numpy())
+
+
 def test_predict_needs_scans_and_clicks(trained, tmp_path, capsys):
     _, checkpoint = trained
     with pytest.raises(SystemExit) as exit_info:

@@ -12,7 +12,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from serve_helpers import MagicWand, dice, lesion_centre, live_server, replay
+from serve_helpers import MagicWand, dice, lesion_centre, live_server, replay, two_lesion_phantom
 
 from sam3d.data.scans import write_prediction
 from sam3d.serve import ViewSettings
@@ -342,3 +342,61 @@ def test_drag_a_box_alt_drag_scribbles_undo_save_and_replay_with_predict(browser
         np.testing.assert_allclose(ours.voxels.numpy(), page["voxels"], atol=1e-4)
     replayed = write_prediction(case.scan, prediction["probability"], 0.5, tmp_path / "replayed", False)
     np.testing.assert_array_equal(np.asarray(nib.load(replayed.mask).dataobj), np.asarray(saved.dataobj))
+
+
+def _coloured(pixels, rgb):
+    """Where the overlay of an object of colour ``rgb`` is drawn: 0.55 grey + 0.45 colour, for some grey."""
+    grey = (pixels[..., :3].astype(float) - 0.45 * np.array(rgb)) / 0.55
+    return (np.ptp(grey, axis=-1) < 3) & (grey.min(-1) > -3)
+
+
+def test_segment_two_objects_in_their_colours_rename_one_and_save_one_label_map(browsers, tmp_path):
+    scan, label, (one, two) = two_lesion_phantom(tmp_path)
+    assert one[0] == two[0]  # both lesions on one axial slice
+    output = tmp_path / "out"
+    with live_server(MagicWand(), [scan], output) as address:
+        driver = browsers()
+        _open(driver, address)
+        _click(driver, "axial", one)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        driver.find_element(By.ID, "add-object").click()
+        _wait(driver, "document.body.dataset.objects === '2' && document.body.dataset.selected === '2'")
+        assert _dataset(driver, "clicks") == "0"  # the new object has no interaction yet
+        _click(driver, "axial", two)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+
+        red, blue = (driver.execute_script("return window.sam3d.colour(arguments[0])", i) for i in (1, 2))
+        axial = _pixels(driver, "axial")
+        for colour, centre in ((red, one), (blue, two)):
+            at = driver.execute_script("return window.sam3d.screenPoint('axial', arguments[0])", centre)
+            drawn = _coloured(axial, colour)
+            assert drawn.sum() > 30
+            rows, columns = np.nonzero(drawn)  # each colour around its own lesion
+            assert abs(rows.mean() - at["y"]) < 15
+            assert abs(columns.mean() - at["x"]) < 15
+
+        name = driver.find_element(By.ID, "object-name")
+        name.clear()
+        name.send_keys("cyst", Keys.ENTER)  # Enter renames, as the Rename button does
+        _wait(driver, "document.querySelector('#object-list li.selected').textContent.includes('2 cyst')")
+        driver.find_element(By.CSS_SELECTOR, "#object-list li[data-id='1']").click()  # select object 1 again
+        _wait(driver, "document.body.dataset.selected === '1'")
+        driver.find_element(By.ID, "save").click()
+        saved = _wait(driver, "document.body.dataset.saved")
+        assert "cyst" in _message(driver)
+
+        driver.find_element(By.CSS_SELECTOR, "#object-list li[data-id='2']").click()
+        _wait(driver, "document.body.dataset.selected === '2'")
+        driver.find_element(By.ID, "delete-object").click()
+        driver.switch_to.alert.accept()  # it has an interaction: the page asks first
+        _wait(driver, "document.body.dataset.objects === '1' && document.body.dataset.selected === '1'")
+        axial = _pixels(driver, "axial")
+        assert not _coloured(axial, blue).any()
+        assert _coloured(axial, red).sum() > 30
+
+    assert saved == str(output / "two_lesions_labels.nii.gz")
+    values, truth = (np.asarray(nib.load(path).dataobj) for path in (saved, label))
+    assert set(np.unique(values)) == {0, 1, 2}
+    for value in (1, 2):
+        assert dice(values == value, truth == value) > 0.6  # each object on its own lesion
+    assert (output / "two_lesions_object-2_cyst.nii.gz").is_file()

@@ -2,6 +2,7 @@
 
 Each page (browser tab) sends a random session id with every request; the server keeps one
 :class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks, boxes and scribbles.
+A scan holds several objects; every interaction goes to the selected one.
 The network runs for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
 anything else is logged with its traceback and answers 500, and the server goes on serving.
 
@@ -369,9 +370,11 @@ async def _edit(request: Request, action: Callable[[ScanView, dict[str, Any]], N
 
 
 def _log(view: ScanView, what: str, encoded: bool) -> None:
+    objects = view.objects.objects
     logger.info(
-        "%s: %s: %.3f s (%s), %.1f mL",
+        "%s: %s%s: %.3f s (%s), %.1f mL",
         view.name,
+        f"{view.objects.selected.name}: " if len(objects) > 1 else "",
         what,
         view.seconds,
         "crop encoded" if encoded else "crop encoding reused",
@@ -417,6 +420,26 @@ def _reset(view: ScanView, body: dict[str, Any]) -> None:
     view.reset()
 
 
+def _add_object(view: ScanView, body: dict[str, Any]) -> None:
+    added = view.objects.add(body.get("name"))
+    logger.info("%s: object %d (%s) added", view.name, added.id, added.name)
+
+
+def _select_object(view: ScanView, body: dict[str, Any]) -> None:
+    view.objects.select(body.get("id"))
+
+
+def _rename_object(view: ScanView, body: dict[str, Any]) -> None:
+    renamed = view.objects.rename(body.get("id"), body.get("name"))
+    logger.info("%s: object %d renamed %s", view.name, renamed.id, renamed.name)
+
+
+def _delete_object(view: ScanView, body: dict[str, Any]) -> None:
+    deleted = view.objects.get(body.get("id"))
+    view.objects.delete(deleted.id)
+    logger.info("%s: object %d (%s) deleted", view.name, deleted.id, deleted.name)
+
+
 async def click(request: Request) -> JSONResponse:
     """``POST /api/click {"point": [d, h, w], "positive": bool}``: add a click."""
     return await _edit(request, _click)
@@ -433,17 +456,37 @@ async def scribble(request: Request) -> JSONResponse:
 
 
 async def undo(request: Request) -> JSONResponse:
-    """``POST /api/undo``: remove the last interaction (click, box or scribble)."""
+    """``POST /api/undo``: remove the selected object's last interaction (click, box or scribble)."""
     return await _edit(request, _undo)
 
 
 async def reset(request: Request) -> JSONResponse:
-    """``POST /api/reset``: remove every interaction."""
+    """``POST /api/reset``: remove every interaction of the selected object."""
     return await _edit(request, _reset)
 
 
+async def add_object(request: Request) -> JSONResponse:
+    """``POST /api/objects/add {"name": str}`` (name optional): add an object and select it."""
+    return await _edit(request, _add_object)
+
+
+async def select_object(request: Request) -> JSONResponse:
+    """``POST /api/objects/select {"id": int}``: select an object (interactions, undo and reset go to it)."""
+    return await _edit(request, _select_object)
+
+
+async def rename_object(request: Request) -> JSONResponse:
+    """``POST /api/objects/rename {"id": int, "name": str}``: rename an object."""
+    return await _edit(request, _rename_object)
+
+
+async def delete_object(request: Request) -> JSONResponse:
+    """``POST /api/objects/delete {"id": int}``: delete an object and its interactions (not the last one)."""
+    return await _edit(request, _delete_object)
+
+
 def save(request: Request) -> JSONResponse:
-    """``POST /api/save``: write the mask and the interactions into the output folder; their paths and the volume."""
+    """``POST /api/save``: write the masks and the interactions into the output folder; their paths and volumes."""
     store = _sessions(request)
     with store.lock:
         view = store.page(_session_id(request)).view
@@ -453,7 +496,10 @@ def save(request: Request) -> JSONResponse:
 
 
 def download(request: Request) -> Response:
-    """``GET /api/download/{kind}``: the interactions file, or a saved file (``mask``, ``probability``)."""
+    """``GET /api/download/{kind}``: the interactions file, or a saved file.
+
+    Kinds: ``mask`` and ``probability`` (one object), ``labels`` and ``object-<id>`` (several objects).
+    """
     store = _sessions(request)
     kind = request.path_params["kind"]
     with store.lock:
@@ -508,6 +554,10 @@ ROUTES = [
     Route("/api/scribble", scribble, methods=["POST"]),
     Route("/api/undo", undo, methods=["POST"]),
     Route("/api/reset", reset, methods=["POST"]),
+    Route("/api/objects/add", add_object, methods=["POST"]),
+    Route("/api/objects/select", select_object, methods=["POST"]),
+    Route("/api/objects/rename", rename_object, methods=["POST"]),
+    Route("/api/objects/delete", delete_object, methods=["POST"]),
     Route("/api/save", save, methods=["POST"]),
     Route("/api/download/{kind:str}", download),
 ]

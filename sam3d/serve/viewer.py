@@ -1,4 +1,4 @@
-"""One scan open in a browser: opening it within limits, its interactions and mask, the files it saves.
+"""One scan open in a browser: opening it within limits, its objects' interactions and masks, the files it saves.
 
 Everything here is on the network grid of :func:`sam3d.data.scans.load_scan` (network layout
 ``(D, H, W)``: superior, anterior, right); the page draws that grid and its clicks, boxes and scribbles
@@ -25,11 +25,19 @@ from sam3d.data.checks import check_file
 from sam3d.data.errors import DatasetError
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans import Scan, describe_grid, load_scan, write_prediction
+from sam3d.data.scans import (
+    ObjectProbability,
+    Scan,
+    describe_grid,
+    load_scan,
+    write_objects,
+    write_prediction,
+)
 from sam3d.errors import Sam3dError
 from sam3d.inference import Protocol
 from sam3d.interaction import Interaction, InteractionSession
 from sam3d.models import VolumetricSam
+from sam3d.objects import ObjectSessions, SegmentedObject
 
 __all__ = ["OutputFolder", "OutputOptions", "ScanView", "ViewSettings", "open_scan"]
 
@@ -133,8 +141,29 @@ def _display_scale(intensities: torch.Tensor) -> tuple[float, float]:
     return (low + high) / 2, max(high - low, 1e-6) / 65534
 
 
+def _packed(mask: torch.Tensor) -> dict[str, Any] | None:
+    """A mask as the page unpacks it: its bounding box's start and shape, and its voxels there bit-packed."""
+    present = torch.nonzero(mask)
+    if not len(present):
+        return None
+    low, high = present.amin(0), present.amax(0) + 1
+    inside = mask[tuple(slice(a, b) for a, b in zip(low.tolist(), high.tolist(), strict=True))]
+    return {
+        "start": low.tolist(),
+        "shape": list(inside.shape),
+        "bits": base64.b64encode(np.packbits(inside.numpy().ravel()).tobytes()).decode(),
+    }
+
+
+def _rounded(voxels: list[list[float]]) -> list[list[float]]:
+    return [[round(float(c), 2) for c in voxel] for voxel in voxels]
+
+
 class ScanView:
-    """A scan on the page: clicks segmented with the network, the mask as the page draws it, saving.
+    """A scan on the page: its objects' interactions segmented with the network, their masks, saving.
+
+    The scan starts with one object, ``object 1``; interactions, undo and reset go to the selected object
+    (see :class:`sam3d.objects.ObjectSessions` for ids, names and the label map).
 
     Args:
         net: The network, on its device, in eval mode.
@@ -156,12 +185,18 @@ class ScanView:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
         self.scan, self.output, self.forward_context = scan, output, forward_context
         self.threshold = settings.threshold
-        self.session = InteractionSession(
+        self.objects = ObjectSessions(
             net, scan.image, settings.protocol, settings.threshold, settings.cache_size
         )
+        self.objects.add()
         self.crop_size = tuple(net.config.crop_size)
         self.seconds: float | None = None
         self.saved: dict[str, Path] = {}
+
+    @property
+    def session(self) -> InteractionSession:
+        """The selected object's session."""
+        return self.objects.session
 
     @property
     def name(self) -> str:
@@ -206,13 +241,13 @@ class ScanView:
             Sam3dError: If the session refuses it (outside the volume, a prompt the network does not take,
                 a first step with nothing positive); nothing is added then.
         """
-        misses = self.session.encoder.misses
+        misses = self.objects.encoder.misses
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():
             # A refused interaction, or one whose segmentation fails, is not kept by the session.
             self.session.add(interaction)
         self.seconds = time.perf_counter() - start
-        return self.session.encoder.misses > misses
+        return self.objects.encoder.misses > misses
 
     def click(self, point: tuple[float, float, float], positive: bool) -> bool:
         """Add a click ``(d, h, w)``; whether a crop was encoded for it (see :meth:`add`)."""
@@ -227,39 +262,55 @@ class ScanView:
         return self.add(Interaction.scribble(voxels, positive))
 
     def undo(self) -> None:
-        """Remove the last interaction (click, box or scribble)."""
+        """Remove the selected object's last interaction (click, box or scribble)."""
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():
             self.session.undo()
         self.seconds = time.perf_counter() - start
 
     def reset(self) -> None:
-        """Remove every interaction."""
+        """Remove every interaction of the selected object."""
         self.session.reset()
         self.seconds = None
 
     @property
     def mask(self) -> torch.Tensor:
-        """The mask on the network grid at ``evaluation.threshold`` (what Save writes)."""
+        """The selected object's mask on the network grid at ``evaluation.threshold``."""
         return self.session.probability > self.threshold
 
+    def _ml(self, voxels: torch.Tensor) -> float:
+        return float(voxels.sum()) * math.prod(self.scan.spacing) / 1000
+
     def volume_ml(self) -> float:
-        """The mask's volume on the network grid in mL."""
-        return float(self.mask.sum()) * math.prod(self.scan.spacing) / 1000
+        """The selected object's mask's volume on the network grid in mL."""
+        return self._ml(self.mask)
+
+    def _interactions(self, session: InteractionSession) -> list[dict[str, Any]]:
+        return [
+            {"kind": i.kind, "voxels": _rounded(i.voxels.tolist()), "positive": i.positive}
+            for i in session.interactions
+        ]
 
     def state(self) -> dict[str, Any]:
-        """Interactions (and the clicks among them), crop, mask (its bounding box, bit-packed) and volume."""
-        mask = self.mask
-        present = torch.nonzero(mask)
-        box = None
-        if len(present):
-            low, high = present.amin(0), present.amax(0) + 1
-            inside = mask[tuple(slice(a, b) for a, b in zip(low.tolist(), high.tolist(), strict=True))]
-            box = {
-                "start": low.tolist(),
-                "shape": list(inside.shape),
-                "bits": base64.b64encode(np.packbits(inside.numpy().ravel()).tobytes()).decode(),
-            }
+        """The selected object's interactions (and the clicks among them), crop, mask and volume; every object.
+
+        A mask is its bounding box with its voxels there bit-packed. Each entry of ``objects`` has the
+        object's id, name, interaction count, volume and its voxels of the label map (where objects
+        overlap, the most probable one's), which the page draws in the object's colour.
+        """
+        labels = self.objects.label_map()
+        objects = []
+        for each in self.objects.objects:
+            own = labels == each.id if each.session.interactions else None  # an empty object: no mask
+            objects.append(
+                {
+                    "id": each.id,
+                    "name": each.name,
+                    "interactions": len(each.session.interactions),
+                    "volume_ml": 0.0 if own is None else self._ml(own),
+                    "mask": None if own is None else _packed(own),
+                }
+            )
         anchor = self.session.anchor
         return {
             "clicks": [
@@ -268,18 +319,13 @@ class ScanView:
                     self.session.points.tolist(), self.session.labels.tolist(), strict=True
                 )
             ],
-            "interactions": [
-                {
-                    "kind": interaction.kind,
-                    "voxels": [[round(float(c), 2) for c in voxel] for voxel in interaction.voxels.tolist()],
-                    "positive": interaction.positive,
-                }
-                for interaction in self.session.interactions
-            ],
+            "interactions": self._interactions(self.session),
             "crop": None if anchor is None else {"start": anchor.tolist(), "size": list(self.crop_size)},
-            "mask": box,
+            "mask": _packed(self.mask),
             "volume_ml": self.volume_ml(),
             "seconds": self.seconds,
+            "selected": self.objects.selected.id,
+            "objects": objects,
         }
 
     def _world(self, voxels: torch.Tensor) -> list[list[float]]:
@@ -289,43 +335,72 @@ class ScanView:
         return [[float(c) for c in point] for point in world]
 
     def interactions_json(self) -> str:
-        """Every interaction in order, as the JSON clicks file ``sam3d predict`` replays (world RAS+ mm)."""
+        """Every object's interactions in order, as the JSON clicks file ``sam3d predict`` replays.
+
+        Positions in world RAS+ mm; each entry names its object (id and name), object after object.
+        """
         entries: list[dict[str, Any]] = []
-        for interaction in self.session.interactions:
-            world = self._world(interaction.voxels)
-            label = {"label": "positive" if interaction.positive else "negative"}
-            if interaction.kind == "click":
-                entries.append({"type": "click", "position": world[0], "space": "world", **label})
-            elif interaction.kind == "box":
-                entries.append({"type": "box", "corners": world, "space": "world"})
-            else:
-                entries.append({"type": "scribble", "positions": world, "space": "world", **label})
+        for each in self.objects.segmented:
+            of = {"object": {"id": each.id, "name": each.name}}
+            for interaction in each.session.interactions:
+                world = self._world(interaction.voxels)
+                label = {"label": "positive" if interaction.positive else "negative"}
+                if interaction.kind == "click":
+                    entries.append({"type": "click", "position": world[0], "space": "world", **label, **of})
+                elif interaction.kind == "box":
+                    entries.append({"type": "box", "corners": world, "space": "world", **of})
+                else:
+                    entries.append({"type": "scribble", "positions": world, "space": "world", **label, **of})
         return json.dumps({"scans": [{"scan": self.name, "interactions": entries}]}, indent=1) + "\n"
 
     def save(self) -> dict[str, Any]:
-        """Write the mask (as ``sam3d predict`` does) and the interactions file into the output folder.
+        """Write the masks (as ``sam3d predict`` does) and the interactions file into the output folder.
+
+        The objects with interactions are written: one as ``predict`` writes one (``<case>_mask.nii.gz``),
+        several as their label map and one mask per object (:func:`sam3d.data.scans.write_objects`).
 
         Raises:
-            Sam3dError: If there is no interaction yet or the folder cannot be written; nothing is lost.
+            Sam3dError: If no object has an interaction yet or the folder cannot be written; nothing is lost.
         """
-        if not self.session.interactions:
+        segmented = self.objects.segmented
+        if not segmented:
             raise Sam3dError("nothing to save yet: click inside the object, or draw a box, first")
         folder = self.output.output_dir
         interactions = folder / f"{self.scan.case_id}_interactions.json"
         try:
-            written = write_prediction(
-                self.scan, self.session.probability, self.threshold, folder, self.output.probabilities
-            )
+            saved, volumes = self._write(segmented, folder)
             interactions.write_text(self.interactions_json())
         except OSError as error:
             raise Sam3dError(
                 f"cannot write into {folder} ({error}); the interactions are kept: free space or "
                 "restart with another --prediction.output_dir, then save again"
             ) from None
-        self.saved = {"mask": written.mask, "interactions": interactions}
-        if written.probability is not None:
-            self.saved["probability"] = written.probability
+        self.saved = {**saved, "interactions": interactions}
         return {
             "files": {kind: str(path.resolve()) for kind, path in self.saved.items()},
-            "volume_ml": written.volume_ml,
+            "volume_ml": sum(volumes.values()),
+            "objects": [{"id": o.id, "name": o.name, "volume_ml": volumes[o.id]} for o in segmented],
         }
+
+    def _write(
+        self, segmented: tuple[SegmentedObject, ...], folder: Path
+    ) -> tuple[dict[str, Path], dict[int, float]]:
+        """Write the objects' files: their paths by kind, and each object's volume in mL on the file's grid."""
+        with_probability = self.output.probabilities
+        if len(segmented) == 1:
+            only = segmented[0]
+            written = write_prediction(
+                self.scan, only.session.probability, self.threshold, folder, with_probability
+            )
+            files = {"mask": written.mask}
+            if written.probability is not None:
+                files["probability"] = written.probability
+            return files, {only.id: written.volume_ml}
+        objects = [ObjectProbability(o.id, o.name, o.session.probability) for o in segmented]
+        labelled = write_objects(self.scan, objects, self.threshold, folder, with_probability)
+        files = {"labels": labelled.labels}
+        for each in segmented:
+            files[f"object-{each.id}"] = labelled.masks[each.id]
+            if each.id in labelled.probabilities:
+                files[f"object-{each.id}_probability"] = labelled.probabilities[each.id]
+        return files, labelled.volumes_ml

@@ -54,6 +54,20 @@ clicks (as a user adds them in ``sam3d serve``)::
   grid (repeats dropped); ``label`` positive (inside the object) or negative (outside).
 
 Boxes and scribbles need a network trained with those prompts (``model.dense_prompts``).
+
+**Objects**: a scan may hold several objects, each segmented on its own and written as one label value.
+An entry names its object with ``"object": {"id": 2, "name": "cyst"}`` (or just ``"object": 2``); a CSV
+row with an ``object`` column (the id) and optionally an ``object_name`` column. Ids are integers 1 to
+255 (the object's value in the label map); names are 1 to 64 letters, digits, spaces, ``-``, ``_`` or
+``.`` (they name files) and default to ``object <id>``. An entry without an object belongs to object 1,
+so a file without objects is one object. Each object's steps are replayed in order, as above::
+
+    {"scans": [{"scan": "case_001.nii.gz",
+                "interactions": [
+                    {"type": "click", "position": [101, 87, 30], "space": "voxel", "label": "positive",
+                     "object": {"id": 1, "name": "tumour"}},
+                    {"type": "click", "position": [60, 90, 31], "space": "voxel", "label": "positive",
+                     "object": {"id": 2, "name": "cyst"}}]}]}
 """
 
 from __future__ import annotations
@@ -73,16 +87,21 @@ from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import case_id
 from sam3d.data.scans.loading import Scan
 from sam3d.interaction import Interaction
+from sam3d.objects import MAX_OBJECTS, check_object_id, check_object_name, default_object_name
 
 __all__ = [
     "Box",
     "Click",
     "Entry",
+    "ObjectEntries",
+    "ObjectSteps",
     "Scribble",
     "Space",
     "clicks_to_network",
     "interactions_to_network",
     "match_clicks",
+    "objects_of",
+    "objects_to_network",
     "read_clicks",
     "steps_of",
 ]
@@ -110,6 +129,8 @@ class Click:
         where: Its place in the clicks file, for messages (e.g. ``clicks.csv line 3``).
         own_step: An ``interactions`` entry (one step of its own); else one step with the scan's other
             plain clicks.
+        object_id: The object it belongs to (1 unless the file says).
+        object_name: The object's name, if the file gives it.
     """
 
     position: Position
@@ -117,6 +138,8 @@ class Click:
     positive: bool
     where: str = ""
     own_step: bool = False
+    object_id: int = 1
+    object_name: str | None = None
 
     def __str__(self) -> str:
         kind = "positive" if self.positive else "negative"
@@ -132,6 +155,8 @@ class Box:
     corners: tuple[Position, Position]
     space: Space
     where: str = ""
+    object_id: int = 1
+    object_name: str | None = None
 
     @property
     def positive(self) -> bool:
@@ -151,6 +176,8 @@ class Scribble:
     space: Space
     positive: bool
     where: str = ""
+    object_id: int = 1
+    object_name: str | None = None
 
     def __str__(self) -> str:
         kind = "positive" if self.positive else "negative"
@@ -189,9 +216,28 @@ def _parse_label(label: Any) -> bool:
     return _LABELS[key]
 
 
-def _parse_click(position: Any, space: Any, label: Any, where: str, own_step: bool = False) -> Click:
-    """Validate one click's fields; raise ValueError with a short reason."""
-    return Click(_parse_position(position), _parse_space(space), _parse_label(label), where, own_step)
+def _parse_object(value: Any) -> tuple[int, str | None]:
+    """An entry's ``object``: its id and name (None: not given); raise ValueError with a short reason."""
+    if value is None:
+        return 1, None
+    if isinstance(value, dict):
+        name = value.get("name")
+        return check_object_id(value.get("id")), None if name is None else check_object_name(name)
+    return check_object_id(value), None
+
+
+def _parse_click(
+    position: Any, space: Any, label: Any, where: str, own_step: bool = False, of: Any = None
+) -> Click:
+    """Validate one click's fields (``of``: its object); raise ValueError with a short reason."""
+    return Click(
+        _parse_position(position),
+        _parse_space(space),
+        _parse_label(label),
+        where,
+        own_step,
+        *_parse_object(of),
+    )
 
 
 def _parse_interaction(item: Any, where: str) -> Entry:
@@ -205,7 +251,10 @@ def _parse_interaction(item: Any, where: str) -> Entry:
             '{"type": "scribble", "positions": [[x, y, z], ...], "space": ..., "label": ...}'
         )
     if item["type"] == "click":
-        return _parse_click(item.get("position"), item.get("space"), item.get("label"), where, True)
+        return _parse_click(
+            item.get("position"), item.get("space"), item.get("label"), where, True, item.get("object")
+        )
+    of = _parse_object(item.get("object"))
     if item["type"] == "box":
         corners = item.get("corners")
         if isinstance(corners, str) or not isinstance(corners, Sequence) or len(corners) != 2:
@@ -213,7 +262,7 @@ def _parse_interaction(item: Any, where: str) -> Entry:
         if "label" in item and not _parse_label(item["label"]):
             raise ValueError("a box marks the object: its label must be positive (or left out)")
         lower, upper = (_parse_position(c, "each corner") for c in corners)
-        return Box((lower, upper), _parse_space(item.get("space")), where)
+        return Box((lower, upper), _parse_space(item.get("space")), where, *of)
     positions = item.get("positions")
     if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions:
         raise ValueError(f'a scribble needs "positions": a list of [x, y, z] positions, got {positions!r}')
@@ -222,7 +271,20 @@ def _parse_interaction(item: Any, where: str) -> Entry:
         _parse_space(item.get("space")),
         _parse_label(item.get("label")),
         where,
+        *of,
     )
+
+
+def _csv_object(row: dict[str, str | None]) -> dict[str, Any] | None:
+    """A CSV row's optional ``object`` (id) and ``object_name`` columns, as a JSON entry's ``object``."""
+    object_id, name = (row.get("object") or "").strip(), (row.get("object_name") or "").strip()
+    if not object_id:
+        if name:
+            raise ValueError("object_name is given without an object id (the object column)")
+        return None
+    if not object_id.isdigit():
+        raise ValueError(f"object must be an integer id from 1 to {MAX_OBJECTS}, got {object_id!r}")
+    return {"id": int(object_id), "name": name or None}
 
 
 def _read_csv(path: Path) -> tuple[dict[str, list[Entry]], list[str]]:
@@ -246,7 +308,9 @@ def _read_csv(path: Path) -> tuple[dict[str, list[Entry]], list[str]]:
             try:
                 if not scan:
                     raise ValueError("scan is empty")
-                click = _parse_click([row["x"], row["y"], row["z"]], row["space"], row["label"], where)
+                click = _parse_click(
+                    [row["x"], row["y"], row["z"]], row["space"], row["label"], where, of=_csv_object(row)
+                )
             except ValueError as error:
                 errors.append(f"{where}: {error}")
                 continue
@@ -288,7 +352,13 @@ def _read_json(path: Path) -> tuple[dict[str, list[Entry]], list[str]]:
                 continue
             try:
                 found.append(
-                    _parse_click(item.get("position"), item.get("space"), item.get("label"), item_where)
+                    _parse_click(
+                        item.get("position"),
+                        item.get("space"),
+                        item.get("label"),
+                        item_where,
+                        of=item.get("object"),
+                    )
                 )
             except ValueError as error:
                 errors.append(f"{item_where}: {error}")
@@ -327,6 +397,8 @@ def read_clicks(path: str | Path) -> dict[str, list[Entry]]:
         raise DatasetError(f"clicks file {path} is not a text file") from None
     except csv.Error as error:
         raise DatasetError(f"clicks file {path} is not a readable CSV file ({error})") from None
+    for entries in clicks.values():
+        errors += objects_of(entries)[1]
     if errors:
         raise DatasetError(
             f"clicks file {path} has {len(errors)} invalid entries:",
@@ -335,6 +407,46 @@ def read_clicks(path: str | Path) -> dict[str, list[Entry]]:
     if not clicks:
         raise DatasetError(f"clicks file {path} holds no click")
     return clicks
+
+
+@dataclass(frozen=True)
+class ObjectEntries:
+    """One object's entries of a scan, in file order: its id (label value), its name and its entries."""
+
+    id: int
+    name: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class ObjectSteps:
+    """One object's steps on the network grid: its id, its name and one tuple of interactions per step."""
+
+    id: int
+    name: str
+    steps: tuple[tuple[Interaction, ...], ...]
+
+
+def objects_of(entries: Sequence[Entry]) -> tuple[list[ObjectEntries], list[str]]:
+    """A scan's entries by object, by id, and what is wrong (an object given two names), one line each."""
+    grouped: dict[int, list[Entry]] = {}
+    names: dict[int, str] = {}
+    errors: list[str] = []
+    for entry in entries:
+        grouped.setdefault(entry.object_id, []).append(entry)
+        if entry.object_name is None:
+            continue
+        name = names.setdefault(entry.object_id, entry.object_name)
+        if name != entry.object_name:
+            errors.append(
+                f"{entry.where or entry}: object {entry.object_id} is named {entry.object_name!r} here and "
+                f"{name!r} before: give each object one name"
+            )
+    objects = [
+        ObjectEntries(key, names.get(key, default_object_name(key)), tuple(grouped[key]))
+        for key in sorted(grouped)
+    ]
+    return objects, errors
 
 
 def steps_of(entries: Sequence[Entry]) -> list[tuple[Entry, ...]]:
@@ -507,25 +619,50 @@ def _interaction(entry: Entry, grid: _Grid, problems: list[Problem]) -> Interact
 
 
 def interactions_to_network(entries: Sequence[Entry], scan: Scan) -> tuple[tuple[Interaction, ...], ...]:
-    """Map a scan's entries onto its network grid, as the steps :func:`steps_of` groups them into.
+    """Map the entries of a scan with one object onto its network grid, as the steps :func:`steps_of` groups them into.
 
     Clicks map as :func:`clicks_to_network` maps them; a box's corners map the same way, then it spans
     their rounded voxels, lowest to highest per axis; a scribble's positions are rounded to voxels,
     repeats dropped.
 
     Raises:
-        DatasetError: If any position lies outside the scan; the message names the scan, every such
-            entry with its place in the file, and the scan's extent.
+        DatasetError: If any position lies outside the scan (the message names the scan, every such
+            entry with its place in the file, and the scan's extent), or the entries hold several objects.
     """
+    objects = objects_to_network(entries, scan)
+    if len(objects) > 1:
+        ids = ", ".join(str(o.id) for o in objects)
+        raise DatasetError(
+            f"the entries for scan {scan.path} hold several objects ({ids}): map them with objects_to_network"
+        )
+    return objects[0].steps if objects else ()
+
+
+def objects_to_network(entries: Sequence[Entry], scan: Scan) -> tuple[ObjectSteps, ...]:
+    """Map a scan's entries onto its network grid, object by object (by id), as :func:`interactions_to_network`.
+
+    Raises:
+        DatasetError: If any position lies outside the scan (every such entry named), or an object has two
+            names.
+    """
+    grouped, errors = objects_of(entries)
+    if errors:
+        raise DatasetError(
+            f"the clicks file names its objects inconsistently for scan {scan.path}:",
+            [Problem(scan.case_id, error, scan.path) for error in errors],
+        )
     grid = _Grid(scan)
     problems: list[Problem] = []
-    steps = []
-    for step in steps_of(entries):
-        mapped = [_interaction(entry, grid, problems) for entry in step]
-        steps.append(tuple(i for i in mapped if i is not None))
+    objects = []
+    for each in grouped:
+        steps = []
+        for step in steps_of(each.entries):
+            mapped = [_interaction(entry, grid, problems) for entry in step]
+            steps.append(tuple(i for i in mapped if i is not None))
+        objects.append(ObjectSteps(each.id, each.name, tuple(steps)))
     if problems:
         raise DatasetError(
             f"{len(problems)} position(s) of the clicks file lie outside scan {scan.path} ({_extent(scan)}):",
             problems,
         )
-    return tuple(steps)
+    return tuple(objects)

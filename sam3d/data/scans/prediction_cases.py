@@ -10,29 +10,33 @@ from torch.utils.data import Dataset
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
-from sam3d.data.scans.click_files import Entry, interactions_to_network, match_clicks, read_clicks
+from sam3d.data.scans.click_files import Entry, ObjectSteps, match_clicks, objects_to_network, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
 from sam3d.data.scans.loading import Scan, load_scan
 from sam3d.interaction import Interaction
 
 
 class PredictionCase:
-    """A preprocessed scan and the steps to replay on it, their interactions on the network grid.
+    """A preprocessed scan and each of its objects' steps to replay, their interactions on the network grid.
 
     Not a dataclass: Lightning moves a step's output (which holds its case) to the CPU field by field, and
     cannot rebuild the frozen :class:`~sam3d.interaction.Interaction` inside; the case stays on the CPU anyway.
 
     Args:
         scan: The preprocessed scan.
-        steps: One tuple of interactions per step, in order (the plain clicks of a clicks file are one step).
+        objects: Each object's id, name and steps (one tuple of interactions per step, in order; the plain
+            clicks of a clicks file are one step), by id.
         clicks_file: The file the steps come from, for messages.
     """
 
-    def __init__(self, scan: Scan, steps: tuple[tuple[Interaction, ...], ...], clicks_file: str = "") -> None:
-        self.scan, self.steps, self.clicks_file = scan, steps, clicks_file
+    def __init__(self, scan: Scan, objects: tuple[ObjectSteps, ...], clicks_file: str = "") -> None:
+        self.scan, self.objects, self.clicks_file = scan, objects, clicks_file
 
     def __repr__(self) -> str:
-        return f"PredictionCase({self.case_id!r}, {len(self.steps)} step(s), from {self.clicks_file!r})"
+        return (
+            f"PredictionCase({self.case_id!r}, {len(self.objects)} object(s), {len(self.steps)} step(s), "
+            f"from {self.clicks_file!r})"
+        )
 
     @property
     def case_id(self) -> str:
@@ -40,8 +44,13 @@ class PredictionCase:
         return self.scan.case_id
 
     @property
+    def steps(self) -> tuple[tuple[Interaction, ...], ...]:
+        """Every object's steps, object after object."""
+        return tuple(step for each in self.objects for step in each.steps)
+
+    @property
     def interactions(self) -> tuple[Interaction, ...]:
-        """Every interaction of every step, in order."""
+        """Every interaction of every step, object after object."""
         return tuple(interaction for step in self.steps for interaction in step)
 
 
@@ -96,7 +105,7 @@ class PredictionCases(Dataset):
             return SkippedCase(case_id(path), f"the clicks file has no click for {path}")
         try:
             scan = load_scan(path, self.preprocessing)
-            steps = interactions_to_network(entries, scan)
+            objects = objects_to_network(entries, scan)
         except DatasetError as error:
             return SkippedCase(case_id(path), str(error))
-        return PredictionCase(scan, steps, self.clicks_file)
+        return PredictionCase(scan, objects, self.clicks_file)

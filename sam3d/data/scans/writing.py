@@ -4,11 +4,13 @@
 that :func:`write_like` can save it as a NIfTI that overlays the input voxel for voxel, whatever
 the input's orientation, spacing or format. :func:`write_prediction` does both for a predicted
 probability: the mask (and optionally the probability map) that ``sam3d predict`` and the Save of
-``sam3d serve`` write.
+``sam3d serve`` write. :func:`write_objects` writes several objects of one scan: their label map and
+each object's mask, from :func:`objects_on_source_grid`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,8 +24,20 @@ from sam3d.data.checks import read_header
 from sam3d.data.files import is_nifti, load_nifti
 from sam3d.data.layout import from_network_layout
 from sam3d.data.scans.loading import Scan
+from sam3d.objects import LabelMap
 
-__all__ = ["WrittenPrediction", "to_source_grid", "write_like", "write_prediction"]
+__all__ = [
+    "ObjectProbability",
+    "SourceObjects",
+    "WrittenObjects",
+    "WrittenPrediction",
+    "object_file_stem",
+    "objects_on_source_grid",
+    "to_source_grid",
+    "write_like",
+    "write_objects",
+    "write_prediction",
+]
 
 
 def to_source_grid(
@@ -161,3 +175,111 @@ def write_prediction(
         )
     volume_ml = float(mask.sum() * float(np.prod(scan.source_spacing)) / 1000)
     return WrittenPrediction(mask_path, volume_ml, probability_path)
+
+
+@dataclass(frozen=True)
+class ObjectProbability:
+    """One object of a scan: its id (its label value), its name and its probability on the network grid."""
+
+    id: int
+    name: str
+    probability: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SourceObjects:
+    """Several objects of a scan on the file's own grid (array order ``(i, j, k)``).
+
+    Args:
+        labels: uint8 label map: 0 background, else the id of the most probable object above the threshold
+            (:class:`sam3d.objects.LabelMap`).
+        masks: Each object's own mask (its probability above the threshold; overlaps kept), by id.
+        probabilities: Each object's probability (float32), by id, when asked for.
+    """
+
+    labels: torch.Tensor
+    masks: dict[int, torch.Tensor]
+    probabilities: dict[int, torch.Tensor]
+
+
+def objects_on_source_grid(
+    scan: Scan, objects: Sequence[ObjectProbability], threshold: float, keep_probabilities: bool = False
+) -> SourceObjects:
+    """The objects' label map and masks on ``scan``'s own grid, each probability resampled linearly first.
+
+    Args:
+        scan: The scan the probabilities were computed on.
+        objects: At least one object, each with its ``(D, H, W)`` probability on the grid of ``scan.image``.
+        threshold: Probability level of the masks.
+        keep_probabilities: Also keep each object's probability on the file's grid (one volume per object).
+    """
+    if not objects:
+        raise ValueError("no object to map onto the scan's grid")
+    builder = LabelMap(threshold)
+    masks, probabilities = {}, {}
+    for each in sorted(objects, key=lambda o: o.id):
+        on_source = to_source_grid(scan, each.probability, interpolation="linear")
+        builder.add(each.id, on_source)
+        masks[each.id] = on_source > threshold
+        if keep_probabilities:
+            probabilities[each.id] = on_source
+    assert builder.labels is not None
+    return SourceObjects(builder.labels, masks, probabilities)
+
+
+def object_file_stem(case: str, object_id: int, name: str) -> str:
+    """``<case>_object-<id>_<name>``, spaces of the name as ``-`` (names hold no path characters)."""
+    return f"{case}_object-{object_id}_{name.replace(' ', '-')}"
+
+
+@dataclass(frozen=True)
+class WrittenObjects:
+    """The files :func:`write_objects` wrote and the objects' volumes.
+
+    Args:
+        labels: The label map, ``<case>_labels.nii.gz``.
+        masks: Each object's mask, ``<case>_object-<id>_<name>.nii.gz``, by id.
+        volumes_ml: Each object's volume in the label map on the file's own grid, in mL, by id.
+        probabilities: Each object's probability map, ``<case>_object-<id>_<name>_probability.nii.gz``.
+    """
+
+    labels: Path
+    masks: dict[int, Path]
+    volumes_ml: dict[int, float]
+    probabilities: dict[int, Path]
+
+
+def write_objects(
+    scan: Scan,
+    objects: Sequence[ObjectProbability],
+    threshold: float,
+    output_dir: str | Path,
+    probabilities: bool = False,
+) -> WrittenObjects:
+    """Write several objects of ``scan`` on its own grid: one label map and one mask per object.
+
+    The label map gives each voxel to the most probable object above ``threshold`` (its id; 0 none); each
+    object's mask is its own probability above ``threshold``, so masks may overlap where the label map
+    chose. One object is :func:`write_prediction`'s job (``<case>_mask.nii.gz``).
+
+    Args:
+        scan: The scan the probabilities were computed on.
+        objects: The objects, each with its probability on the grid of ``scan.image``.
+        threshold: Probability level of the masks.
+        output_dir: Folder of the files; created if missing.
+        probabilities: Also write each object's probability map (float32).
+    """
+    folder = Path(output_dir)
+    source = objects_on_source_grid(scan, objects, threshold, probabilities)
+    labels = write_like(scan.path, source.labels, folder / f"{scan.case_id}_labels.nii.gz")
+    voxel_ml = float(np.prod(scan.source_spacing)) / 1000
+    masks, volumes, probability_paths = {}, {}, {}
+    for each in objects:
+        stem = object_file_stem(scan.case_id, each.id, each.name)
+        masks[each.id] = write_like(scan.path, source.masks[each.id], folder / f"{stem}.nii.gz")
+        volumes[each.id] = float((source.labels == each.id).sum()) * voxel_ml
+        if probabilities:
+            probability_paths[each.id] = write_like(
+                scan.path, source.probabilities[each.id], folder / f"{stem}_probability.nii.gz", np.float32
+            )
+    return WrittenObjects(labels, masks, volumes, probability_paths)

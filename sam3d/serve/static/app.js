@@ -1,6 +1,7 @@
 // sam3d serve: three slice views and a 3D view of the mask on plain canvases.
 // The volume is the network grid, (D, H, W) = (superior, anterior, right), sent once as int16;
-// each click, box or scribble returns the mask's bounding box (bit-packed) and the page redraws.
+// each click, box or scribble returns the masks' bounding boxes (bit-packed) and the page redraws.
+// A scan holds several objects, each drawn in its colour; interactions, undo and reset go to the selected one.
 // On a slice view: click = click; drag = box on that slice; Alt+drag = scribble; Shift or the right
 // button makes a click or a drag negative (a negative drag is a negative scribble: boxes are positive).
 "use strict";
@@ -13,6 +14,20 @@ const VIEWS = {
 };
 const DRAG_PIXELS = 4; // a press that moves less than this is a click
 const PRESETS = { "soft tissue": [400, 40], liver: [150, 90], lung: [1500, -600], bone: [1800, 400] };
+// Object colours by id (object 1 red); beyond these, hues a golden angle apart.
+const PALETTE = [
+  [255, 40, 40], [40, 120, 255], [255, 170, 0], [160, 80, 255], [0, 200, 160],
+  [255, 80, 200], [140, 220, 30], [0, 200, 255], [255, 120, 90], [120, 120, 255],
+];
+
+function colour(id) {
+  if (id <= PALETTE.length) return PALETTE[id - 1];
+  const hue = (id * 137.508) % 360, f = (n) => {
+    const k = (n + hue / 30) % 12;
+    return Math.round(255 * (0.5 - 0.45 * Math.max(-1, Math.min(k - 3, 9 - k, 1))));
+  };
+  return [f(0), f(8), f(4)];
+}
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -20,9 +35,10 @@ const state = {
   config: null,
   scan: null, // describe() of the server
   volume: null, // Int16Array, (D, H, W) C order
-  result: { clicks: [], interactions: [], crop: null, mask: null, volume_ml: 0, seconds: null },
+  result: { clicks: [], interactions: [], crop: null, mask: null, volume_ml: 0, seconds: null, objects: [], selected: 1 },
   stroke: null, // the drag in progress: { name, button, alt, shift, points: [[x, y], ...], dragging }
-  mask: null, // { start, shape, data: Uint8Array } of the mask's bounding box
+  mask: null, // { start, shape, data: Uint8Array } of the selected object's mask's bounding box
+  objects: [], // [{ id, name, interactions, volume_ml, mask: unpacked or null }]: the label map, object by object
   cursor: [0, 0, 0],
   window: [400, 40],
   turn: [0.6, 0.35], // 3D view azimuth and elevation
@@ -97,6 +113,10 @@ async function loadScan(result) {
 function update(result) {
   state.result = result;
   state.mask = result.mask ? unpack(result.mask) : null;
+  state.objects = result.objects.map((o) => ({ ...o, mask: o.mask ? unpack(o.mask) : null }));
+  const selected = result.objects.find((o) => o.id === result.selected);
+  document.body.dataset.objects = String(result.objects.length);
+  document.body.dataset.selected = String(result.selected);
   const clicks = result.clicks.length;
   const positive = result.clicks.filter((c) => c.positive).length;
   const count = (kind) => result.interactions.filter((i) => i.kind === kind).length;
@@ -107,12 +127,34 @@ function update(result) {
   const latency = result.seconds == null ? "" : ` · last update ${result.seconds.toFixed(2)} s`;
   const drawn = (boxes ? `, ${boxes} box(es)` : "") + (scribbles ? `, ${scribbles} scribble(s)` : "");
   $("status").textContent =
-    `${state.scan.name} · file: ${state.scan.source} · ${clicks} click(s) (${positive}+, ${clicks - positive}−)` +
+    `${state.scan.name} · file: ${state.scan.source} · ${selected.name}: ` +
+    `${clicks} click(s) (${positive}+, ${clicks - positive}−)` +
     `${drawn} · ${result.volume_ml.toFixed(2)} mL${latency}`;
   $("download-interactions").hidden = !result.interactions.length;
   $("download-interactions").href = `/api/download/interactions?session=${state.session}`;
   $("download-mask").hidden = true;
+  listObjects();
   buildSurface();
+}
+
+// The object list: a colour, name and volume each; a click selects.
+function listObjects() {
+  const list = $("object-list");
+  list.replaceChildren();
+  for (const o of state.objects) {
+    const item = document.createElement("li");
+    item.dataset.id = String(o.id);
+    item.className = o.id === state.result.selected ? "selected" : "";
+    item.title = `label ${o.id} · ${o.interactions} interaction(s)`;
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = `rgb(${colour(o.id).join(",")})`;
+    item.append(swatch, `${o.id} ${o.name} · ${o.volume_ml.toFixed(2)} mL`);
+    item.addEventListener("click", () => edit("/api/objects/select", { id: o.id }));
+    list.append(item);
+  }
+  const selected = state.objects.find((o) => o.id === state.result.selected);
+  if (selected && document.activeElement !== $("object-name")) $("object-name").value = selected.name;
 }
 
 function unpack(mask) {
@@ -127,12 +169,17 @@ function unpack(mask) {
   return { start: mask.start, shape: mask.shape, data, count };
 }
 
-function masked(d, h, w) {
-  const m = state.mask;
+function masked(m, d, h, w) {
   if (!m) return 0;
   const a = d - m.start[0], b = h - m.start[1], c = w - m.start[2];
   if (a < 0 || b < 0 || c < 0 || a >= m.shape[0] || b >= m.shape[1] || c >= m.shape[2]) return 0;
   return m.data[(a * m.shape[1] + b) * m.shape[2] + c];
+}
+
+// The label map's value at voxel (d, h, w): the id of the object there, 0 for none.
+function labelAt(d, h, w) {
+  for (const o of state.objects) if (masked(o.mask, d, h, w)) return o.id;
+  return 0;
 }
 
 // ---------------------------------------------------------------- slice views
@@ -192,10 +239,12 @@ function drawSlice(name) {
       const value = offset + scale * state.volume[point[0] * strides[0] + point[1] * strides[1] + point[2]];
       const grey = Math.max(0, Math.min(255, ((value - low) / width) * 255));
       const i = 4 * (row * box.cols + column);
-      if (masked(point[0], point[1], point[2])) {
-        image.data[i] = 0.55 * grey + 0.45 * 255;
-        image.data[i + 1] = 0.55 * grey + 0.45 * 40;
-        image.data[i + 2] = 0.55 * grey + 0.45 * 40;
+      const label = labelAt(point[0], point[1], point[2]);
+      if (label) {
+        const rgb = colour(label);
+        image.data[i] = 0.55 * grey + 0.45 * rgb[0];
+        image.data[i + 1] = 0.55 * grey + 0.45 * rgb[1];
+        image.data[i + 2] = 0.55 * grey + 0.45 * rgb[2];
       } else {
         image.data[i] = image.data[i + 1] = image.data[i + 2] = grey;
       }
@@ -299,34 +348,48 @@ function drawStroke(name, ctx) {
 
 // ---------------------------------------------------------------- 3D view of the mask
 
-let surface = null; // Float32Array of x, y, z (mm, centred) of the mask's boundary voxels
+let surface = null; // Float32Array of x, y, z (mm, centred on the objects) of the objects' boundary voxels
+let surfaceIds = null; // Uint8Array: the object id of each point
 
 function buildSurface() {
-  const m = state.mask;
-  if (!m) {
-    surface = null;
+  const shown = state.objects.filter((o) => o.mask);
+  if (!shown.length) {
+    surface = surfaceIds = null;
     return;
   }
-  const [D, H, W] = m.shape, spacing = state.scan.spacing;
-  const inside = (a, b, c) => a >= 0 && b >= 0 && c >= 0 && a < D && b < H && c < W && m.data[(a * H + b) * W + c];
-  const points = [];
-  for (let a = 0; a < D; a++)
-    for (let b = 0; b < H; b++)
-      for (let c = 0; c < W; c++) {
-        if (!m.data[(a * H + b) * W + c]) continue;
-        const boundary = !(inside(a - 1, b, c) && inside(a + 1, b, c) && inside(a, b - 1, c) &&
-          inside(a, b + 1, c) && inside(a, b, c - 1) && inside(a, b, c + 1));
-        if (boundary) points.push((c - W / 2) * spacing[2], (b - H / 2) * spacing[1], (a - D / 2) * spacing[0]);
-      }
+  const spacing = state.scan.spacing, low = [Infinity, Infinity, Infinity], high = [-Infinity, -Infinity, -Infinity];
+  for (const o of shown)
+    for (let axis = 0; axis < 3; axis++) {
+      low[axis] = Math.min(low[axis], o.mask.start[axis]);
+      high[axis] = Math.max(high[axis], o.mask.start[axis] + o.mask.shape[axis]);
+    }
+  const centre = low.map((l, axis) => (l + high[axis]) / 2);
+  const points = [], ids = [];
+  for (const o of shown) {
+    const m = o.mask, [D, H, W] = m.shape, [d0, h0, w0] = m.start;
+    const inside = (a, b, c) => a >= 0 && b >= 0 && c >= 0 && a < D && b < H && c < W && m.data[(a * H + b) * W + c];
+    for (let a = 0; a < D; a++)
+      for (let b = 0; b < H; b++)
+        for (let c = 0; c < W; c++) {
+          if (!m.data[(a * H + b) * W + c]) continue;
+          const boundary = !(inside(a - 1, b, c) && inside(a + 1, b, c) && inside(a, b - 1, c) &&
+            inside(a, b + 1, c) && inside(a, b, c - 1) && inside(a, b, c + 1));
+          if (!boundary) continue;
+          points.push((c + w0 - centre[2]) * spacing[2], (b + h0 - centre[1]) * spacing[1], (a + d0 - centre[0]) * spacing[0]);
+          ids.push(o.id);
+        }
+  }
   surface = Float32Array.from(points);
+  surfaceIds = Uint8Array.from(ids);
 }
 
 function drawRender() {
   const canvas = $("render"), ctx = canvas.getContext("2d"), size = canvas.width;
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, size, size);
+  const total = state.objects.reduce((sum, o) => sum + o.volume_ml, 0);
   $("render-caption").textContent =
-    `Mask in 3D (drag to turn) · ${state.result.volume_ml.toFixed(2)} mL on the network grid`;
+    `Objects in 3D (drag to turn) · ${total.toFixed(2)} mL on the network grid`;
   if (!surface || !surface.length) return;
   let radius = 1;
   for (let i = 0; i < surface.length; i++) radius = Math.max(radius, Math.abs(surface[i]));
@@ -334,6 +397,7 @@ function drawRender() {
   const [azimuth, elevation] = state.turn;
   const ca = Math.cos(azimuth), sa = Math.sin(azimuth), ce = Math.cos(elevation), se = Math.sin(elevation);
   const depth = new Float32Array(size * size).fill(-Infinity);
+  const nearest = new Uint8Array(size * size); // the object id drawn at each pixel
   const dot = Math.max(2, Math.ceil(Math.max(...state.scan.spacing) * scale) + 1);
   let near = -Infinity, far = Infinity;
   for (let i = 0; i < surface.length; i += 3) {
@@ -345,7 +409,10 @@ function drawRender() {
     far = Math.min(far, d);
     for (let v = py; v < py + dot && v < size; v++)
       for (let u = px; u < px + dot && u < size; u++)
-        if (u >= 0 && v >= 0 && d > depth[v * size + u]) depth[v * size + u] = d;
+        if (u >= 0 && v >= 0 && d > depth[v * size + u]) {
+          depth[v * size + u] = d;
+          nearest[v * size + u] = surfaceIds[i / 3];
+        }
   }
   // Lambert shading with normals from the slopes of the depth map, smoothed over a dot (voxel steps).
   const smooth = new Float32Array(size * size).fill(-Infinity);
@@ -370,10 +437,10 @@ function drawRender() {
       const nx = slope(at(u + 1, v), at(u - 1, v)), ny = slope(at(u, v + 1), at(u, v - 1));
       const lambert = Math.max(0, (0.3 * nx + 0.4 * ny + 0.87) / Math.hypot(nx, ny, 1));
       const light = 0.15 + 0.85 * lambert * (0.6 + (0.4 * (d - far)) / Math.max(near - far, 1e-6));
-      const i = 4 * (v * size + u);
-      image.data[i] = 255 * light;
-      image.data[i + 1] = 70 * light;
-      image.data[i + 2] = 60 * light;
+      const i = 4 * (v * size + u), rgb = colour(nearest[v * size + u] || state.result.selected);
+      image.data[i] = rgb[0] * light;
+      image.data[i + 1] = rgb[1] * light;
+      image.data[i + 2] = rgb[2] * light;
       image.data[i + 3] = 255;
     }
   ctx.putImageData(image, 0, 0);
@@ -511,9 +578,9 @@ function bindDrawing(name) {
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 }
 
-function edit(path) {
+function edit(path, body) {
   enqueue(async () => {
-    update(await (await post(path)).json());
+    update(await (await post(path, body)).json());
     show("");
     draw();
   });
@@ -565,19 +632,39 @@ function bind() {
     });
   $("undo").addEventListener("click", () => edit("/api/undo"));
   $("reset").addEventListener("click", () => edit("/api/reset"));
+  const typedName = () => $("object-name").value.trim();
+  $("add-object").addEventListener("click", () => {
+    const taken = state.objects.some((o) => o.name === typedName());
+    edit("/api/objects/add", typedName() && !taken ? { name: typedName() } : {});
+  });
+  const rename = () => edit("/api/objects/rename", { id: state.result.selected, name: typedName() });
+  $("rename-object").addEventListener("click", rename);
+  $("object-name").addEventListener("keydown", (event) => event.key === "Enter" && rename());
+  $("delete-object").addEventListener("click", () => {
+    const selected = state.objects.find((o) => o.id === state.result.selected);
+    if (selected && selected.interactions && !confirm(`Delete ${selected.name} and its ${selected.interactions} interaction(s)?`))
+      return;
+    edit("/api/objects/delete", { id: state.result.selected });
+  });
   // A closed tab gives its place on the server to another page (a reload takes it back).
   window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/leave?session=${state.session}`));
   document.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement) return; // Ctrl+Z in the name box edits the name
     if ((event.ctrlKey || event.metaKey) && event.key === "z") edit("/api/undo");
   });
   $("save").addEventListener("click", () =>
     enqueue(async () => {
       const saved = await (await post("/api/save")).json();
-      show(`saved ${Object.values(saved.files).join(", ")} (${saved.volume_ml.toFixed(2)} mL on the scan's grid)`, "info");
+      const volumes = saved.objects.length > 1
+        ? saved.objects.map((o) => `${o.name} ${o.volume_ml.toFixed(2)} mL`).join(", ")
+        : `${saved.volume_ml.toFixed(2)} mL`;
+      show(`saved ${Object.values(saved.files).join(", ")} (${volumes} on the scan's grid)`, "info");
+      const kind = saved.files.labels ? "labels" : "mask";
       const link = $("download-mask");
-      link.href = `/api/download/mask?session=${state.session}`;
+      link.href = `/api/download/${kind}?session=${state.session}`;
+      link.textContent = kind === "labels" ? "label map (NIfTI)" : "mask (NIfTI)";
       link.hidden = false;
-      document.body.dataset.saved = saved.files.mask;
+      document.body.dataset.saved = saved.files[kind];
     }),
   );
 }
@@ -594,5 +681,5 @@ async function start() {
   document.body.dataset.ready = "1";
 }
 
-window.sam3d = { screenPoint, voxelAt, scribbleVoxels, state }; // for the tests and the console
+window.sam3d = { screenPoint, voxelAt, scribbleVoxels, colour, state }; // for the tests and the console
 start();
