@@ -144,7 +144,7 @@ class ObjectSessions:
     Args:
         net: The network, on its device, in eval mode.
         image: ``(D, H, W)`` normalised volume on the CPU.
-        protocol: ``paper`` or ``full`` (see :mod:`sam3d.inference`).
+        protocol: ``full`` (masks grow into neighbouring crops) or ``paper`` (see :class:`InteractionSession`).
         threshold: Foreground probability threshold of every object.
         cache_size: Crop encodings kept, shared by the objects; ignored when ``encoder`` is given.
         encoder: A crop encoder to share.
@@ -154,7 +154,7 @@ class ObjectSessions:
         self,
         net: VolumetricSam,
         image: torch.Tensor,
-        protocol: Protocol = "paper",
+        protocol: Protocol = "full",
         threshold: float = 0.5,
         cache_size: int = 8,
         encoder: CropEncoder | None = None,

@@ -50,6 +50,7 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         *(sys.executable, "-m", "sam3d", "serve", "--config", str(SYNTHETIC_CONFIG)),
         *("--ckpt_path", str(checkpoint), "--data.predict_scans", json.dumps([str(scan)])),
         *("--prediction.output_dir", str(tmp_path / "out"), "--port", "0", "--trainer.logger", "false"),
+        *("--crops", "paper"),  # one crop, so the second click reuses its encoding
     ]
     process = subprocess.Popen(
         command,
@@ -65,7 +66,7 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         page = Page(address)
         config = page("/api/config")
         assert config["scans"] == [scan.name]
-        assert config["protocol"] == "full"  # objects grow into neighbouring crops unless --crops paper
+        assert config["protocol"] == "paper"
         assert config["crop_size"] == [64] * 3
         assert config["window"] == [-100.0, 200.0]  # the checkpoint's preprocessing
         page("/api/open", {"index": 0})
