@@ -200,6 +200,8 @@ class Sam3dInferenceSession:
         Raises:
             Sam3dError: If the image is not ``(1, x, y, z)`` real numbers or its geometry is missing or wrong.
         """
+        if not isinstance(image, np.ndarray | torch.Tensor):
+            raise Sam3dError(f"the image must be a numpy array or torch tensor, got {type(image).__name__}")
         shape = tuple(image.shape)
         if len(shape) != 4 or shape[0] != 1:
             raise Sam3dError(f"the image must be a 4D array (1, x, y, z) with one channel, got shape {shape}")

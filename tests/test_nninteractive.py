@@ -54,7 +54,7 @@ def test_packed_arrays_read_and_write_what_the_client_writes_and_reads():
         np.testing.assert_array_equal(unpack(pack_array(array), array.size), array)
         np.testing.assert_array_equal(unpack_array(pack(array)), array)
         assert unpack(pack_array(array), array.size).dtype == array.dtype
-    with pytest.raises(Sam3dError, match="not a packed nnInteractive array .*expected magic NNIA"):
+    with pytest.raises(Sam3dError, match=r"not a packed nnInteractive array .*expected magic NNIA"):
         unpack(b"PK\x03\x04" * 8, 100)
     with pytest.raises(Sam3dError, match="more than this server accepts"):
         unpack(pack_array(arrays[0]), arrays[0].size - 1)
@@ -90,9 +90,13 @@ def test_the_client_segments_a_phantom_with_points_boxes_scribbles_and_lassos(sy
             changed = client.add_point_interaction(centre, include_interaction=True)
             local.add_point_interaction(centre)
             assert dice(target, label) > 0.8  # a wrong mapping (axes, spacing, origin) misses the lesion
-            np.testing.assert_array_equal(target, local.target_buffer)  # the changed region pasted is the mask
+            np.testing.assert_array_equal(
+                target, local.target_buffer
+            )  # the changed region pasted is the mask
             present = np.argwhere(target)  # it was empty: the changed region is the mask's bounding box
-            assert changed == [[int(a), int(b) + 1] for a, b in zip(present.min(0), present.max(0), strict=True)]
+            assert changed == [
+                [int(a), int(b) + 1] for a, b in zip(present.min(0), present.max(0), strict=True)
+            ]
 
             client.reset_interactions()
             assert not target.any()
@@ -114,7 +118,9 @@ def test_the_client_segments_a_phantom_with_points_boxes_scribbles_and_lassos(sy
 
             # Queued without a prediction, then predicted.
             client.reset_interactions()
-            assert client.add_point_interaction(centre, include_interaction=True, run_prediction=False) is None
+            assert (
+                client.add_point_interaction(centre, include_interaction=True, run_prediction=False) is None
+            )
             assert not target.any()
             assert client._predict() is not None
             np.testing.assert_array_equal(target, local.target_buffer)
@@ -200,7 +206,7 @@ def test_sharing_beyond_this_machine_with_a_key_does_not_warn(monkeypatch, capsy
 
 def test_sam3d_serve_segments_a_phantom_for_the_nninteractive_client(synthetic_root, trained, tmp_path):
     _, checkpoint = trained
-    image, label, centre = _phantom(synthetic_root)
+    image, _, centre = _phantom(synthetic_root)
     data = np.asarray(image.dataobj)
     command = [
         *(sys.executable, "-m", "sam3d", "serve", "--config", str(SYNTHETIC_CONFIG)),

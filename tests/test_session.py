@@ -165,6 +165,11 @@ def test_wrong_images_and_interactions_are_refused_naming_what_to_give(synthetic
     for array, properties, message in refusals:
         with pytest.raises(Sam3dError, match=message):
             session.set_image(array, properties)
+    with pytest.raises(Sam3dError, match="must be a numpy array or torch tensor, got list"):
+        session.set_image(data[None].tolist(), {"spacing": (1, 1, 1)})
+    for dtype in (np.uint16, np.float16):  # types SimpleITK or torch do not take as they are
+        session.set_image(np.clip(data, 0, 2000).astype(dtype)[None], {"affine": image.affine})
+        assert session.scan.image.dtype == torch.float32  # type: ignore[union-attr]
     session.set_image(data[None].astype(np.float32), {"affine": image.affine})
     shape = label.shape
     with pytest.raises(

@@ -22,6 +22,10 @@ from sam3d.errors import Sam3dError
 
 __all__ = ["array_affine", "scan_from_array"]
 
+# The voxel types passed to TorchIO as they are; others become float32.
+_RESAMPLED = tuple(np.dtype(name) for name in ("uint8", "int16", "int32", "int64", "float32", "float64"))
+_RESAMPLED_TORCH = (torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32, torch.float64)
+
 
 def array_affine(
     spacing: Sequence[float] | None = None, affine: Sequence[Sequence[float]] | np.ndarray | None = None
@@ -94,15 +98,21 @@ def scan_from_array(
     Raises:
         Sam3dError: If the array is not 3D, not real numbers, empty, or has NaN/inf voxels.
     """
-    data = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).detach().cpu()
-    if data.ndim != 3 or 0 in data.shape:
-        raise Sam3dError(f"the image must be a non-empty 3D array (x, y, z), got shape {tuple(data.shape)}")
-    if data.dtype == torch.bool or data.is_complex():
-        raise Sam3dError(f"the image must hold real intensities (e.g. HU), got dtype {data.dtype}")
+    array = image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or 0 in array.shape:
+        raise Sam3dError(f"the image must be a non-empty 3D array (x, y, z), got shape {tuple(array.shape)}")
+    if isinstance(array, np.ndarray):
+        if array.dtype.kind not in "iuf":
+            raise Sam3dError(f"the image must hold real intensities (e.g. HU), got dtype {array.dtype}")
+        if array.dtype not in _RESAMPLED:
+            array = array.astype(np.float32)  # e.g. uint16, float16: what torch and SimpleITK both take
+        data = torch.from_numpy(np.ascontiguousarray(array))
+    else:
+        if array.dtype == torch.bool or array.is_complex():
+            raise Sam3dError(f"the image must hold real intensities (e.g. HU), got dtype {array.dtype}")
+        data = array if array.dtype in _RESAMPLED_TORCH else array.float()
     if data.is_floating_point() and (bad := int((~torch.isfinite(data)).sum())):
         raise Sam3dError(f"the image has {bad} NaN/inf voxels; replace them (e.g. with -1024 HU)")
-    if data.dtype not in (torch.int16, torch.int32, torch.int64, torch.float32, torch.float64, torch.uint8):
-        data = data.float()  # SimpleITK resamples these types only
     source = tio.ScalarImage(tensor=data[None].contiguous(), affine=np.asarray(affine, dtype=float))
     grid = to_grid(source, preprocessing.spacing)
     normalised = Normalize(preprocessing.window, preprocessing.mean, preprocessing.std)(grid)
