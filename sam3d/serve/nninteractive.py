@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -142,14 +142,13 @@ def _leases(request: Request) -> Leases:
 
 
 def _answer_errors(
-    handler: Callable[[Request], Any],
-) -> Callable[[Request], Any]:
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
     """The handler, answering a :class:`Sam3dError` as ``{"detail": message}`` (400, or the lease's status)."""
 
     async def answered(request: Request) -> Response:
         try:
-            response: Response = await handler(request)
-            return response
+            return await handler(request)
         except Sam3dError as error:
             status = error.status if isinstance(error, LeaseError) else 400
             logger.info("nnInteractive: refused %s: %s", request.url.path, error)
@@ -373,9 +372,12 @@ async def set_target_buffer(request: Request) -> Response:
 async def set_do_autozoom(request: Request) -> Response:
     """``POST /set_do_autozoom``: accepted; sam3d's crops follow ``--evaluation.protocol`` instead."""
     await _json(request)
-    return await _locked(
-        request, lambda leases: (leases.get(_token(request)), JSONResponse({"do_autozoom": False}))[1]
-    )
+
+    def action(leases: Leases) -> Response:
+        leases.get(_token(request))  # a known client
+        return JSONResponse({"do_autozoom": False})
+
+    return await _locked(request, action)
 
 
 async def reset_interactions(request: Request) -> Response:
@@ -449,7 +451,7 @@ def _drawn_image(mask: np.ndarray, meta: dict[str, Any], session: Sam3dInference
     return full
 
 
-def _drawn_route(kind: str) -> Callable[[Request], Any]:
+def _drawn_route(kind: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         leases = _leases(request)
         meta = _meta(request)
@@ -476,7 +478,7 @@ async def add_initial_seg(request: Request) -> Response:
     )
 
 
-_ROUTES: dict[str, tuple[Callable[[Request], Any], str]] = {
+_ROUTES: dict[str, tuple[Callable[[Request], Awaitable[Response]], str]] = {
     "/healthz": (healthz, "GET"),
     "/capabilities": (capabilities, "GET"),
     "/claim": (claim, "POST"),
