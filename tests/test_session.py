@@ -227,6 +227,21 @@ def test_from_checkpoint_builds_the_trained_network_and_its_preprocessing(traine
     assert session.target_buffer.shape == label.shape  # type: ignore[union-attr]
     assert set(np.unique(session.target_buffer)) <= {0, 1}
 
+    for precision, dtype in (("32-true", None), ("bf16-mixed", torch.bfloat16)):
+        other = Sam3dInferenceSession.from_checkpoint(checkpoint, precision=precision)
+        other.set_image(np.asarray(image.dataobj)[None], {"affine": image.affine})
+        seen: list[torch.dtype | None] = []
+        segment = other.net.segment
+
+        def recording(*args, segment=segment, seen=seen, **kwargs):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return segment(*args, **kwargs)
+
+        other.net.segment = recording  # type: ignore[method-assign]
+        other.add_point_interaction(_centre(label))
+        assert seen
+        assert set(seen) == {dtype}, precision
+
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="is not a sam3d checkpoint"):
         Sam3dInferenceSession.from_checkpoint(tmp_path / "other.ckpt")
