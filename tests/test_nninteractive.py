@@ -107,8 +107,20 @@ def test_the_client_segments_a_phantom_with_points_boxes_scribbles_and_lassos(sy
             scribble[upper[0] + 3, centre[1] - 2 : centre[1] + 3, centre[2]] = 1  # outside the lesion
             client.add_scribble_interaction(scribble, include_interaction=False)
             assert dice(target, label) > 0.7
+            scribbled = target.copy()
+            assert not np.array_equal(scribbled, boxed)  # the negative scribble trimmed the box's mask
             assert client.undo()
             np.testing.assert_array_equal(target, boxed)
+            # The same scribble sent as the crop it lies in, placed by interaction_bbox.
+            region = [
+                [upper[0] + 3, upper[0] + 4],
+                [centre[1] - 4, centre[1] + 4],
+                [centre[2], centre[2] + 1],
+            ]
+            crop = scribble[tuple(slice(a, b) for a, b in region)]
+            client.add_scribble_interaction(crop, include_interaction=False, interaction_bbox=region)
+            np.testing.assert_array_equal(target, scribbled)
+            assert client.undo()
 
             lasso = np.zeros(data.shape, np.uint8)
             lasso[box[0][0] : box[0][1], box[1][0] : box[1][1], centre[2]] = 1
