@@ -68,7 +68,7 @@ class Sam3dInferenceSession:
     Args:
         net: The network, on its device, in eval mode.
         preprocessing: The checkpoint's preprocessing.
-        protocol: ``paper`` or ``full`` (see :mod:`sam3d.inference`).
+        protocol: ``full`` (the mask grows into neighbouring crops) or ``paper`` (see :mod:`sam3d.inference`).
         threshold: Probability level of the mask.
         cache_size: Crop encodings kept.
         forward_context: Context of every network call (autocast for mixed precision).
@@ -78,7 +78,7 @@ class Sam3dInferenceSession:
         self,
         net: VolumetricSam,
         preprocessing: Preprocessing,
-        protocol: Protocol = "paper",
+        protocol: Protocol = "full",
         threshold: float = 0.5,
         cache_size: int = 8,
         forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
@@ -97,7 +97,7 @@ class Sam3dInferenceSession:
         path: str | Path,
         device: str | torch.device = "cpu",
         precision: str = "32-true",
-        protocol: Protocol = "paper",
+        protocol: Protocol = "full",
         threshold: float = 0.5,
         cache_size: int = 8,
         sam_checkpoint: str | None = None,
@@ -108,7 +108,7 @@ class Sam3dInferenceSession:
             path: A checkpoint of the promptable network (``best-*.ckpt``, ``last.ckpt``).
             device: Where the network runs (``cpu``, ``cuda``, ``cuda:1``).
             precision: ``32-true``, ``bf16-mixed`` or ``16-mixed`` (autocast around the network).
-            protocol: ``paper`` or ``full``.
+            protocol: ``full`` or ``paper`` (see :mod:`sam3d.inference`).
             threshold: Probability level of the mask.
             cache_size: Crop encodings kept.
             sam_checkpoint: The SAM file the network was trained from, when it is no longer where the

@@ -370,7 +370,7 @@ async def set_target_buffer(request: Request) -> Response:
 
 
 async def set_do_autozoom(request: Request) -> Response:
-    """``POST /set_do_autozoom``: accepted; sam3d's crops follow ``--evaluation.protocol`` instead."""
+    """``POST /set_do_autozoom``: accepted; sam3d's crops follow ``--crops`` instead."""
     await _json(request)
 
     def action(leases: Leases) -> Response:
