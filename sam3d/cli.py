@@ -140,6 +140,7 @@ class Sam3dTrainer(Trainer):
         max_voxels: int = 2**28,
         max_sessions: int = 4,
         crops: Protocol = "full",
+        api_key: str | None = None,
     ) -> None:
         """Serve a page to click on scans, see and correct their 3D masks and save them.
 
@@ -150,15 +151,18 @@ class Sam3dTrainer(Trainer):
             host: Address to listen on; any but 127.0.0.1/localhost shares the page, without authentication.
             port: Port to listen on (0: any free port).
             max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
-            max_sessions: Pages (browser tabs) served at once, each holding its scan in memory.
+            max_sessions: Pages (browser tabs) served at once, each holding its scan in memory; as many
+                nnInteractive clients besides.
             crops: ``full``: an object that reaches a crop's border grows into the neighbouring crops (no
                 extra clicks for an object larger than a crop); ``paper``: the one crop of the first
                 interaction, as ``sam3d test``'s paper protocol.
+            api_key: A key every request must carry (``Authorization: Bearer``; the page: ``/?api_key=``);
+                default: the ``SAM3D_API_KEY`` environment variable, else none.
         """
         from sam3d.serve.command import serve  # the web stack is imported for `serve` only
 
         assert ckpt_path is not None  # the CLI refuses `serve` without a checkpoint
-        serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions, crops)
+        serve(self, model, datamodule, ckpt_path, host, port, max_voxels, max_sessions, crops, api_key)
 
 
 class Sam3dArgumentParser(LightningArgumentParser):

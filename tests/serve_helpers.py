@@ -134,11 +134,12 @@ def write_reoriented(source: Path, target: Path) -> nib.Nifti1Image:
 
 @contextmanager
 def live_server(
-    net: torch.nn.Module, scans: list[Path], output_dir: Path, **settings: object
+    net: torch.nn.Module, scans: list[Path], output_dir: Path, api_key: str | None = None, **settings: object
 ) -> Iterator[str]:
     """A `sam3d serve` application on a free loopback port, in a thread; yields its address."""
     app = create_app(
-        SessionStore(net, PREPROCESSING, PredictionWriter(str(output_dir)), scans, ServeSettings(**settings))
+        SessionStore(net, PREPROCESSING, PredictionWriter(str(output_dir)), scans, ServeSettings(**settings)),
+        api_key,
     )
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))

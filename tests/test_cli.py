@@ -510,7 +510,9 @@ def test_the_checkpoint_file_is_read_once_per_command(
     from sam3d.serve import command
 
     served = []
-    monkeypatch.setattr(command, "run", lambda app, host, port: served.append(app))  # no server started
+    monkeypatch.setattr(
+        command, "run", lambda app, host, port, **options: served.append(app)
+    )  # no server started
 
     _, checkpoint = trained
     reads: list[str] = []

@@ -37,6 +37,8 @@ from sam3d import __version__
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.errors import Sam3dError
 from sam3d.models import VolumetricSam
+from sam3d.serve import nninteractive
+from sam3d.serve.auth import ApiKeyMiddleware
 from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
 __all__ = ["ServeSettings", "SessionStore", "create_app"]
@@ -563,11 +565,15 @@ ROUTES = [
 ]
 
 
-def create_app(sessions: SessionStore) -> Starlette:
-    """The ``sam3d serve`` application: the :data:`ROUTES` over ``sessions`` (``app.state.sessions``)."""
+def create_app(sessions: SessionStore, api_key: str | None = None) -> Starlette:
+    """The ``sam3d serve`` application: the :data:`ROUTES` and nnInteractive's over ``sessions`` (``app.state.sessions``).
+
+    ``api_key``: every request must carry it (:mod:`sam3d.serve.auth`).
+    """
+    keyed = [Middleware(ApiKeyMiddleware, api_key=api_key)] if api_key else []
     app = Starlette(
-        routes=ROUTES,
-        middleware=[Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
+        routes=[*ROUTES, *nninteractive.ROUTES],
+        middleware=[*keyed, Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
         exception_handlers={Sam3dError: user_error, Exception: server_error},
         lifespan=lifespan,
     )

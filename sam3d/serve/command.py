@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import lightning as L
@@ -12,6 +13,7 @@ from sam3d.data.scans import scan_files
 from sam3d.inference import Protocol
 from sam3d.module import VolumetricSamModule
 from sam3d.serve.app import ServeSettings, SessionStore, create_app, memory_note
+from sam3d.serve.auth import API_KEY_ENV
 from sam3d.serve.server import run
 from sam3d.serve.viewer import OutputFolder, OutputOptions, ViewSettings
 
@@ -28,13 +30,16 @@ def serve(
     max_voxels: int,
     max_sessions: int,
     crops: Protocol = "full",
+    api_key: str | None = None,
 ) -> None:
     """Load ``ckpt_path`` into ``module`` and serve the page on the trainer's device and precision.
 
     The data module gives the scans listed (``--data.predict_scans``) and the checkpoint's preprocessing,
     ``module.evaluation`` the threshold and cache, the trainer's prediction writer (``--prediction``) the
     output folder; ``crops`` places the crops (``full``: objects grow into neighbouring crops).
+    Without ``api_key``, the ``SAM3D_API_KEY`` environment variable gives it, if set.
     """
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
     # The CLI has read and checked the file: the trainer's checkpoint IO hands over that copy.
     checkpoint = trainer.strategy.checkpoint_io.load_checkpoint(ckpt_path)
     module.on_load_checkpoint(checkpoint)
@@ -58,13 +63,13 @@ def serve(
         trainer.precision_plugin.forward_context,
         [str(problem) for problem in problems],
     )
-    app = create_app(sessions)
+    app = create_app(sessions, api_key)
     print(
         f"sam3d serve: {len(files)} scan(s) listed, {crops} crops, on {trainer.strategy.root_device}; "
         f"masks are saved into {output.output_dir.resolve()}; memory for scans: {memory_note(settings)}",
         file=sys.stderr,
     )
-    run(app, host, port)
+    run(app, host, port, api_key=api_key is not None)
 
 
 def output_options(trainer: L.Trainer) -> OutputOptions:

@@ -45,18 +45,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(app: Starlette, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``app`` until Ctrl+C; print its address (and a warning when it is reachable from elsewhere)."""
+def run(app: Starlette, host: str = "127.0.0.1", port: int = 8000, api_key: bool = False) -> None:
+    """Serve ``app`` until Ctrl+C; print its address (and a warning when it is reachable from elsewhere).
+
+    ``api_key``: whether ``app`` needs an API key (then sharing it beyond this machine is not warned of).
+    """
     sock = bind(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     address = sock.getsockname()
     shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-    if not is_loopback(host):
+    if not is_loopback(host) and not api_key:
         print(
             f"sam3d serve: WARNING: listening on {host}, so anyone who can reach this machine can open the page, "
             "read the scans and files it lists, upload files and run the network: there is no authentication. "
-            "Share it on a trusted network only; from a laptop, prefer an SSH tunnel to the default 127.0.0.1 "
-            f"(ssh -L {address[1]}:127.0.0.1:{address[1]} THIS_MACHINE).",
+            "Share it on a trusted network only, or give it a key (--api_key or SAM3D_API_KEY); from a laptop, "
+            f"prefer an SSH tunnel to the default 127.0.0.1 (ssh -L {address[1]}:127.0.0.1:{address[1]} THIS_MACHINE).",
             file=sys.stderr,
         )
     print(f"sam3d serve: open http://{shown}:{address[1]}/ (Ctrl+C stops)", file=sys.stderr, flush=True)
