@@ -13,7 +13,6 @@ the store from its request.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from sam3d.errors import Sam3dError
 from sam3d.models import VolumetricSam
 from sam3d.serve import nninteractive
 from sam3d.serve.auth import ApiKeyMiddleware
+from sam3d.serve.bodies import json_object
 from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
 __all__ = ["ServeSettings", "SessionStore", "create_app"]
@@ -195,16 +195,6 @@ def _session_id(request: Request) -> str:
     return key
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError:
-        raise Sam3dError("the request is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Sam3dError("the request must be a JSON object")
-    return body
-
-
 # The most voxels one scribble may pass through (a stroke across a 2048-voxel slice and back, many times).
 MAX_SCRIBBLE_VOXELS = 65536
 
@@ -313,7 +303,7 @@ def leave(request: Request) -> Response:
 async def open_listed(request: Request) -> JSONResponse:
     """``POST /api/open {"index": i}``: open the ``i``-th listed scan."""
     store = _sessions(request)
-    index = (await _json(request)).get("index")
+    index = (await json_object(request)).get("index")
     if not isinstance(index, int) or not 0 <= index < len(store.scans):
         raise Sam3dError(f"no listed scan number {index!r}: choose one of the {len(store.scans)} listed")
     path = store.scans[index]
@@ -360,7 +350,7 @@ def volume(request: Request) -> Response:
 async def _edit(request: Request, action: Callable[[ScanView, dict[str, Any]], None]) -> JSONResponse:
     """Apply ``action`` to the page's scan with the request's JSON body (under the lock); the new state."""
     store = _sessions(request)
-    body = await _json(request)
+    body = await json_object(request)
 
     def run() -> dict[str, Any]:
         with store.lock:

@@ -30,6 +30,7 @@ from starlette.routing import Route
 from sam3d import __version__
 from sam3d.data.scans.arrays import array_affine
 from sam3d.errors import Sam3dError
+from sam3d.serve.bodies import json_object
 from sam3d.serve.packed_arrays import pack, unpack
 from sam3d.serve.viewer import grid_voxels
 from sam3d.session import Sam3dInferenceSession
@@ -170,16 +171,6 @@ async def _locked(request: Request, action: Callable[[Leases], Response]) -> Res
 
 def _token(request: Request) -> str | None:
     return request.headers.get(LEASE_HEADER)
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError:
-        raise Sam3dError("the request is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise Sam3dError("the request must be a JSON object")
-    return body
 
 
 def _meta(request: Request) -> dict[str, Any]:
@@ -347,7 +338,7 @@ async def set_image(request: Request) -> Response:
 
 async def set_target_buffer(request: Request) -> Response:
     """``POST /set_target_buffer {"shape": [x, y, z], "dtype": "uint8"}``: the client's buffer, mirrored here."""
-    body = await _json(request)
+    body = await json_object(request)
 
     def action(leases: Leases) -> Response:
         session = leases.get(_token(request)).session
@@ -371,7 +362,7 @@ async def set_target_buffer(request: Request) -> Response:
 
 async def set_do_autozoom(request: Request) -> Response:
     """``POST /set_do_autozoom``: accepted; sam3d's crops follow ``--crops`` instead."""
-    await _json(request)
+    await json_object(request)
 
     def action(leases: Leases) -> Response:
         leases.get(_token(request))  # a known client
@@ -397,7 +388,7 @@ async def undo(request: Request) -> Response:
 
 async def predict(request: Request) -> Response:
     """``POST /predict``: run the interactions queued with ``run_prediction: false``; the voxels that changed."""
-    await _json(request)
+    await json_object(request)
     return await _locked(
         request, lambda leases: _logged(leases, _token(request), "predict", lambda s: s.predict())
     )
@@ -405,7 +396,7 @@ async def predict(request: Request) -> Response:
 
 async def add_point(request: Request) -> Response:
     """``POST /add_point_interaction {"coordinates": [x, y, z], "include_interaction": bool, "run_prediction": bool}``."""
-    body = await _json(request)
+    body = await json_object(request)
     include, run = _flag(body, "include_interaction", True), _flag(body, "run_prediction", True)
 
     def add(session: Sam3dInferenceSession) -> bool:
@@ -421,7 +412,7 @@ async def add_point(request: Request) -> Response:
 
 async def add_bbox(request: Request) -> Response:
     """``POST /add_bbox_interaction {"bbox_coords": [[x0, x1], [y0, y1], [z0, z1]], ...}`` (upper bounds exclusive)."""
-    body = await _json(request)
+    body = await json_object(request)
     include, run = _flag(body, "include_interaction", True), _flag(body, "run_prediction", True)
 
     def add(session: Sam3dInferenceSession) -> bool:
