@@ -157,6 +157,12 @@ def _is_multiframe(header: Dataset) -> bool:
     return int(header.get("NumberOfFrames", 1) or 1) > 1
 
 
+def _sop_class(header: Dataset) -> str:
+    """The object's kind in words (``RT Plan Storage``), or its UID if pydicom does not know it."""
+    uid = header.get("SOPClassUID")
+    return str(getattr(uid, "name", uid) or "unknown SOP class")
+
+
 def _describe(uid: str, headers: Sequence[Dataset], folder: Path) -> str:
     first = headers[0]
     description = str(first.get("SeriesDescription", "") or "").strip() or "no description"
@@ -200,10 +206,7 @@ def _choose_series(path: Path, folder: Path, uid: str | None, headers: list[tupl
         return uid
     if not series:
         multiframe = sum(_is_multiframe(h) for _, h in headers)
-        kinds = Counter(
-            getattr(getattr(h.get("SOPClassUID"), "name", None), "strip", lambda: "unknown")()
-            for _, h in headers
-        )
+        kinds = Counter(_sop_class(h) for _, h in headers)
         listed = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
         note = (
             "; multi-frame (enhanced) images are not read: export the series as single-frame slices"
