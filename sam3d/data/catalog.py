@@ -30,6 +30,7 @@ __all__ = [
     "DatasetName",
     "DatasetPreset",
     "discover",
+    "is_scan",
     "resolve_split_cases",
 ]
 
@@ -92,8 +93,8 @@ class Catalog:
     target_labels: tuple[int, ...] | None = None
 
 
-def _is_image(path: Path) -> bool:
-    """An image file, or a case folder holding a DICOM series."""
+def is_scan(path: Path) -> bool:
+    """Whether ``path`` is a scan: an image file (by suffix), or a folder holding a DICOM series; not hidden."""
     if path.name.startswith("."):
         return False
     return (path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)) or holds_dicom(path)
@@ -146,7 +147,7 @@ def _discover_msd(root: Path) -> dict[str, Case]:
             raise DatasetError(f'MSD listing {listing}: every "training" entry needs "image" and "label"')
         pairs = [(root / entry["image"], root / entry["label"]) for entry in entries]
     else:
-        images = [path for path in sorted((root / "imagesTr").glob("*")) if _is_image(path)]
+        images = [path for path in sorted((root / "imagesTr").glob("*")) if is_scan(path)]
         pairs = [(image, _msd_label(root, image)) for image in images]
     for image, label in pairs:
         name = case_id(image)

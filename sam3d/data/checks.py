@@ -84,6 +84,9 @@ def same_affine(first: np.ndarray, second: np.ndarray) -> bool:
 def check_file(case_id: str, path: Path, kind: str) -> tuple[Header | None, list[Problem]]:
     """The header of an image or label file and its file-level problems (missing, unreadable, not 3D...)."""
     if names_dicom_series(path):
+        if kind == "label":
+            message = "label is a folder, not a file: labels are read from NIfTI, NRRD or MHA files"
+            return None, [Problem(case_id, message, path)]
         try:
             header = read_header(path)
         except DicomSeriesError as error:

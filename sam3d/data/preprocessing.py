@@ -197,14 +197,10 @@ def read_volume(path: str | Path, kind: str, case: str) -> tio.ScalarImage | tio
         DatasetError: With one :class:`Problem` naming the file.
     """
     path = Path(path).expanduser()
-    dicom = names_dicom_series(path)
-    if dicom and kind == "label":
-        message = "label is a folder, not a file: labels are read from NIfTI, NRRD or MHA files"
-        raise _unusable(path, kind, [Problem(case, message, path)])
     _, problems = check_file(case, path, kind)
     if problems:
         raise _unusable(path, kind, problems)
-    if dicom:
+    if names_dicom_series(path):
         try:
             series, voxels = read_series(path)
         except DicomSeriesError as error:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from sam3d.data.catalog import is_scan
 from sam3d.data.dicom import holds_dicom, split_series_path
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.files import case_id
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.click_files import Entry, ObjectSteps, match_clicks, objects_to_network, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
@@ -70,12 +71,7 @@ def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]
         if (uid is not None and folder.is_dir()) or holds_dicom(path):
             files.append(path)
         elif path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if not p.name.startswith(".")
-                and ((p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)) or holds_dicom(p))
-            )
+            found = sorted(p for p in path.iterdir() if is_scan(p))
             if not found:
                 problems.append(
                     Problem("-", "folder holds no NIfTI, NRRD or MHA scan and no DICOM series", path)
