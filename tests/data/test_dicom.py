@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from cli_helpers import SYNTHETIC_CONFIG, predict_options, synthetic_cli_args
 from dicom_helpers import phantom_series, rotation, write_dicom_series
 from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless, generate_uid
 from serve_helpers import PREPROCESSING
 
 from sam3d.cli import main
@@ -136,6 +137,38 @@ def test_rescale_slope_and_intercept_give_the_values(tmp_path):
     _, fractions = read_series(tmp_path / "f")
     assert fractions.dtype.is_floating_point
     np.testing.assert_allclose(fractions[0].numpy(), hu + 0.25)
+
+
+def test_a_compressed_series_reads_as_the_uncompressed_one(series, tmp_path):
+    compressed = shutil.copytree(series, tmp_path / "rle")
+    for file in compressed.iterdir():
+        dataset = pydicom.dcmread(file)
+        dataset.compress(RLELossless)
+        dataset.save_as(file)
+    assert pydicom.dcmread(next(compressed.iterdir())).file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(read_series(compressed)[1], read_series(series)[1])
+
+
+def _decodes(dataset: pydicom.Dataset) -> bool:
+    try:
+        dataset.pixel_array  # noqa: B018
+    except Exception:  # noqa: BLE001 (pydicom's decoders raise many types)
+        return False
+    return True
+
+
+def test_pixels_that_cannot_be_decoded_are_refused_naming_the_compression(tmp_path):
+    (tmp_path / "jpeg").mkdir()
+    for k in range(2):  # pydicom's 12-bit JPEG Extended slice, made a series of two
+        dataset = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+        dataset.ImageOrientationPatient, dataset.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 2 * k]
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.save_as(tmp_path / "jpeg" / f"{k}.dcm")
+    if _decodes(dataset):
+        pytest.skip("this environment decodes 12-bit JPEG Extended: nothing to refuse")
+    message = _refusal(tmp_path / "jpeg")
+    assert "pixels of 0.dcm (transfer syntax JPEG Extended (Process 2 and 4)) cannot be decoded" in message
+    assert "pylibjpeg" in message
 
 
 def test_load_scan_of_a_series_is_load_scan_of_its_nifti(synthetic_root, tmp_path):
