@@ -17,7 +17,7 @@ negated (DICOM's patient coordinates are LPS+). Voxels are ``stored * RescaleSlo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,18 +88,19 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def _dicom_entries(folder: Path) -> Iterator[Path]:
+    """The DICOM files directly in ``folder`` (not hidden), in directory order."""
+    return (p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_dicom_file(p))
+
+
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_dicom_file(p)
-    )
+    return sorted(_dicom_entries(folder))
 
 
 def holds_dicom(folder: Path) -> bool:
     """Whether ``folder`` is a folder with at least one DICOM file directly in it."""
     try:
-        return folder.is_dir() and any(
-            not p.name.startswith(".") and p.is_file() and is_dicom_file(p) for p in folder.iterdir()
-        )
+        return folder.is_dir() and any(_dicom_entries(folder))
     except OSError:
         return False
 
