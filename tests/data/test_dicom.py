@@ -363,6 +363,12 @@ def test_a_label_map_becomes_named_segments_referencing_the_series(series, tmp_p
         uids, combine_segments=True, assert_missing_frames_are_empty=True
     )
     np.testing.assert_array_equal(back.transpose(2, 1, 0), labels)
+    # Object ids with gaps: segments 1 and 2 in the order of the values, named by value.
+    path = write_dicom_seg(labels, {3: "tumour", 1: "liver"}, series, tmp_path / "out" / "ids.dcm")
+    seg = hd.seg.segread(path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "tumour"]
+    back = seg.get_pixels_by_source_instance(uids, combine_segments=True).transpose(2, 1, 0)
+    np.testing.assert_array_equal(back, np.array([0, 1, 0, 2])[labels])
 
 
 def test_dicom_seg_refuses_what_does_not_fit(synthetic_root, series, tmp_path):
@@ -371,8 +377,12 @@ def test_dicom_seg_refuses_what_does_not_fit(synthetic_root, series, tmp_path):
         write_dicom_seg(np.zeros(shape, np.uint8), ["a"], _phantom(synthetic_root), tmp_path / "s.dcm")
     with pytest.raises(Sam3dError, match="differs from the shape"):
         write_dicom_seg(np.zeros((2, 2, 2), np.uint8), ["a"], series, tmp_path / "s.dcm")
-    with pytest.raises(Sam3dError, match=r"integers 0\.\.1"):
+    with pytest.raises(Sam3dError, match=r"values \[2\] have no segment name \(names are given for \[1\]\)"):
         write_dicom_seg(np.full(shape, 2, np.uint8), ["a"], series, tmp_path / "s.dcm")
+    with pytest.raises(Sam3dError, match="integers 0 to 65535"):
+        write_dicom_seg(np.full(shape, -1, np.int16), ["a"], series, tmp_path / "s.dcm")
+    with pytest.raises(Sam3dError, match="a name for each label value from 1 up"):
+        write_dicom_seg(np.zeros(shape, np.uint8), {0: "background"}, series, tmp_path / "s.dcm")
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
@@ -382,29 +392,37 @@ def _predict(*options: str) -> None:
     main(["predict", "--config", str(SYNTHETIC_CONFIG), *options, "--trainer.logger", "false"])
 
 
-def _lesion_click(nifti: Path, label: Path, scan: str) -> list[tuple]:
-    """A positive click at the lesion's middle voxel, in world RAS+ mm (the same place in any file)."""
+def _lesion_click(nifti: Path, label: Path, scan: str, shift_mm: float = 0.0) -> tuple:
+    """A positive click at the lesion's middle voxel (moved ``shift_mm`` along x), in world RAS+ mm."""
     voxels = np.argwhere(np.asarray(nib.load(label).dataobj) > 0)
     world = nib.load(nifti).affine @ [*voxels[len(voxels) // 2], 1]
-    return [(scan, *world[:3], "world", "positive")]
+    return (scan, world[0] + shift_mm, *world[1:3], "world", "positive")
 
 
-def _clicks_file(path: Path, rows: list[tuple]) -> Path:
+def _clicks_file(path: Path, rows: list[tuple], objects: bool = False) -> Path:
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["scan", "x", "y", "z", "space", "label"])
+        writer.writerow(
+            ["scan", "x", "y", "z", "space", "label", *(["object", "object_name"] if objects else [])]
+        )
         writer.writerows(rows)
     return path
 
 
-def test_predict_writes_dicom_seg_holding_the_nifti_mask(synthetic_root, trained, tmp_path, capsys):
+@pytest.mark.parametrize("objects", [1, 2], ids=["one-object", "two-objects"])
+def test_predict_writes_dicom_seg_holding_the_nifti_mask(synthetic_root, trained, tmp_path, capsys, objects):
+    """Series in, DICOM-SEG out, read back with highdicom: the voxels of the NIfTI mask (or label map)."""
     _, checkpoint = trained
     nifti = _phantom(synthetic_root, 4)
     folder = tmp_path / "scans" / "patient_a"
     phantom_series(_slices(nifti, tmp_path, along_normal=False), folder, rotation(10, 2))
-    clicks = _clicks_file(
-        tmp_path / "clicks.csv", _lesion_click(nifti, synthetic_root / "labelsTr" / nifti.name, "patient_a")
-    )
+    click = _lesion_click(nifti, synthetic_root / "labelsTr" / nifti.name, "patient_a")
+    if objects == 1:
+        clicks = _clicks_file(tmp_path / "clicks.csv", [click])
+    else:  # ids 1 and 3: the label map's values have a gap, DICOM-SEG's segment numbers may not
+        beside = _lesion_click(nifti, synthetic_root / "labelsTr" / nifti.name, "patient_a", shift_mm=25.0)
+        rows = [(*beside, 1, "body"), (*click, 3, "lesion")]
+        clicks = _clicks_file(tmp_path / "clicks.csv", rows, objects=True)
     output = tmp_path / "masks"
     _predict(
         *predict_options(checkpoint, [tmp_path / "scans"], clicks, output),
@@ -413,28 +431,29 @@ def test_predict_writes_dicom_seg_holding_the_nifti_mask(synthetic_root, trained
         "--evaluation.threshold",
         "0.2",
     )
-    printed = capsys.readouterr().out
-    assert f"{output / 'patient_a_seg.dcm'}" in printed
+    assert f"{output / 'patient_a_seg.dcm'}" in capsys.readouterr().out
     source = read_series_header(folder)
-    mask_file = nib.load(output / "patient_a_mask.nii.gz")
-    mask = np.asarray(mask_file.dataobj)
-    assert mask.shape == source.shape
-    np.testing.assert_allclose(mask_file.affine, source.affine, atol=1e-5)
-    assert mask.any()
+    written = nib.load(output / ("patient_a_mask.nii.gz" if objects == 1 else "patient_a_labels.nii.gz"))
+    labels = np.asarray(written.dataobj)
+    assert labels.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert labels.max() == (1 if objects == 1 else 3)  # the lesion was found
     seg = hd.seg.segread(output / "patient_a_seg.dcm")
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour"]
+    names = ["object 1"] if objects == 1 else ["body", "lesion"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == names
     uids = [header.SOPInstanceUID for header in source.headers]
     back = seg.get_pixels_by_source_instance(
         uids, combine_segments=True, assert_missing_frames_are_empty=True
-    )
-    np.testing.assert_array_equal(back.transpose(2, 1, 0), mask)
+    ).transpose(2, 1, 0)
+    segment_of = np.array([0, 1, 0, 2]) if objects == 2 else np.array([0, 1])  # label value -> segment
+    np.testing.assert_array_equal(back, segment_of[labels])
 
 
 def test_predict_refuses_dicom_seg_for_a_nifti_scan(synthetic_root, trained, series, tmp_path):
     _, checkpoint = trained
     nifti = _phantom(synthetic_root)
     clicks = _clicks_file(
-        tmp_path / "clicks.csv", _lesion_click(nifti, synthetic_root / "labelsTr" / nifti.name, nifti.name)
+        tmp_path / "clicks.csv", [_lesion_click(nifti, synthetic_root / "labelsTr" / nifti.name, nifti.name)]
     )
     with pytest.raises(SystemExit) as exit_info:
         _predict(
