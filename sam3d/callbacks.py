@@ -21,8 +21,13 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from sam3d.data.datamodule import VolumeDataModule
+from sam3d.data.dicom import names_dicom_series
+from sam3d.data.files import load_nifti
+from sam3d.data.scans.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_seg
 from sam3d.data.scans.evaluation_cases import SkippedCase
+from sam3d.data.scans.prediction_cases import scan_files
 from sam3d.data.scans.writing import ObjectProbability, write_objects, write_prediction
+from sam3d.errors import Sam3dError
 from sam3d.evaluation import EvaluationSettings
 from sam3d.reporting import ranked_cases, write_report
 from sam3d.visualize import orthogonal_slices
@@ -320,13 +325,30 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         output_dir: Folder of the outputs (``<case>_mask.nii.gz``, ``<case>_probability.nii.gz``; several
-            objects: ``<case>_labels.nii.gz``, ``<case>_object-<id>_<name>.nii.gz``).
+            objects: ``<case>_labels.nii.gz``, ``<case>_object-<id>_<name>.nii.gz``; ``<case>_seg.dcm``).
         probabilities: Also write the foreground probability map (of each object).
+        dicom_seg: Also write the mask (the label map of several objects) as a DICOM-SEG object referencing
+            the source series, one segment per object named as it; every scan must then be a DICOM series.
     """
 
-    def __init__(self, output_dir: str = "predictions", probabilities: bool = False) -> None:
+    def __init__(
+        self, output_dir: str = "predictions", probabilities: bool = False, dicom_seg: bool = False
+    ) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.probabilities = Path(output_dir), probabilities
+        self.output_dir, self.probabilities, self.dicom_seg = Path(output_dir), probabilities, dicom_seg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse DICOM-SEG output for scans that are not DICOM series, before any is segmented."""
+        if stage != "predict" or not self.dicom_seg:
+            return
+        files, _ = scan_files(getattr(trainer.datamodule, "predict_scans", None) or [])  # type: ignore[attr-defined]
+        others = [str(path) for path in files if not names_dicom_series(path)]
+        if others:
+            raise Sam3dError(
+                "--prediction.dicom_seg true writes DICOM-SEG objects, which reference a DICOM series, but "
+                f"these scans are not DICOM series: {', '.join(others)}; predict them without the option "
+                "(their masks are NIfTI) or give their DICOM series folders"
+            )
 
     def write_on_batch_end(
         self,
@@ -358,6 +380,12 @@ class PredictionWriter(BasePredictionWriter):
             result = ", ".join(f"{o.name} {labelled.volumes_ml[o.id]:.1f} ml" for o in case.objects)
             result = f"{len(objects)} objects ({result})"
             target = labelled.labels
+        also = ""
+        if self.dicom_seg:  # the voxels of the NIfTI file written, so that both files hold the same
+            names = [case.objects[0].name] if len(case.objects) == 1 else {o.id: o.name for o in case.objects}
+            seg = self.output_dir / f"{case.case_id}{DICOM_SEG_SUFFIX}"
+            write_dicom_seg(np.asarray(load_nifti(target).dataobj), names, case.scan.path, seg)
+            also = f" and {seg}"
         seconds = prediction["seconds"] + time.perf_counter() - start
         kinds = [i.kind for i in case.interactions]
         drawn = "".join(
@@ -366,5 +394,5 @@ class PredictionWriter(BasePredictionWriter):
             if kind in kinds
         )
         print(
-            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}"
+            f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}{also}"
         )

@@ -4,6 +4,10 @@ Layouts: KiTS21 (``case_XXXXX/imaging.nii.gz`` + ``aggregated_MAJ_seg.nii.gz``),
 Segmentation Decathlon (``imagesTr/``, ``labelsTr/``, ``dataset.json``), LiTS (``volume-N.nii`` +
 ``segmentation-N.nii``, in any sub-folder), the 3DSAM-adapter authors' preprocessed layouts (the
 relative paths stored in the shipped split files) and a manifest (JSON or CSV) for any other data.
+
+An image may also be a DICOM series (:mod:`sam3d.data.dicom`): a case folder of DICOM files in
+``imagesTr/`` (its label ``labelsTr/<folder>.nii.gz``), or a folder or ``FOLDER::SeriesInstanceUID``
+named by a manifest or ``dataset.json``. Labels are NIfTI, NRRD or MHA files.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sam3d.data.dicom import holds_dicom
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 
@@ -25,6 +30,7 @@ __all__ = [
     "DatasetName",
     "DatasetPreset",
     "discover",
+    "is_scan",
     "resolve_split_cases",
 ]
 
@@ -87,8 +93,18 @@ class Catalog:
     target_labels: tuple[int, ...] | None = None
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SCAN_SUFFIXES)
+def is_scan(path: Path) -> bool:
+    """Whether ``path`` is a scan: an image file (by suffix), or a folder holding a DICOM series; not hidden."""
+    if path.name.startswith("."):
+        return False
+    return (path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)) or holds_dicom(path)
+
+
+def _msd_label(root: Path, image: Path) -> Path:
+    """``labelsTr/<name>`` of an image file; ``labelsTr/<folder>.nii.gz`` (or .nrrd, ...) of a DICOM folder."""
+    if image.is_file():
+        return root / "labelsTr" / image.name
+    return _first_existing(*(root / "labelsTr" / f"{image.name}{suffix}" for suffix in SCAN_SUFFIXES))
 
 
 def _first_existing(*paths: Path) -> Path:
@@ -131,8 +147,8 @@ def _discover_msd(root: Path) -> dict[str, Case]:
             raise DatasetError(f'MSD listing {listing}: every "training" entry needs "image" and "label"')
         pairs = [(root / entry["image"], root / entry["label"]) for entry in entries]
     else:
-        pairs = [(path, root / "labelsTr" / path.name) for path in sorted((root / "imagesTr").glob("*"))]
-        pairs = [(image, label) for image, label in pairs if _is_image(image)]
+        images = [path for path in sorted((root / "imagesTr").glob("*")) if is_scan(path)]
+        pairs = [(image, _msd_label(root, image)) for image in images]
     for image, label in pairs:
         name = case_id(image)
         cases[name] = Case(name, image.resolve(), label.resolve())

@@ -13,6 +13,7 @@ import numpy as np
 import torchio as tio
 
 from sam3d.data.catalog import Case
+from sam3d.data.dicom import DicomSeriesError, names_dicom_series, read_series_header
 from sam3d.data.errors import DatasetError, Problem, format_problems
 
 if TYPE_CHECKING:
@@ -54,14 +55,18 @@ def read_header(path: Path) -> Header:
     """Read the shape and geometry of an image file through TorchIO (lazily: no voxel data).
 
     Args:
-        path: A NIfTI, NRRD or MHA file.
+        path: A NIfTI, NRRD or MHA file, or a DICOM series (:mod:`sam3d.data.dicom`).
 
     Returns:
         The header fields.
 
     Raises:
-        Exception: Whatever the readers raise for a missing or unreadable file.
+        Exception: Whatever the readers raise for a missing or unreadable file
+            (:class:`~sam3d.data.dicom.DicomSeriesError` for a DICOM series).
     """
+    if names_dicom_series(path):
+        series = read_series_header(path)
+        return Header((1, *series.shape), series.affine, series.spacing)
     image = tio.ScalarImage(path)
     with warnings.catch_warnings():  # TorchIO warns before falling back to NiBabel; the caller reports
         warnings.simplefilter("ignore")
@@ -78,13 +83,24 @@ def same_affine(first: np.ndarray, second: np.ndarray) -> bool:
 
 def check_file(case_id: str, path: Path, kind: str) -> tuple[Header | None, list[Problem]]:
     """The header of an image or label file and its file-level problems (missing, unreadable, not 3D...)."""
-    if not path.is_file():
+    if names_dicom_series(path):
+        if kind == "label":
+            message = "label is a folder, not a file: labels are read from NIfTI, NRRD or MHA files"
+            return None, [Problem(case_id, message, path)]
+        try:
+            header = read_header(path)
+        except DicomSeriesError as error:
+            return None, [Problem(case_id, f"{kind} DICOM series: {error.reason}", path)]
+    elif not path.is_file():
         return None, [Problem(case_id, f"{kind} file not found (check data.root and the split file)", path)]
-    try:
-        header = read_header(path)
-    except Exception as error:  # noqa: BLE001 (SimpleITK, NiBabel and gzip raise many types)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return None, [Problem(case_id, f"{kind} file is unreadable ({reason}); re-export it as NIfTI", path)]
+    else:
+        try:
+            header = read_header(path)
+        except Exception as error:  # noqa: BLE001 (SimpleITK, NiBabel and gzip raise many types)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return None, [
+                Problem(case_id, f"{kind} file is unreadable ({reason}); re-export it as NIfTI", path)
+            ]
     problems = []
     channels, *spatial = header.shape
     if channels != 1:

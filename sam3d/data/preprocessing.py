@@ -21,6 +21,7 @@ import torch
 import torchio as tio
 
 from sam3d.data.checks import check_file
+from sam3d.data.dicom import DicomSeriesError, names_dicom_series, read_series
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import reader_for
 
@@ -182,9 +183,10 @@ def read_volume(path: str | Path, kind: str, case: str) -> tio.ScalarImage | tio
 
     Checks the header (missing, unreadable, not single-channel 3D, absurd spacing), loads the voxels
     (a truncated file is reported, not raised), and refuses NaN/inf intensities and non-integer labels.
+    A DICOM series is read by :func:`sam3d.data.dicom.read_series` (scans only, not labels).
 
     Args:
-        path: NIfTI, NRRD or MHA file.
+        path: NIfTI, NRRD or MHA file, or a DICOM series (a folder, or ``FOLDER::SeriesInstanceUID``).
         kind: ``"label"`` for a label map, else what to call the image in messages (``"image"``, ``"scan"``).
         case: Case id for the messages.
 
@@ -198,6 +200,12 @@ def read_volume(path: str | Path, kind: str, case: str) -> tio.ScalarImage | tio
     _, problems = check_file(case, path, kind)
     if problems:
         raise _unusable(path, kind, problems)
+    if names_dicom_series(path):
+        try:
+            series, voxels = read_series(path)
+        except DicomSeriesError as error:
+            raise _unusable(path, kind, [Problem(case, error.reason, path)]) from None
+        return tio.ScalarImage(tensor=voxels, affine=series.affine)
     image = (tio.LabelMap if kind == "label" else tio.ScalarImage)(path, **reader_for(path))
     try:
         with warnings.catch_warnings():

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sam3d.data.checks import check_file
+from sam3d.data.dicom import names_dicom_series
 from sam3d.data.errors import DatasetError
 from sam3d.data.files import SCAN_SUFFIXES, case_id
 from sam3d.data.preprocessing import Preprocessing
@@ -107,9 +108,10 @@ def open_scan(path: Path, preprocessing: Preprocessing, max_voxels: int) -> Scan
         Sam3dError: If the file is not a readable single-channel 3D scan, or is too large; the message
             names the file and what to do.
     """
-    if not path.name.lower().endswith(SCAN_SUFFIXES):
+    if not path.name.lower().endswith(SCAN_SUFFIXES) and not names_dicom_series(path):
         raise Sam3dError(
-            f"{path.name} is not a scan file: sam3d reads NIfTI (.nii, .nii.gz), NRRD (.nrrd) and MHA (.mha)"
+            f"{path.name} is not a scan file: sam3d reads NIfTI (.nii, .nii.gz), NRRD (.nrrd) and MHA (.mha) "
+            "files, and DICOM series folders listed with --data.predict_scans"
         )
     header, problems = check_file(case_id(path), path, "scan")
     if problems or header is None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from sam3d.data.catalog import is_scan
+from sam3d.data.dicom import holds_dicom, split_series_path
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.files import SCAN_SUFFIXES, case_id
+from sam3d.data.files import case_id
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans.click_files import Entry, ObjectSteps, match_clicks, objects_to_network, read_clicks
 from sam3d.data.scans.evaluation_cases import SkippedCase
@@ -55,15 +57,25 @@ class PredictionCase:
 
 
 def scan_files(inputs: Sequence[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """The scan files named by ``inputs`` (files, or folders searched for NIfTI/NRRD/MHA files)."""
+    """The scans named by ``inputs``: files, DICOM series and folders of both.
+
+    An input is a scan file, a DICOM series (a folder of DICOM files, or ``FOLDER::SeriesInstanceUID``;
+    see :mod:`sam3d.data.dicom`), or a folder searched for NIfTI/NRRD/MHA files and DICOM series
+    sub-folders (one level). A series is checked when it is read, not here.
+    """
     files: list[Path] = []
     problems: list[Problem] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.name.lower().endswith(SCAN_SUFFIXES))
+        folder, uid = split_series_path(path)
+        if (uid is not None and folder.is_dir()) or holds_dicom(path):
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if is_scan(p))
             if not found:
-                problems.append(Problem("-", "folder holds no NIfTI, NRRD or MHA scan", path))
+                problems.append(
+                    Problem("-", "folder holds no NIfTI, NRRD or MHA scan and no DICOM series", path)
+                )
             files += found
         elif path.is_file():
             files.append(path)

@@ -30,6 +30,7 @@ import torchio as tio
 
 from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
+from sam3d.data.dicom import names_dicom_series, series_stamp
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.files import read_nifti
 from sam3d.data.preprocessing import read_volume, to_grid
@@ -83,6 +84,9 @@ class CachedCase:
 def _key(case: Case, spacing: tuple[float, float, float]) -> str:
     parts: list[object] = [CACHE_VERSION, [round(s, 6) for s in spacing]]
     for path in (case.image, case.label):
+        if names_dicom_series(path):
+            parts += series_stamp(path)
+            continue
         stat = path.stat()
         parts += [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
