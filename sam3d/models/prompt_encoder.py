@@ -187,14 +187,17 @@ class ClickPromptEncoder(nn.Module):
             )
             for _ in range(config.prompt_depth)
         )
-        self.click_maps = (
-            ClickMaps(config.crop_size, config.click_map_sigmas, dim, config.click_encoding)
-            if config.click_map_sigmas
-            else None
-        )
-        self.dense_prompts = (
-            DensePrompts(config.crop_size, config.dense_prompts, dim) if config.dense_prompts else None
-        )
+        # Zero-initialised, so they draw nothing: building them leaves the random stream (and so every
+        # other initial weight of a seeded run) as for the paper's network.
+        with torch.random.fork_rng(devices=[]):
+            self.click_maps = (
+                ClickMaps(config.crop_size, config.click_map_sigmas, dim, config.click_encoding)
+                if config.click_map_sigmas
+                else None
+            )
+            self.dense_prompts = (
+                DensePrompts(config.crop_size, config.dense_prompts, dim) if config.dense_prompts else None
+            )
 
     def input_projections(self) -> list[nn.Parameter]:
         """The zero-initialised projections of the click maps and dense prompts (empty for the paper's)."""

@@ -48,12 +48,17 @@ def test_no_clicks_give_empty_maps():
 
 def test_untrained_maps_leave_the_papers_network_unchanged():
     torch.manual_seed(0)
-    with_maps = build_volumetric_sam("tiny", click_maps=True).eval()
+    with_maps = build_volumetric_sam("tiny", click_maps=True, dense_prompts=("box", "mask")).eval()
+    torch.manual_seed(0)
     without = build_volumetric_sam("tiny").eval()
-    keys = without.load_state_dict(with_maps.state_dict(), strict=False)
-    assert set(keys.unexpected_keys) == {
-        "prompt_encoder.click_maps.project.weight",
-        "prompt_encoder.click_maps.project.bias",
+    # the same seed gives every weight they share the same initial value
+    theirs, ours = with_maps.state_dict(), without.state_dict()
+    assert set(ours) < set(theirs)
+    assert all(torch.equal(theirs[key], value) for key, value in ours.items())
+    assert set(theirs) - set(ours) == {
+        f"prompt_encoder.{part}.project.{name}"
+        for part in ("click_maps", "dense_prompts")
+        for name in ("weight", "bias")
     }
     assert with_maps.config.click_map_sigmas == (4.0, 16.0)  # 1/16 and 1/4 of the 64-voxel crop
     image, points = torch.randn(1, 1, *TINY.crop_size), torch.tensor([[[20.0, 30.0, 40.0], [5.0, 5, 5]]])
