@@ -75,11 +75,12 @@ def main() -> None:
         print(f"trained {args.epochs} epochs in {seconds:.0f} s", flush=True)
     large = work / "large"
     if not (large / "dataset.json").is_file():
+        # one more than tested: a fold needs a training case, though testing trains nothing
         make_synthetic_dataset(
-            large, num_cases=args.num_cases, seed=100, lesion_radius_mm=tuple(args.radius_mm)
+            large, num_cases=args.num_cases + 1, seed=100, lesion_radius_mm=tuple(args.radius_mm)
         )
-    extents = lesion_extents(large)
-    split = leave_out_split(large, sorted(extents), work / "split.json")
+    extents = dict(sorted(lesion_extents(large).items())[: args.num_cases])
+    split = leave_out_split(large, list(extents), work / "split.json")
     results = {}
     for crops in ("paper", "full"):
         folder = work / crops
