@@ -123,6 +123,13 @@ def test_route_refuses_a_bad_target_or_spacing(tmp_path):
         write_lits117(tmp_path, spacing=0.0)
 
 
+def test_make_lits117_command_reports_a_bad_option_as_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["make-lits117", str(tmp_path / "lits117"), "--spacing", "0"])
+    assert str(exit_info.value.code).startswith("sam3d: error: spacing must be a voxel size in mm")
+    assert not (tmp_path / "lits117").exists()
+
+
 def _lits_args(subcommand: str, root: Path, workdir: Path, *extra: str) -> list[str]:
     return synthetic_cli_args(
         subcommand, root, workdir, "--data.split_file", str(root / "split.json"), *extra
