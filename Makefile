@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The torch build to install; override for another CUDA/CPU wheel, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Test data only: LiTS case 117 (tests/test_lits117.py). --no-deps: its pinned torch 1.7 stack is never installed.
+LITS117_SPEC ?= liver-ct-segmentation-package==1.6.0
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-slow lint docs format clean
@@ -17,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev,docs]"
+	$(BIN)/python -m pip install -q --no-deps $(LITS117_SPEC) || \
+		echo "warning: could not install $(LITS117_SPEC); the LiTS case 117 tests will skip" >&2
 	touch $(STAMP)
 
 install: $(STAMP) ## create or refresh .venv with sam3d, its dev tools and the docs builder

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from sam3d.data.catalog import PRESETS, DatasetName, discover
 from sam3d.data.errors import DatasetError, Problem
+from sam3d.data.lits117 import ASSUMED_SPACING_MM, Lits117Target, write_lits117
 from sam3d.data.splits import folds_from_catalog, save_splits
 from sam3d.data.stats import intensity_statistics
 from sam3d.data.synthetic import make_synthetic_dataset
 from sam3d.data.training.cache import cache_cases
 
-__all__ = ["UTILITIES", "check_dataset", "dataset_stats", "make_splits", "make_synthetic"]
+__all__ = ["UTILITIES", "check_dataset", "dataset_stats", "make_lits117", "make_splits", "make_synthetic"]
 
 
 def make_splits(
@@ -154,9 +155,35 @@ def make_synthetic(root: str, num_cases: int = 8, seed: int = 0) -> str:
     return str(path)
 
 
+def make_lits117(root: str, target: Lits117Target = "tumour", spacing: float = ASSUMED_SPACING_MM) -> str:
+    """Write the held-out LiTS case 117 (a 128^3 crop from PyPI's liver-ct-segmentation-package) in the MSD layout.
+
+    Needs ``pip install --no-deps liver-ct-segmentation-package==1.6.0`` (only its data files are read).
+    The files store no spacing: 1 mm isotropic is assumed (the authors' LiTS resampling, so the crop's
+    grid is used as it is); the crop's place in the original scan is unknown. Also writes
+    ``split.json``: fold 0 of the authors' LiTS split with volume-117 as its only test case, for
+    ``sam3d test --data.split_file ROOT/split.json``.
+
+    Args:
+        root: Output folder.
+        target: ``tumour`` (LiTS label 2) or ``liver`` (labels 1 and 2), written as label 1.
+        spacing: Isotropic voxel size in mm to assume.
+
+    Returns:
+        The dataset folder.
+    """
+    path = write_lits117(root, target, spacing)
+    print(
+        f"wrote LiTS volume-117 ({target}, assumed {spacing} mm voxels) to {path}; test it with "
+        f"--data.root {path} --data.dataset msd --data.target_label 1 --data.split_file {path / 'split.json'}"
+    )
+    return str(path)
+
+
 UTILITIES: dict[str, Callable[..., object]] = {
     "make-splits": make_splits,
     "dataset-stats": dataset_stats,
     "check-dataset": check_dataset,
     "make-synthetic": make_synthetic,
+    "make-lits117": make_lits117,
 }

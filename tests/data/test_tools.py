@@ -3,7 +3,13 @@ from sam3d.data.tools import UTILITIES, dataset_stats, make_splits, make_synthet
 
 
 def test_utilities_are_registered_by_subcommand_name():
-    assert set(UTILITIES) == {"make-splits", "dataset-stats", "check-dataset", "make-synthetic"}
+    assert set(UTILITIES) == {
+        "make-splits",
+        "dataset-stats",
+        "check-dataset",
+        "make-synthetic",
+        "make-lits117",
+    }
     assert all(fn.__doc__ and "Args:" in fn.__doc__ for fn in UTILITIES.values())
 
 
