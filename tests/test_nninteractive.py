@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +18,7 @@ from nnInteractive.inference.remote import (
 )
 from nnInteractive.inference.remote.serialization import pack_array, unpack_array
 from serve_helpers import PREPROCESSING, MagicWand, dice, live_server
-from test_serve_cli import Log
+from test_serve_cli import serving
 
 from sam3d.errors import Sam3dError
 from sam3d.serve import server
@@ -220,22 +216,11 @@ def test_sam3d_serve_segments_a_phantom_for_the_nninteractive_client(synthetic_r
     _, checkpoint = trained
     image, _, centre = _phantom(synthetic_root)
     data = np.asarray(image.dataobj)
-    command = [
-        *(sys.executable, "-m", "sam3d", "serve", "--config", str(SYNTHETIC_CONFIG)),
-        *("--ckpt_path", str(checkpoint), "--port", "0", "--trainer.logger", "false"),
+    arguments = [
+        *("--config", str(SYNTHETIC_CONFIG), "--ckpt_path", str(checkpoint)),
         *("--prediction.output_dir", str(tmp_path / "out")),
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "disabled", "SAM3D_API_KEY": "phantom-key"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        log = Log(process.stderr)
-        address = log.wait_for(r"open (http://127\.0\.0\.1:\d+)/").group(1)
+    with serving(arguments, tmp_path, {"SAM3D_API_KEY": "phantom-key"}) as (address, log):
         with pytest.raises(httpx.HTTPStatusError):  # the key of the environment variable is needed
             nnInteractiveRemoteInferenceSession(address, api_key="")
         client = nnInteractiveRemoteInferenceSession(address, api_key="phantom-key")
@@ -245,11 +230,6 @@ def test_sam3d_serve_segments_a_phantom_for_the_nninteractive_client(synthetic_r
         client.add_point_interaction(centre, include_interaction=True)
         client.close()
         log.wait_for(r"nnInteractive client \S+: positive point \[\d+, \d+, \d+\]: \d+\.\d+ s")
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    log.thread.join(timeout=10)
-    assert "Traceback" not in "".join(log.lines)
     # What the checkpoint's network gives in this process, on the same raw scan, for the same point.
     local = Sam3dInferenceSession.from_checkpoint(checkpoint)
     local.set_image(data[None], {"affine": image.affine})

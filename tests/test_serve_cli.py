@@ -10,6 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -42,27 +45,41 @@ class Log:
         raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
 
 
-def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root, trained, tmp_path):
-    _, checkpoint = trained
-    scan, label = (synthetic_root / part / "phantom_000.nii.gz" for part in ("imagesTr", "labelsTr"))
-    centre, _ = lesion_centre(scan, label)
-    command = [
-        *(sys.executable, "-m", "sam3d", "serve", "--config", str(SYNTHETIC_CONFIG)),
-        *("--ckpt_path", str(checkpoint), "--data.predict_scans", json.dumps([str(scan)])),
-        *("--prediction.output_dir", str(tmp_path / "out"), "--port", "0", "--trainer.logger", "false"),
-        *("--crops", "paper"),  # one crop, so the second click reuses its encoding
-    ]
+@contextmanager
+def serving(
+    arguments: list[str], cwd: Path, environment: dict[str, str] | None = None
+) -> Iterator[tuple[str, Log]]:
+    """``sam3d serve ARGUMENTS`` on any free port: its address and log; stopped by Ctrl+C, which must exit 0."""
+    # after the arguments: a --config given later would override them
+    command = [sys.executable, "-m", "sam3d", "serve", *arguments, "--port", "0", "--trainer.logger", "false"]
     process = subprocess.Popen(
         command,
-        cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+        cwd=cwd,
+        env={**os.environ, "WANDB_MODE": "disabled", **(environment or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    log = Log(process.stderr)
     try:
-        log = Log(process.stderr)
-        address = log.wait_for(r"open (http://127\.0\.0\.1:\d+)/").group(1)
+        yield log.wait_for(r"open (http://127\.0\.0\.1:\d+)/").group(1), log
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl+C
+        assert process.wait(timeout=60) == 0
+    log.thread.join(timeout=10)
+    assert "Traceback" not in "".join(log.lines)
+
+
+def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root, trained, tmp_path):
+    _, checkpoint = trained
+    scan, label = (synthetic_root / part / "phantom_000.nii.gz" for part in ("imagesTr", "labelsTr"))
+    centre, _ = lesion_centre(scan, label)
+    arguments = [
+        *("--config", str(SYNTHETIC_CONFIG), "--ckpt_path", str(checkpoint)),
+        *("--data.predict_scans", json.dumps([str(scan)]), "--prediction.output_dir", str(tmp_path / "out")),
+        *("--crops", "paper"),  # one crop, so the second click reuses its encoding
+    ]
+    with serving(arguments, tmp_path) as (address, log):
         page = Page(address)
         config = page("/api/config")
         assert config["scans"] == [scan.name]
@@ -76,12 +93,7 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         log.wait_for(r"click 1 \(positive\) at .*: \d+\.\d+ s \(crop encoded\)")
         log.wait_for(r"click 2 \(negative\) at .*: \d+\.\d+ s \(crop encoding reused\)")
         log.wait_for("saved .*phantom_000_mask.nii.gz")
-    finally:
-        process.send_signal(signal.SIGINT)  # Ctrl+C
-        assert process.wait(timeout=60) == 0
-    log.thread.join(timeout=10)
     assert "Application shutdown complete" in "".join(log.lines)
-    assert "Traceback" not in "".join(log.lines)
     mask, source = nib.load(saved["files"]["mask"]), nib.load(scan)
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine)
