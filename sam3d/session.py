@@ -60,7 +60,7 @@ class Sam3dInferenceSession:
     Example::
 
         session = Sam3dInferenceSession.from_checkpoint("best.ckpt", device="cuda")
-        session.set_image(ct[None], {"spacing": (0.8, 0.8, 2.5)})  # ct (x, y, z) in HU
+        session.set_image(ct[None], {"spacing": (2.5, 0.8, 0.8)})  # ct (k, j, i) in HU, as Slicer and SimpleITK
         target = np.zeros(ct.shape, np.uint8)
         session.set_target_buffer(target)
         session.add_point_interaction((120, 96, 40), include_interaction=True)  # target holds the mask
@@ -192,10 +192,12 @@ class Sam3dInferenceSession:
 
         Args:
             image: The raw scan with one channel.
-            image_properties: ``{"spacing": (sx, sy, sz)}`` in mm along the array's axes, which are then
-                taken as RAS+ (x towards the patient's right, y anterior, z superior); or
-                ``{"affine": 4x4}``, voxel index to world RAS+ mm (NiBabel's ``image.affine``), for any
-                orientation. The network was trained on axial slices: a wrong orientation segments worse.
+            image_properties: ``{"spacing": (s0, s1, s2)}`` in mm along the array's axes, which are then
+                taken in the order 3D Slicer and SimpleITK give (and nnInteractive's clients send): slices,
+                rows, columns of an axial scan with ITK's identity direction
+                (:func:`~sam3d.data.scans.arrays.array_affine`); or ``{"affine": 4x4}``, voxel index to
+                world RAS+ mm (NiBabel's ``image.affine``), for any orientation. The network was trained on
+                one orientation: a wrong one segments worse.
 
         Raises:
             Sam3dError: If the image is not ``(1, x, y, z)`` real numbers or its geometry is missing or wrong.

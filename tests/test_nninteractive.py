@@ -66,7 +66,7 @@ def test_the_client_segments_a_phantom_with_points_boxes_scribbles_and_lassos(sy
     box = [[int(lower[0]), int(upper[0])], [int(lower[1]), int(upper[1])], [centre[2], centre[2] + 1]]
     net = MagicWand(dense_prompts=("box", "scribble"))
     local = Sam3dInferenceSession(net, PREPROCESSING)  # type: ignore[arg-type]
-    local.set_image(data[None], {"affine": image.affine})  # the client sends the spacing alone
+    local.set_image(data[None], _spacing(image))  # as the client sends it: the spacing alone
     with live_server(net, [], tmp_path / "out") as address:
         client = nnInteractiveRemoteInferenceSession(address)
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from serve_helpers import PREPROCESSING, MagicWand, dice, write_reoriented
 
@@ -86,13 +87,35 @@ def test_a_reoriented_copy_gives_the_same_voxels_and_the_spacing_matters(synthet
     back = np.flip(session.target_buffer, axis=(0, 2)).transpose(1, 2, 0)  # type: ignore[arg-type]
     np.testing.assert_array_equal(back, original)
 
-    # Spacing alone (axes as RAS+): the same as the file's diagonal affine; a wrong spacing is not.
-    session.set_image(np.asarray(image.dataobj)[None], {"spacing": image.header.get_zooms()})
-    session.add_point_interaction(centre)
-    np.testing.assert_array_equal(session.target_buffer, original)
-    session.set_image(np.asarray(image.dataobj)[None], {"spacing": (1.0, 1.0, 1.0)})
-    session.add_point_interaction(centre)
-    assert not np.array_equal(session.target_buffer, original)
+    # Spacing alone: the array as 3D Slicer and SimpleITK give an axial scan with ITK's identity direction,
+    # (k, j, i) = (superior, posterior, left), i.e. the RAS+ file's array flipped in-plane and transposed.
+    n0, _, _ = label.shape
+    itk_order = np.flip(np.asarray(image.dataobj), axis=(0, 1)).transpose(2, 1, 0)
+    slicer_click = (centre[2], n1 - 1 - centre[1], n0 - 1 - centre[0])
+    session.set_image(itk_order[None], {"spacing": image.header.get_zooms()[::-1]})
+    session.add_point_interaction(slicer_click)
+    back = np.flip(session.target_buffer.transpose(2, 1, 0), axis=(0, 1))  # type: ignore[union-attr]
+    np.testing.assert_array_equal(back, original)
+    session.set_image(itk_order[None], {"spacing": (1.0, 1.0, 1.0)})
+    session.add_point_interaction(slicer_click)
+    assert not np.array_equal(np.flip(session.target_buffer.transpose(2, 1, 0), axis=(0, 1)), original)  # type: ignore[union-attr]
+
+
+def test_spacing_alone_is_the_itk_array_order_of_slicer_and_simpleitk(synthetic_root, tmp_path):
+    _, image, _ = _phantom(synthetic_root)
+    # A scan with ITK's identity direction (as DICOM axial series load): what Slicer's arrayFromVolume and
+    # SimpleITK's GetArrayFromImage give, and its spacing reversed, mean the same world as its file.
+    itk_image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(image.dataobj).transpose(2, 1, 0)))
+    itk_image.SetSpacing((1.5, 0.8, 2.5))
+    itk_image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(itk_image, str(tmp_path / "itk.nii.gz"))
+    on_file = nib.as_closest_canonical(nib.load(tmp_path / "itk.nii.gz"))
+    spacing = itk_image.GetSpacing()[::-1]
+    from_spacing = nib.as_closest_canonical(
+        nib.Nifti1Image(sitk.GetArrayFromImage(itk_image), array_affine(spacing))
+    )
+    np.testing.assert_array_equal(np.asarray(from_spacing.dataobj), np.asarray(on_file.dataobj))
+    np.testing.assert_allclose(from_spacing.affine[:3, :3], on_file.affine[:3, :3], atol=1e-6)
 
 
 def test_queued_interactions_undo_reset_and_a_torch_buffer(synthetic_root):
@@ -208,8 +231,9 @@ def test_wrong_images_and_interactions_are_refused_naming_what_to_give(synthetic
     assert not boxes.interactions
 
 
-def test_array_affine_reads_spacing_as_ras_axes():
-    np.testing.assert_array_equal(array_affine((0.5, 0.7, 3.0)), np.diag([0.5, 0.7, 3.0, 1.0]))
+def test_array_affine_reads_spacing_as_slices_rows_columns_of_an_axial_itk_scan():
+    expected = [[0, 0, -0.5, 0], [0, -0.7, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]]  # k: +S, j: -A, i: -R
+    np.testing.assert_array_equal(array_affine((3.0, 0.7, 0.5)), expected)
 
 
 def test_from_checkpoint_builds_the_trained_network_and_its_preprocessing(trained, synthetic_root, tmp_path):

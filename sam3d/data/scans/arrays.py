@@ -20,11 +20,14 @@ from sam3d.data.preprocessing import Normalize, Preprocessing, to_grid
 from sam3d.data.scans.loading import Scan
 from sam3d.errors import Sam3dError
 
-__all__ = ["array_affine", "scan_from_array"]
+__all__ = ["ITK_ARRAY_AXES", "array_affine", "itk_array_affine", "scan_from_array"]
 
 # The voxel types passed to TorchIO as they are; others become float32.
 _RESAMPLED = tuple(np.dtype(name) for name in ("uint8", "int16", "int32", "int64", "float32", "float64"))
 _RESAMPLED_TORCH = (torch.uint8, torch.int16, torch.int32, torch.int64, torch.float32, torch.float64)
+# (RAS+ axis, sign) of each axis of an array as SimpleITK and 3D Slicer give a scan with ITK's identity
+# direction: the slices k run superior (+S), the rows j posterior (-A), the columns i to the patient's left (-R).
+ITK_ARRAY_AXES = ((2, 1.0), (1, -1.0), (0, -1.0))
 
 
 def array_affine(
@@ -33,8 +36,11 @@ def array_affine(
     """The ``(4, 4)`` RAS+ affine of an array from its spacing or its affine.
 
     Args:
-        spacing: Voxel size in mm along the array's three axes; alone, the axes are taken as RAS+
-            (the first towards the patient's right, the second anterior, the third superior).
+        spacing: Voxel size in mm along the array's three axes; alone, the array is taken in the order
+            that 3D Slicer (``arrayFromVolume``) and SimpleITK (``GetArrayFromImage``) give and nnInteractive's
+            clients send: ``(k, j, i)`` of an axial scan with ITK's identity direction (LPS), so the first
+            axis runs superior, the second posterior, the third towards the patient's left
+            (:data:`ITK_ARRAY_AXES`).
         affine: Voxel index to world RAS+ mm (as NiBabel's ``image.affine``); wins over ``spacing``,
             which must then agree with it.
 
@@ -64,7 +70,16 @@ def array_affine(
             "the image needs its geometry: properties {'spacing': [sx, sy, sz]} (mm along the array's axes) "
             "or {'affine': 4x4 voxel-to-RAS+ mm matrix}"
         )
-    return np.diag([*_spacing(spacing), 1.0])
+    return itk_array_affine(_spacing(spacing))
+
+
+def itk_array_affine(spacing: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The RAS+ affine of a ``(k, j, i)`` array of an ITK image with identity direction and ``spacing`` (mm)."""
+    affine = np.zeros((4, 4))
+    for array_axis, (ras_axis, sign) in enumerate(ITK_ARRAY_AXES):
+        affine[ras_axis, array_axis] = sign * float(spacing[array_axis])
+    affine[3, 3] = 1.0
+    return affine
 
 
 def _spacing(spacing: Sequence[float]) -> np.ndarray:
