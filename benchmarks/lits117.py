@@ -111,9 +111,12 @@ def takes_scribbles(checkpoint: Path) -> bool:
 
 
 def print_steps(name: str, rows: list[dict[str, str]]) -> None:
-    """One line per step: Dice and NSD."""
+    """One line per step: Dice, NSD and the step's seconds (``cases.csv``)."""
     for row in rows:
-        print(f"{name:8s} step {row['clicks']}: Dice {float(row['dice']):.3f}  NSD {float(row['nsd']):.3f}")
+        seconds = f"  {float(row['seconds']):.2f} s" if row.get("seconds") else ""
+        print(
+            f"{name:8s} step {row['clicks']}: Dice {float(row['dice']):.3f}  NSD {float(row['nsd']):.3f}{seconds}"
+        )
 
 
 def main_cli() -> None:

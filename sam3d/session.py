@@ -22,13 +22,13 @@ import torch
 
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans import Box, Click, Entry, Scan, Scribble, interactions_to_network, to_source_grid
-from sam3d.data.scans.arrays import array_affine, scan_from_array
+from sam3d.data.scans.arrays import array_affine, read_image, scan_from_array
 from sam3d.errors import Sam3dError
 from sam3d.inference import Protocol
 from sam3d.interaction import Interaction, InteractionSession
 from sam3d.models import VolumetricSam
 
-__all__ = ["Sam3dInferenceSession", "TargetBuffer"]
+__all__ = ["Sam3dInferenceSession", "TargetBuffer", "read_image"]
 
 TargetBuffer = np.ndarray | torch.Tensor
 
@@ -64,6 +64,9 @@ class Sam3dInferenceSession:
         target = np.zeros(ct.shape, np.uint8)
         session.set_target_buffer(target)
         session.add_point_interaction((120, 96, 40), include_interaction=True)  # target holds the mask
+
+    A scan file or DICOM series folder: ``image, affine = read_image("ct_series/")``, then
+    ``session.set_image(image[None], {"affine": affine})``; the mask is then on the file's grid.
 
     Args:
         net: The network, on its device, in eval mode.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from dicom_helpers import phantom_series
 from serve_helpers import PREPROCESSING, MagicWand, dice, write_reoriented
 
 from sam3d.data.scans import Box, Click, Scribble, interactions_to_network, load_scan, to_source_grid
@@ -16,7 +17,7 @@ from sam3d.data.scans.arrays import array_affine
 from sam3d.errors import Sam3dError
 from sam3d.interaction import InteractionSession
 from sam3d.models import CheckpointError
-from sam3d.session import Sam3dInferenceSession
+from sam3d.session import Sam3dInferenceSession, read_image
 
 
 def _phantom(root: Path, case: str = "phantom_000") -> tuple[Path, nib.Nifti1Image, np.ndarray]:
@@ -116,6 +117,24 @@ def test_spacing_alone_is_the_itk_array_order_of_slicer_and_simpleitk(synthetic_
     )
     np.testing.assert_array_equal(np.asarray(from_spacing.dataobj), np.asarray(on_file.dataobj))
     np.testing.assert_allclose(from_spacing.affine[:3, :3], on_file.affine[:3, :3], atol=1e-6)
+
+
+def test_a_dicom_series_read_with_read_image_gives_the_mask_of_its_nifti(synthetic_root, tmp_path):
+    path, image, label = _phantom(synthetic_root)
+    centre = _centre(label)
+    session = _session(image)
+    session.add_point_interaction(centre)
+    from_nifti = session.target_buffer.copy()  # type: ignore[union-attr]
+
+    phantom_series(path, tmp_path / "series")
+    voxels, affine = read_image(tmp_path / "series")
+    assert voxels.shape == label.shape
+    np.testing.assert_allclose(affine, image.affine, atol=1e-4)
+    session.set_image(voxels[None], {"affine": affine})
+    session.add_point_interaction(centre)
+    np.testing.assert_array_equal(session.target_buffer, from_nifti)
+    with pytest.raises(Sam3dError, match="no_such_series"):
+        read_image(tmp_path / "no_such_series")
 
 
 def test_queued_interactions_undo_reset_and_a_torch_buffer(synthetic_root):

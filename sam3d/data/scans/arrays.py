@@ -16,11 +16,12 @@ import torch
 import torchio as tio
 
 from sam3d.data.layout import to_network_layout
-from sam3d.data.preprocessing import Normalize, Preprocessing, to_grid
+from sam3d.data.files import case_id
+from sam3d.data.preprocessing import Normalize, Preprocessing, read_volume, to_grid
 from sam3d.data.scans.loading import Scan
 from sam3d.errors import Sam3dError
 
-__all__ = ["ITK_ARRAY_AXES", "array_affine", "itk_array_affine", "scan_from_array"]
+__all__ = ["ITK_ARRAY_AXES", "array_affine", "itk_array_affine", "read_image", "scan_from_array"]
 
 # The voxel types passed to TorchIO as they are; others become float32.
 _RESAMPLED = tuple(np.dtype(name) for name in ("uint8", "int16", "int32", "int64", "float32", "float64"))
@@ -139,3 +140,20 @@ def scan_from_array(
         source_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
         source_affine=np.array(source.affine, dtype=float),
     )
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A scan file or DICOM series as an array and its affine, for :meth:`sam3d.session.Sam3dInferenceSession.set_image`.
+
+    Args:
+        path: NIfTI, NRRD or MHA file, or a DICOM series (a folder, or ``FOLDER::SeriesInstanceUID``).
+
+    Returns:
+        The voxels ``(i, j, k)`` in the file's units (HU for CT) and the ``(4, 4)`` voxel-to-RAS+ mm affine,
+        as NiBabel gives a NIfTI.
+
+    Raises:
+        DatasetError: If the file or series is missing, unreadable or not a single-channel 3D scan.
+    """
+    image = read_volume(path, "scan", case_id(path))
+    return image.data[0].numpy(), np.array(image.affine, dtype=float)
