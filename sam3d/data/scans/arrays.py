@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torchio as tio
 
-from sam3d.data.layout import to_network_layout
 from sam3d.data.files import case_id
+from sam3d.data.layout import to_network_layout
 from sam3d.data.preprocessing import Normalize, Preprocessing, read_volume, to_grid
 from sam3d.data.scans.loading import Scan
 from sam3d.errors import Sam3dError
