@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import nibabel as nib
 import numpy as np
@@ -359,3 +360,82 @@ def test_bad_box_and_scribble_bodies_are_refused_and_the_server_goes_on(phantom,
         assert "click instead" in message
         assert "takes no scribble prompts" in page.error("/api/scribble", {"voxels": [centre]})
         assert page("/api/click", {"point": centre})["mask"] is not None
+
+
+def test_uploads_that_name_other_files_or_pass_the_size_limit_and_nan_points_are_refused(phantom, tmp_path):
+    import SimpleITK as sitk
+
+    scan, _, centre = phantom
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(256)) * 8)  # what a header could make the server read and show
+    metaimage = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 16 16 8\nElementType = MET_UCHAR\n"
+        f"ElementDataFile = {secret}\n"
+    )
+    nrrd = f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 8\nencoding: raw\ndata file: {secret}\n\n"
+    sitk.WriteImage(sitk.ReadImage(str(scan)), str(tmp_path / "whole.mha"))
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(max_voxels=2_000_000)
+    ) as address:
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        for name, header in (("evil.mha", metaimage), ("evil.mhd", metaimage), ("evil.nrrd", nrrd)):
+            message = page.error(f"/api/upload?name={name}", data=header.encode())
+            assert "separate file" in message
+            assert str(secret) in message
+            assert page("/api/state")["scan"]["name"] == scan.name  # nothing of the secret was opened
+        assert page("/api/upload?name=whole.mha", data=(tmp_path / "whole.mha").read_bytes())["scan"]
+
+        status, content = page.request("/api/click", data=b'{"point": [NaN, 10, 10]}')
+        assert status == 400
+        assert "finite" in json.loads(content)["error"]
+        status, content = page.request("/api/click", data=b'{"point": [10, Infinity, 10]}')
+        assert status == 400
+        assert "finite" in json.loads(content)["error"]
+        page("/api/click", {"point": centre})
+
+
+def test_a_case_name_beyond_latin_1_downloads_its_interactions(phantom, tmp_path):
+    scan, _, centre = phantom
+    renamed = tmp_path / "größe_肝.nii.gz"
+    renamed.write_bytes(scan.read_bytes())
+    with live_server(MagicWand(), [renamed], tmp_path / "out") as address:
+        page = Page(address)
+        page("/api/open", {"index": 0})
+        page("/api/click", {"point": centre})
+        request = urllib.request.Request(
+            f"{address}/api/download/interactions", headers={"X-Sam3d-Session": page.session}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            disposition = response.headers["Content-Disposition"]
+            assert json.loads(response.read())["scans"][0]["scan"] == renamed.name
+    assert "filename*=utf-8''gr%C3%B6%C3%9Fe_%E8%82%9D_interactions.json" in disposition
+
+
+def test_a_body_without_content_length_is_cut_at_the_limit_not_read_whole():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from sam3d.serve.bodies import limited_body
+
+    sent = []
+
+    async def receive() -> dict[str, object]:
+        sent.append(1)
+        return {"type": "http.request", "body": bytes(1 << 20), "more_body": len(sent) < 64}
+
+    chunked = Request(
+        {"type": "http", "method": "POST", "headers": [(b"transfer-encoding", b"chunked")]}, receive
+    )
+    with pytest.raises(
+        Sam3dError, match=r"scan.nii is over 9 MiB, more than this server accepts \(9 MiB\), raise"
+    ):
+        asyncio.run(limited_body(chunked, 9 << 20, "scan.nii", ", raise --max_voxels"))
+    assert len(sent) == 10  # refused at the first chunk past the limit, 54 MiB never read
+    declared = Request(
+        {"type": "http", "method": "POST", "headers": [(b"content-length", b"99999999")]}, receive
+    )
+    with pytest.raises(Sam3dError, match="is 95 MiB, more than"):
+        asyncio.run(limited_body(declared, 9 << 20, "scan.nii"))
+    assert len(sent) == 10  # refused on its Content-Length, before reading

@@ -9,7 +9,18 @@ import numpy as np
 import torch
 from nibabel.filebasedimages import ImageFileError
 
-__all__ = ["SCAN_SUFFIXES", "case_id", "is_nifti", "load_nifti", "read_nifti", "reader_for"]
+from sam3d.data.errors import DatasetError
+
+__all__ = [
+    "SCAN_SUFFIXES",
+    "case_id",
+    "detached_data_file",
+    "is_nifti",
+    "load_nifti",
+    "read_nifti",
+    "reader_for",
+    "refuse_detached_data",
+]
 
 # Every image format sam3d reads (through TorchIO), longest first so ``.nii.gz`` wins over ``.gz``.
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -59,3 +70,49 @@ def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
 def reader_for(path: str | Path) -> dict[str, object]:
     """Keyword arguments for a TorchIO image of ``path``: NiBabel for NIfTI, TorchIO's default otherwise."""
     return {"reader": read_nifti} if is_nifti(path) else {}
+
+
+# The header keys that name where the voxels are: MetaImage's (.mha/.mhd) and NRRD's (.nrrd/.nhdr).
+_METAIMAGE_DATA_KEY = "elementdatafile"
+_NRRD_DATA_KEYS = ("data file", "datafile")
+_HEADER_BYTES = 1 << 16
+
+
+def detached_data_file(path: str | Path) -> str | None:
+    """The separate data file a MetaImage or NRRD header names (None when its voxels are inside it).
+
+    A header may name any file (``ElementDataFile = /etc/passwd``, ``data file: ../x.raw``), which a reader
+    then opens: what a server must never do for a file someone uploaded. Other formats give None.
+    """
+    name = Path(path).name.lower()
+    if not name.endswith((".mha", ".mhd", ".nrrd", ".nhdr")):
+        return None
+    with open(path, "rb") as stream:
+        header = stream.read(_HEADER_BYTES).decode("latin-1")
+    metaimage = name.endswith((".mha", ".mhd"))
+    for line in header.splitlines():
+        if not metaimage and not line.strip():
+            break  # the end of a NRRD header: the voxels follow
+        key, separator, value = line.partition("=" if metaimage else ":")
+        key = key.strip().lower()
+        if not separator:
+            continue
+        if metaimage and key == _METAIMAGE_DATA_KEY:
+            return None if value.strip().upper() == "LOCAL" else value.strip()
+        if not metaimage and key in _NRRD_DATA_KEYS:
+            return value.strip()
+    return "(none named)" if metaimage or name.endswith(".nhdr") else None
+
+
+def refuse_detached_data(path: str | Path, name: str) -> None:
+    """Refuse a scan (uploaded as ``name``) whose header points to a separate data file.
+
+    Raises:
+        DatasetError: If the header names a data file outside it.
+    """
+    data_file = detached_data_file(path)
+    if data_file is not None:
+        raise DatasetError(
+            f"{name} keeps its voxels in a separate file ({data_file}), which an upload cannot bring: "
+            "upload a single-file scan (.nii.gz, .nrrd or .mha with the data inside)"
+        )

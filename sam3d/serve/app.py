@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -33,12 +34,13 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from sam3d import __version__
+from sam3d.data.files import refuse_detached_data
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.errors import Sam3dError
 from sam3d.models import VolumetricSam
 from sam3d.serve import nninteractive
 from sam3d.serve.auth import ApiKeyMiddleware
-from sam3d.serve.bodies import json_object
+from sam3d.serve.bodies import json_object, limited_body
 from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
 __all__ = ["ServeSettings", "SessionStore", "create_app"]
@@ -323,16 +325,13 @@ async def upload(request: Request) -> JSONResponse:
     name = Path(request.query_params.get("name", "")).name
     if not name or name.startswith("."):
         raise Sam3dError("the upload has no file name")
-    size = int(request.headers.get("content-length") or 0)
-    if size > store.max_upload:
-        raise Sam3dError(
-            f"{name} is {size / 2**20:.0f} MiB, more than this server accepts ({store.max_upload / 2**20:.0f} MiB "
-            f"for --max_voxels {store.settings.view.max_voxels}); crop the scan or raise --max_voxels"
-        )
+    advice = f" for --max_voxels {store.settings.view.max_voxels}: crop the scan or raise --max_voxels"
+    content = await limited_body(request, store.max_upload, name, advice)
     folder = Path(tempfile.mkdtemp(dir=store.uploads, prefix=key[:8]))
     path = folder / name
-    path.write_bytes(await request.body())
+    path.write_bytes(content)
     try:
+        refuse_detached_data(path, name)
         return JSONResponse(await run_in_threadpool(store.open, key, path, f"{name} (uploaded)", folder))
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
@@ -500,14 +499,18 @@ def download(request: Request) -> Response:
             return PlainTextResponse(
                 view.interactions_json(),
                 media_type="application/json",
-                headers={
-                    "Content-Disposition": f'attachment; filename="{view.scan.case_id}_interactions.json"'
-                },
+                headers={"Content-Disposition": _attachment(f"{view.scan.case_id}_interactions.json")},
             )
     path = view.saved.get(kind)
     if path is None:
         raise Sam3dError(f"no {kind} saved for {view.name} yet: press Save first")
     return FileResponse(path, filename=path.name)
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition for any file name (RFC 6266: an ASCII fallback and the UTF-8 name)."""
+    fallback = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=utf-8''{quote(filename)}"
 
 
 async def user_error(request: Request, error: Exception) -> JSONResponse:

@@ -30,7 +30,7 @@ from starlette.routing import Route
 from sam3d import __version__
 from sam3d.data.scans.arrays import array_affine
 from sam3d.errors import Sam3dError
-from sam3d.serve.bodies import json_object
+from sam3d.serve.bodies import json_object, limited_body
 from sam3d.serve.packed_arrays import pack, unpack
 from sam3d.serve.viewer import grid_voxels
 from sam3d.session import Sam3dInferenceSession
@@ -185,12 +185,8 @@ def _meta(request: Request) -> dict[str, Any]:
 
 async def _array(request: Request, leases: Leases) -> np.ndarray:
     """The packed array of the body, within the server's size limits."""
-    limit = leases.store.max_upload
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise Sam3dError(
-            f"the array is larger than this server accepts ({limit / 2**20:.0f} MiB, --max_voxels)"
-        )
-    return unpack(await request.body(), leases.store.settings.view.max_voxels)
+    content = await limited_body(request, leases.store.max_upload, "the array", " for --max_voxels")
+    return unpack(content, leases.store.settings.view.max_voxels)
 
 
 def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
