@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.request
 
 import nibabel as nib
@@ -167,7 +168,10 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         assert "first interaction must be positive" in message
         assert "nothing to save yet" in page.error("/api/save")
         assert "press Save first" in page.error("/api/download/mask")
-        assert "lies outside the volume" in page.error("/api/click", {"point": [-3, 10, 10]})
+        message = page.error("/api/click", {"point": [-3, 10, 10]})
+        assert message.startswith(
+            "the click at axial slice -2, coronal slice 11, sagittal slice 11 is outside the image"
+        )
         assert "three numbers" in page.error("/api/click", {"point": [1, 2]})
         assert "not valid JSON" in page.error("/api/click", data=b"{")
         assert "session id" in Page(address, None).error("/api/state")
@@ -347,7 +351,7 @@ def test_bad_box_and_scribble_bodies_are_refused_and_the_server_goes_on(phantom,
         assert "first interaction must be positive" in page.error(
             "/api/scribble", {"voxels": [centre], "positive": False}
         )
-        assert "lies outside the volume" in page.error("/api/box", {"lower": [-2, 3, 3], "upper": centre})
+        assert "the box at axial slice -1, " in page.error("/api/box", {"lower": [-2, 3, 3], "upper": centre})
         assert "not valid JSON" in page.error("/api/box", data=b"[")
         assert page("/api/state")["interactions"] == []
         assert len(page("/api/box", {"lower": centre, "upper": centre})["interactions"]) == 1
@@ -439,3 +443,49 @@ def test_a_body_without_content_length_is_cut_at_the_limit_not_read_whole():
     with pytest.raises(Sam3dError, match="is 95 MiB, more than"):
         asyncio.run(limited_body(declared, 9 << 20, "scan.nii"))
     assert len(sent) == 10  # refused on its Content-Length, before reading
+
+
+def test_a_reference_mode_checkpoint_refuses_negative_clicks_and_says_why(phantom, tmp_path):
+    scan, _, centre = phantom
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(click_mode="reference")
+    ) as address:
+        page = Page(address)
+        assert page("/api/config")["click_mode"] == "reference"
+        page("/api/open", {"index": 0})
+        first = page("/api/click", {"point": centre})
+        beside = [centre[0], centre[1], centre[2] + 3]
+        message = page.error("/api/click", {"point": beside, "positive": False})
+        assert "trained with data.click_mode reference" in message
+        assert "never learned negative clicks" in message
+        assert "clicks/interactive.yaml" in message
+        assert "negative scribble would grow" in page.error(
+            "/api/scribble", {"voxels": [beside], "positive": False}
+        )
+        state = page("/api/state")
+        assert state["clicks"] == first["clicks"]  # nothing was added
+        assert state["mask"] == first["mask"]
+        assert len(page("/api/click", {"point": beside})["clicks"]) == 2  # positive clicks go on
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(click_mode="labelled")
+    ) as address:
+        page = Page(address)
+        assert page("/api/config")["click_mode"] == "labelled"
+        page("/api/open", {"index": 0})
+        page("/api/click", {"point": centre})
+        assert len(page("/api/click", {"point": beside, "positive": False})["clicks"]) == 2
+
+
+def test_upload_errors_name_the_file_never_the_servers_folder(phantom, tmp_path):
+    scan, _, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        page = Page(address)
+        for name, data in (
+            ("broken.nrrd", b"NRRD0004\ntype: short\ndimension: 3\nsizes: 9 9 9\nencoding: raw\n\n\0\0"),
+            ("broken.mha", b"ObjectType = Image\nNDims = 3\nDimSize = 9 9 9\nElementType = MET_SHORT\n"),
+            ("fake.nii.gz", b"this is not a NIfTI file"),
+        ):
+            message = page.error(f"/api/upload?name={name}", data=data)
+            assert name in message
+            assert "sam3d-serve-" not in message  # the uploads' folder
+            assert tempfile.gettempdir() not in message, message

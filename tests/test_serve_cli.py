@@ -86,6 +86,7 @@ def test_serve_a_checkpoint_click_and_save_with_the_tiny_network(synthetic_root,
         assert config["protocol"] == "paper"
         assert config["crop_size"] == [64] * 3
         assert config["window"] == [-100.0, 200.0]  # the checkpoint's preprocessing
+        assert config["click_mode"] == "labelled"  # the checkpoint's clicks (configs/synthetic.yaml)
         page("/api/open", {"index": 0})
         page("/api/click", {"point": centre})
         page("/api/click", {"point": [centre[0], centre[1], centre[2] + 5], "positive": False})

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from PIL import Image
+from scipy import ndimage
 from serve_helpers import MagicWand, dice, lesion_centre, live_server, replay, two_lesion_phantom
 
 from sam3d.data.scans import write_prediction
@@ -81,11 +85,16 @@ def _wait(driver, script, timeout=60):
 
 
 def _open(driver, address, index=0):
+    """Load the page, which opens the first listed scan itself; open the ``index``-th scan if another."""
     driver.get(address)
     _wait(driver, "document.body.dataset.ready === '1'")
-    driver.execute_script(f"document.getElementById('scans').selectedIndex = {index}")
-    driver.find_element(By.ID, "open").click()
-    _wait(driver, "window.sam3d.state.volume !== null")
+    if index:
+        driver.execute_script(f"document.getElementById('scans').selectedIndex = {index}")
+        driver.find_element(By.ID, "open").click()
+    _wait(
+        driver,
+        f"window.sam3d.state.volume !== null && document.getElementById('scans').selectedIndex === {index}",
+    )
 
 
 def _dataset(driver, key):
@@ -244,7 +253,10 @@ def test_bad_inputs_show_on_the_page_which_keeps_working(browsers, phantom, tmp_
         ActionChains(driver).move_to_element_with_offset(
             canvas, round(at["x"] - canvas.size["width"] / 2), round(at["y"] - canvas.size["height"] / 2)
         ).click().perform()
-        _wait(driver, "document.getElementById('message').textContent.includes('outside the volume')")
+        _wait(driver, "document.getElementById('message').textContent.includes('is outside the image')")
+        slice_number = centre[{"axial": 0, "coronal": 1, "sagittal": 2}[view]] + 1
+        assert f"the click at {view} slice {slice_number}, row " in _message(driver)
+        assert "(d, h, w)" not in _message(driver)
         assert _dataset(driver, "clicks") == "0"
 
         _click(driver, "axial", centre)
@@ -400,3 +412,183 @@ def test_segment_two_objects_in_their_colours_rename_one_and_save_one_label_map(
     for value in (1, 2):
         assert dice(values == value, truth == value) > 0.6  # each object on its own lesion
     assert (output / "two_lesions_object-2_cyst.nii.gz").is_file()
+
+
+def _rect(driver, element_id):
+    return driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, width: r.width};",
+        element_id,
+    )
+
+
+def _window(driver, width, height):
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    _wait(driver, f"window.innerWidth === {width} && window.innerHeight === {height}")
+
+
+def test_the_page_opens_the_first_scan_and_lists_an_uploaded_nrrd_by_its_name(browsers, phantom, tmp_path):
+    scan, _, _, _ = phantom
+    nrrd = tmp_path / "uploaded_case.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(scan)), str(nrrd))
+    (tmp_path / "broken.nrrd").write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 9 9 9\nencoding: raw\n\n"
+    )
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        driver = browsers()
+        driver.get(address)
+        _wait(driver, "document.body.dataset.ready === '1'")
+        # open without pressing Open: the first listed scan is drawn
+        assert (
+            driver.execute_script("return window.sam3d.state.scan && window.sam3d.state.scan.name")
+            == scan.name
+        )
+        assert _pixels(driver, "axial")[..., :3].max() > 100
+        selected = "const s = document.getElementById('scans'); return s.options[s.selectedIndex].text"
+
+        driver.find_element(By.ID, "upload").send_keys(str(nrrd))
+        _wait(driver, "window.sam3d.state.scan.name === 'uploaded_case.nrrd (uploaded)'")
+        assert driver.execute_script(selected) == "uploaded_case.nrrd (uploaded)"
+        assert _message(driver).startswith("uploaded_case.nrrd (uploaded): shown and segmented")
+
+        driver.find_element(By.ID, "upload").send_keys(str(tmp_path / "broken.nrrd"))
+        _wait(driver, "document.getElementById('message').textContent.includes('broken.nrrd')")
+        assert tempfile.gettempdir() not in _message(driver)  # no server folder, whatever it is
+        assert driver.execute_script(selected) == "uploaded_case.nrrd (uploaded)"  # still open
+
+        driver.refresh()  # a reload shows the page's scan, the uploaded one, in the list
+        _wait(driver, "document.body.dataset.ready === '1' && window.sam3d.state.volume !== null")
+        assert driver.execute_script(selected) == "uploaded_case.nrrd (uploaded)"
+        driver.find_element(By.ID, "open").click()  # the uploaded entry is not a listed scan to open
+        _wait(driver, "document.getElementById('message').textContent.includes('upload it again')")
+        driver.execute_script("document.getElementById('scans').selectedIndex = 0")
+        driver.find_element(By.ID, "open").click()
+        _wait(driver, f"window.sam3d.state.scan.name === '{scan.name}'")
+        assert driver.execute_script("return document.getElementById('scans').options.length") == 1
+
+
+def test_a_reference_mode_checkpoint_says_so_and_the_page_shows_why_a_negative_click_is_refused(
+    browsers, phantom, tmp_path
+):
+    scan, _, centre, _ = phantom
+    with live_server(
+        MagicWand(), [scan], tmp_path / "out", view=ViewSettings(click_mode="reference")
+    ) as address:
+        driver = browsers()
+        _open(driver, address)
+        said = driver.find_element(By.ID, "click-mode").text
+        assert "trained with reference clicks" in said
+        assert "never learned negative ones" in said
+        assert "no negative clicks" in driver.find_element(By.ID, "negative-help").text
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        voxels = _dataset(driver, "maskVoxels")
+        _click(driver, "axial", [centre[0], centre[1], centre[2] - 4], negative=True)
+        _wait(
+            driver, "document.getElementById('message').textContent.includes('never learned negative clicks')"
+        )
+        assert "clicks/interactive.yaml" in _message(driver)
+        assert _dataset(driver, "clicks") == "1"
+        assert _dataset(driver, "maskVoxels") == voxels
+
+
+def test_at_1366x768_the_help_shows_the_canvases_fill_the_window_and_messages_float(
+    browsers, phantom, tmp_path
+):
+    scan, _, centre, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        driver = browsers()
+        _window(driver, 1366, 768)
+        _open(driver, address)
+        assert _message(driver)  # the scan's note is shown...
+        before = _rect(driver, "axial")
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        assert _message(driver) == ""  # ...and gone: the canvases did not move
+        assert _rect(driver, "axial") == before
+
+        screenshot = tmp_path / "page-1366x768.png"
+        driver.save_screenshot(str(screenshot))
+        assert Image.open(screenshot).size == (1366, 768)
+        for element in ("status", "click-mode"):
+            assert 0 <= _rect(driver, element)["top"]
+        help_box = driver.find_element(By.CSS_SELECTOR, ".help").rect
+        assert help_box["y"] >= 0
+        assert help_box["y"] + help_box["height"] <= 768
+        for view in ("axial", "render"):
+            box = _rect(driver, view)
+            assert box["bottom"] <= help_box["y"]
+            assert box["right"] <= 1366
+        small = _rect(driver, "axial")["width"]
+        assert small >= 300  # at least a third more than 4 canvases of the old fixed 360 px could get
+
+        _window(driver, 1920, 1080)
+        _wait(driver, f"document.getElementById('axial').getBoundingClientRect().width > {small}")
+        large = _rect(driver, "axial")
+        assert driver.execute_script("return document.getElementById('axial').width") == round(large["width"])
+        assert _red(_pixels(driver, "axial")).sum() > 50  # redrawn at the new size
+        _window(driver, 1000, 700)
+        _wait(driver, f"document.getElementById('axial').getBoundingClientRect().width < {small}")
+        assert driver.find_element(By.CSS_SELECTOR, ".help").rect["y"] < 700
+
+
+def test_the_overlay_opacity_and_outline_only(browsers, phantom, tmp_path):
+    scan, _, centre, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        driver = browsers()
+        _open(driver, address)
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1' && document.body.dataset.maskVoxels > 0")
+        red = driver.execute_script("return window.sam3d.colour(1)")
+        filled = _coloured(_pixels(driver, "axial"), red)  # the default: 45% of the colour over the slice
+        assert filled.sum() > 50
+
+        def set_opacity(percent):
+            driver.execute_script(
+                "const s = document.getElementById('opacity'); s.value = arguments[0];"
+                "s.dispatchEvent(new Event('input'));",
+                percent,
+            )
+
+        set_opacity(100)
+        solid = _colour(_pixels(driver, "axial"), red)
+        assert abs(int(solid.sum()) - int(filled.sum())) < 0.05 * filled.sum()  # the same voxels, all colour
+        set_opacity(0)
+        assert not _colour(_pixels(driver, "axial"), red).any()
+        assert not _red(_pixels(driver, "axial")).any()
+
+        set_opacity(100)
+        driver.find_element(By.ID, "outline").click()
+        outline = _colour(_pixels(driver, "axial"), red)
+        assert 0 < outline.sum() < 0.6 * solid.sum()
+        assert not (outline & ~solid).any()  # the border of the mask drawn, its inside not
+        inside = ndimage.binary_erosion(solid, iterations=10)  # more than two voxels in from the border
+        assert inside.sum() > 20
+        assert not (outline & inside).any()
+
+
+def test_the_3d_view_of_a_box_of_thick_slices_has_no_stripes(browsers, phantom, tmp_path):
+    scan, _, _, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        driver = browsers()
+        _open(driver, address)
+        # a cuboid object on slices 3 mm apart, 0.8 mm voxels in them, as a thick-sliced CT gives
+        driver.execute_script(
+            "const s = window.sam3d.state; s.scan.spacing = [3, 0.8, 0.8];"
+            "const data = new Uint8Array(8 * 40 * 40).fill(1);"
+            "s.objects = [{id: 1, name: 'box', volume_ml: 1, mask: {start: [2, 5, 5], shape: [8, 40, 40], data, count: data.length}}];"
+            "window.sam3d.buildSurface(); window.sam3d.drawRender();"
+        )
+        pixels = _pixels(driver, "render")[..., 0].astype(int)  # object 1 is red
+        # Along each row, a stripe-free face gets brighter or darker steadily; stripes go up and down.
+        turns = []
+        for row in pixels:
+            drawn = row[row > 0]
+            steps = np.diff(drawn)
+            steps = steps[np.abs(steps) > 3]
+            turns.append(int((np.diff(np.sign(steps)) != 0).sum()))
+        drawn_rows = [t for t, row in zip(turns, pixels, strict=True) if (row > 0).sum() > 20]
+        assert len(drawn_rows) > 50
+        # at most one turn (the edge between two faces) in nearly every row; the old shading had 2 to 5
+        assert np.mean(np.array(drawn_rows) <= 1) > 0.95, np.bincount(drawn_rows)

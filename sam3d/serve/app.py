@@ -14,6 +14,7 @@ the store from its request.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -280,6 +281,7 @@ def config(request: Request) -> JSONResponse:
             "threshold": store.settings.view.threshold,
             "prompts": ["click", *(kind for kind in store.net.config.dense_prompts if kind != "mask")],
             "window": list(store.preprocessing.window),
+            "click_mode": store.settings.view.click_mode,
             "output_dir": str(store.output.output_dir),
             "version": __version__,
         }
@@ -333,6 +335,10 @@ async def upload(request: Request) -> JSONResponse:
     try:
         refuse_detached_data(path, name)
         return JSONResponse(await run_in_threadpool(store.open, key, path, f"{name} (uploaded)", folder))
+    except Sam3dError as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        # The page names the file as the user chose it, never the server's folder of the upload.
+        raise Sam3dError(str(error).replace(f"{folder}{os.sep}", "").replace(str(folder), name)) from None
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise

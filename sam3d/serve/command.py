@@ -9,6 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from sam3d.data import VolumeDataModule
+from sam3d.data.clicks import checked_click_mode
 from sam3d.data.scans import scan_files
 from sam3d.inference import Protocol
 from sam3d.module import VolumetricSamModule
@@ -50,8 +51,14 @@ def serve(
     for problem in problems:
         print(f"sam3d serve: {problem}", file=sys.stderr)
     evaluation = module.evaluation
+    # The checkpoint's own click mode: the config's data.click_mode may not be the one it was trained with.
+    trained = checkpoint.get("hyper_parameters", {}).get(
+        "click_mode", module.hparams.get("click_mode", "reference")
+    )
     settings = ServeSettings(
-        ViewSettings(crops, evaluation.threshold, evaluation.cache_size, max_voxels),
+        ViewSettings(
+            crops, evaluation.threshold, evaluation.cache_size, max_voxels, checked_click_mode(trained)
+        ),
         max_sessions,
     )
     sessions = SessionStore(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sam3d.data.checks import check_file
+from sam3d.data.clicks import ClickMode
 from sam3d.data.dicom import names_dicom_series
 from sam3d.data.errors import DatasetError
 from sam3d.data.files import SCAN_SUFFIXES, case_id
@@ -56,12 +57,37 @@ class ViewSettings:
         threshold: Probability level of the mask, also where ``full`` follows the object (``--evaluation.threshold``).
         cache_size: Crop encodings kept per page (``--evaluation.cache_size``).
         max_voxels: Largest scan accepted, in voxels of the file or of the network grid.
+        click_mode: The checkpoint's ``data.click_mode``: ``reference`` (every training click positive, as
+            3DSAM-adapter) never learned negative clicks, so negative clicks and scribbles are refused.
     """
 
     protocol: Protocol = "full"
     threshold: float = 0.5
     cache_size: int = 8
     max_voxels: int = 2**28
+    click_mode: ClickMode = "interactive"
+
+
+# The page's slice views of the axes (d, h, w): a voxel is where its axial, coronal and sagittal slices cross.
+SLICE_VIEWS = ("axial", "coronal", "sagittal")
+
+
+def negative_refusal(kind: str) -> str:
+    """Why a ``reference``-mode checkpoint refuses a negative ``kind`` (click or scribble), and what to do."""
+    return (
+        f"this checkpoint was trained with data.click_mode reference (3DSAM-adapter's clicks, all positive): it "
+        f"never learned negative clicks, so a negative {kind} would grow the mask instead of shrinking it. "
+        "Correct with Undo and positive clicks, or serve a checkpoint trained with negative clicks "
+        "(-c clicks/interactive.yaml, or data.click_mode labelled)"
+    )
+
+
+def outside_message(kind: str, voxel: list[float], shape: tuple[int, ...]) -> str:
+    """A position outside the scan in the page's words: the slice numbers shown in the views' captions."""
+    where = ", ".join(f"{view} slice {c + 1:g}" for view, c in zip(SLICE_VIEWS, voxel, strict=True))
+    size = ", ".join(f"{n} {view}" for view, n in zip(SLICE_VIEWS, shape, strict=True))
+    what = "click" if kind == "click" else "draw it"
+    return f"the {kind} at {where} is outside the image ({size} slices): {what} on the image"
 
 
 @typing.runtime_checkable
@@ -186,7 +212,7 @@ class ScanView:
         if scan.intensities is None:
             raise ValueError("the scan must be loaded with its intensities (open_scan)")
         self.scan, self.output, self.forward_context = scan, output, forward_context
-        self.threshold = settings.threshold
+        self.threshold, self.click_mode = settings.threshold, settings.click_mode
         self.objects = ObjectSessions(
             net, scan.image, settings.protocol, settings.threshold, settings.cache_size
         )
@@ -241,8 +267,15 @@ class ScanView:
 
         Raises:
             Sam3dError: If the session refuses it (outside the volume, a prompt the network does not take,
-                a first step with nothing positive); nothing is added then.
+                a first step with nothing positive, a negative one for a ``reference``-mode checkpoint);
+                nothing is added then.
         """
+        if not interaction.positive and self.click_mode == "reference":
+            raise Sam3dError(negative_refusal(interaction.kind))
+        shape = self.scan.image.shape
+        for voxel in interaction.voxels.tolist() if interaction.voxels.isfinite().all() else []:
+            if not all(0 <= c <= n - 1 for c, n in zip(voxel, shape, strict=True)):
+                raise Sam3dError(outside_message(interaction.kind, voxel, tuple(shape)))
         misses = self.objects.encoder.misses
         start = time.perf_counter()
         with torch.no_grad(), self.forward_context():

@@ -42,6 +42,7 @@ const state = {
   cursor: [0, 0, 0],
   window: [400, 40],
   turn: [0.6, 0.35], // 3D view azimuth and elevation
+  overlay: { opacity: 0.45, outline: false }, // how the masks are drawn over the slices
   queue: Promise.resolve(),
 };
 
@@ -92,7 +93,26 @@ function enqueue(task) {
 const post = (path, body) =>
   api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
 
-async function loadScan(result) {
+// The Scan list shows the open scan: a listed one, or the uploaded one (one entry, after the listed).
+function listScan(name, index) {
+  const select = $("scans");
+  let uploaded = select.querySelector("option[data-uploaded]");
+  if (index == null) index = state.config.scans.indexOf(name);
+  if (index >= 0) {
+    if (uploaded) uploaded.remove();
+  } else {
+    if (!uploaded) {
+      uploaded = new Option();
+      uploaded.dataset.uploaded = "1";
+      select.add(uploaded);
+    }
+    uploaded.text = name;
+    index = uploaded.index;
+  }
+  select.selectedIndex = index;
+}
+
+async function loadScan(result, index) {
   if (!result.scan) return;
   const bytes = await (await api(`/api/volume?session=${state.session}`)).arrayBuffer();
   state.scan = result.scan;
@@ -103,6 +123,7 @@ async function loadScan(result) {
     slider.max = result.scan.shape[view.axis] - 1;
   }
   setPreset("network");
+  listScan(result.scan.name, index);
   show(`${result.scan.name}: ${result.scan.note}`, "info");
   update(result);
   const last = result.interactions[result.interactions.length - 1];
@@ -231,7 +252,19 @@ function drawSlice(name) {
   const [width, level] = state.window, low = level - width / 2;
   const { offset, scale } = state.scan;
   const strides = [shape[1] * shape[2], shape[2], 1];
+  // The slice's label map first: the outline needs each voxel's neighbours on the slice.
+  const labels = new Uint8Array(box.rows * box.cols);
   const point = state.cursor.slice();
+  for (let row = 0; row < box.rows; row++) {
+    point[view.rows] = box.rows - 1 - row;
+    for (let column = 0; column < box.cols; column++) {
+      point[view.cols] = box.cols - 1 - column;
+      labels[row * box.cols + column] = labelAt(point[0], point[1], point[2]);
+    }
+  }
+  const alpha = state.overlay.opacity, outline = state.overlay.outline;
+  const labelOf = (row, column) =>
+    row < 0 || column < 0 || row >= box.rows || column >= box.cols ? 0 : labels[row * box.cols + column];
   for (let row = 0; row < box.rows; row++) {
     point[view.rows] = box.rows - 1 - row;
     for (let column = 0; column < box.cols; column++) {
@@ -239,12 +272,14 @@ function drawSlice(name) {
       const value = offset + scale * state.volume[point[0] * strides[0] + point[1] * strides[1] + point[2]];
       const grey = Math.max(0, Math.min(255, ((value - low) / width) * 255));
       const i = 4 * (row * box.cols + column);
-      const label = labelAt(point[0], point[1], point[2]);
-      if (label) {
+      const label = labels[row * box.cols + column];
+      const border = label && (labelOf(row - 1, column) !== label || labelOf(row + 1, column) !== label ||
+        labelOf(row, column - 1) !== label || labelOf(row, column + 1) !== label);
+      if (label && (!outline || border)) {
         const rgb = colour(label);
-        image.data[i] = 0.55 * grey + 0.45 * rgb[0];
-        image.data[i + 1] = 0.55 * grey + 0.45 * rgb[1];
-        image.data[i + 2] = 0.55 * grey + 0.45 * rgb[2];
+        image.data[i] = (1 - alpha) * grey + alpha * rgb[0];
+        image.data[i + 1] = (1 - alpha) * grey + alpha * rgb[1];
+        image.data[i + 2] = (1 - alpha) * grey + alpha * rgb[2];
       } else {
         image.data[i] = image.data[i + 1] = image.data[i + 2] = grey;
       }
@@ -349,12 +384,16 @@ function drawStroke(name, ctx) {
 // ---------------------------------------------------------------- 3D view of the mask
 
 let surface = null; // Float32Array of x, y, z (mm, centred on the objects) of the objects' boundary voxels
+let normals = null; // Float32Array: the outward unit normal (x, y, z) at each point
 let surfaceIds = null; // Uint8Array: the object id of each point
 
+// The objects' boundary voxels, each with its normal: the gradient of the mask over its 26 neighbours, in mm.
+// (Normals taken from the slopes of the depth map instead show every slice's step as a stripe on a slanted
+// face, the more so for thick slices.)
 function buildSurface() {
   const shown = state.objects.filter((o) => o.mask);
   if (!shown.length) {
-    surface = surfaceIds = null;
+    surface = normals = surfaceIds = null;
     return;
   }
   const spacing = state.scan.spacing, low = [Infinity, Infinity, Infinity], high = [-Infinity, -Infinity, -Infinity];
@@ -364,7 +403,7 @@ function buildSurface() {
       high[axis] = Math.max(high[axis], o.mask.start[axis] + o.mask.shape[axis]);
     }
   const centre = low.map((l, axis) => (l + high[axis]) / 2);
-  const points = [], ids = [];
+  const points = [], directions = [], ids = [];
   for (const o of shown) {
     const m = o.mask, [D, H, W] = m.shape, [d0, h0, w0] = m.start;
     const inside = (a, b, c) => a >= 0 && b >= 0 && c >= 0 && a < D && b < H && c < W && m.data[(a * H + b) * W + c];
@@ -375,11 +414,20 @@ function buildSurface() {
           const boundary = !(inside(a - 1, b, c) && inside(a + 1, b, c) && inside(a, b - 1, c) &&
             inside(a, b + 1, c) && inside(a, b, c - 1) && inside(a, b, c + 1));
           if (!boundary) continue;
+          let gd = 0, gh = 0, gw = 0; // towards the empty neighbours
+          for (let i = -1; i <= 1; i++)
+            for (let j = -1; j <= 1; j++)
+              for (let k = -1; k <= 1; k++)
+                if (!inside(a + i, b + j, c + k)) (gd += i), (gh += j), (gw += k);
+          const nx = gw / spacing[2], ny = gh / spacing[1], nz = gd / spacing[0];
+          const length = Math.hypot(nx, ny, nz) || 1;
           points.push((c + w0 - centre[2]) * spacing[2], (b + h0 - centre[1]) * spacing[1], (a + d0 - centre[0]) * spacing[0]);
+          directions.push(nx / length, ny / length, nz / length);
           ids.push(o.id);
         }
   }
   surface = Float32Array.from(points);
+  normals = Float32Array.from(directions);
   surfaceIds = Uint8Array.from(ids);
 }
 
@@ -396,53 +444,45 @@ function drawRender() {
   const scale = (0.45 * size) / (radius * Math.sqrt(3));
   const [azimuth, elevation] = state.turn;
   const ca = Math.cos(azimuth), sa = Math.sin(azimuth), ce = Math.cos(elevation), se = Math.sin(elevation);
+  // The view of a vector: across the screen (to the left), up, and towards the viewer.
+  const turned = (x, y, z) => {
+    const toward = ca * y - sa * x; // turned about the S axis; anterior faces us
+    return [ca * x + sa * y, ce * z - se * toward, ce * toward + se * z];
+  };
   const depth = new Float32Array(size * size).fill(-Infinity);
+  const shade = new Float32Array(size * size);
   const nearest = new Uint8Array(size * size); // the object id drawn at each pixel
   const dot = Math.max(2, Math.ceil(Math.max(...state.scan.spacing) * scale) + 1);
   let near = -Infinity, far = Infinity;
   for (let i = 0; i < surface.length; i += 3) {
-    const x = surface[i], y = surface[i + 1], z = surface[i + 2];
-    const across = ca * x + sa * y, toward = ca * y - sa * x; // turned about the S axis; anterior faces us
-    const up = ce * z - se * toward, d = ce * toward + se * z;
-    const px = Math.round(size / 2 - across * scale), py = Math.round(size / 2 - up * scale);
+    const d = turned(surface[i], surface[i + 1], surface[i + 2])[2];
     near = Math.max(near, d);
     far = Math.min(far, d);
-    for (let v = py; v < py + dot && v < size; v++)
-      for (let u = px; u < px + dot && u < size; u++)
-        if (u >= 0 && v >= 0 && d > depth[v * size + u]) {
+  }
+  for (let i = 0; i < surface.length; i += 3) {
+    const [across, up, d] = turned(surface[i], surface[i + 1], surface[i + 2]);
+    const [nAcross, nUp, nToward] = turned(normals[i], normals[i + 1], normals[i + 2]);
+    // Lambert with the light from the viewer's upper left, dimmed with depth.
+    const lambert = Math.max(0, 0.3 * nAcross + 0.4 * nUp + 0.87 * nToward);
+    const light = 0.15 + 0.85 * lambert * (0.6 + (0.4 * (d - far)) / Math.max(near - far, 1e-6));
+    const px = Math.round(size / 2 - across * scale - dot / 2), py = Math.round(size / 2 - up * scale - dot / 2);
+    for (let v = Math.max(0, py); v < py + dot && v < size; v++)
+      for (let u = Math.max(0, px); u < px + dot && u < size; u++)
+        if (d > depth[v * size + u]) {
           depth[v * size + u] = d;
+          shade[v * size + u] = light;
           nearest[v * size + u] = surfaceIds[i / 3];
         }
   }
-  // Lambert shading with normals from the slopes of the depth map, smoothed over a dot (voxel steps).
-  const smooth = new Float32Array(size * size).fill(-Infinity);
-  for (let v = 0; v < size; v++)
-    for (let u = 0; u < size; u++) {
-      if (depth[v * size + u] === -Infinity) continue;
-      let total = 0, count = 0;
-      for (let y = Math.max(0, v - dot); y <= Math.min(size - 1, v + dot); y++)
-        for (let x = Math.max(0, u - dot); x <= Math.min(size - 1, u + dot); x++) {
-          const d = depth[y * size + x];
-          if (d !== -Infinity) (total += d), count++;
-        }
-      smooth[v * size + u] = total / count;
-    }
   const image = ctx.createImageData(size, size);
-  const at = (u, v) => (u < 0 || v < 0 || u >= size || v >= size ? -Infinity : smooth[v * size + u]);
-  const slope = (a, b) => (a === -Infinity || b === -Infinity ? 0 : ((a - b) * scale) / 2);
-  for (let v = 0; v < size; v++)
-    for (let u = 0; u < size; u++) {
-      const d = smooth[v * size + u];
-      if (d === -Infinity) continue;
-      const nx = slope(at(u + 1, v), at(u - 1, v)), ny = slope(at(u, v + 1), at(u, v - 1));
-      const lambert = Math.max(0, (0.3 * nx + 0.4 * ny + 0.87) / Math.hypot(nx, ny, 1));
-      const light = 0.15 + 0.85 * lambert * (0.6 + (0.4 * (d - far)) / Math.max(near - far, 1e-6));
-      const i = 4 * (v * size + u), rgb = colour(nearest[v * size + u] || state.result.selected);
-      image.data[i] = rgb[0] * light;
-      image.data[i + 1] = rgb[1] * light;
-      image.data[i + 2] = rgb[2] * light;
-      image.data[i + 3] = 255;
-    }
+  for (let p = 0; p < size * size; p++) {
+    if (depth[p] === -Infinity) continue;
+    const rgb = colour(nearest[p] || state.result.selected), i = 4 * p;
+    image.data[i] = rgb[0] * shade[p];
+    image.data[i + 1] = rgb[1] * shade[p];
+    image.data[i + 2] = rgb[2] * shade[p];
+    image.data[i + 3] = 255;
+  }
   ctx.putImageData(image, 0, 0);
 }
 
@@ -523,10 +563,22 @@ function addDrawn(path, body) {
   });
 }
 
+// A click off the image, in the page's words: the view's slice, and the row and column as shown (from the top left).
+function outsideMessage(name, point) {
+  const view = VIEWS[name], box = layout(name), shape = state.scan.shape;
+  const row = box.rows - point[view.rows], column = box.cols - point[view.cols];
+  return `the click at ${name} slice ${point[view.axis] + 1}, row ${row}, column ${column} is outside the image ` +
+    `(${name} slices have ${box.rows} rows and ${box.cols} columns; there are ${shape[view.axis]} of them): click on the image`;
+}
+
 // Finish a press on a slice view: a click, a box or a scribble.
 function finishStroke(name, stroke, at) {
   const negative = strokeNegative(stroke);
-  if (!stroke.dragging) return addClick(voxelAt(name, ...at), !negative);
+  if (!stroke.dragging) {
+    const point = voxelAt(name, ...at);
+    if (!inside(point)) return show(outsideMessage(name, point), "error");
+    return addClick(point, !negative);
+  }
   if (!strokeIsScribble(stroke)) {
     const [lower, upper] = boxCorners(name, stroke.points[0], at);
     return addDrawn("/api/box", { lower, upper });
@@ -609,9 +661,12 @@ function bind() {
     state.turn[1] = Math.max(-1.5, Math.min(1.5, state.turn[1] + event.movementY * 0.01));
     drawRender();
   });
-  $("open").addEventListener("click", () =>
-    enqueue(async () => loadScan(await (await post("/api/open", { index: $("scans").selectedIndex })).json())),
-  );
+  $("open").addEventListener("click", () => {
+    const index = $("scans").selectedIndex;
+    if ($("scans").options[index]?.dataset.uploaded)
+      return show("the uploaded scan is open; to start it afresh, upload it again", "info");
+    enqueue(async () => loadScan(await (await post("/api/open", { index })).json(), index));
+  });
   $("upload").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (!file) return;
@@ -621,6 +676,15 @@ function bind() {
       await loadScan(await response.json());
     }).finally(() => (event.target.value = ""));
   });
+  $("opacity").addEventListener("input", (event) => {
+    state.overlay.opacity = Number(event.target.value) / 100;
+    draw();
+  });
+  $("outline").addEventListener("change", (event) => {
+    state.overlay.outline = event.target.checked;
+    draw();
+  });
+  window.addEventListener("resize", fit);
   $("preset").addEventListener("change", (event) => {
     setPreset(event.target.value);
     draw();
@@ -669,17 +733,57 @@ function bind() {
   );
 }
 
+// What the checkpoint learned about clicks, said on the page; a reference-mode one was never shown negatives.
+function showClickMode(mode) {
+  const reference = mode === "reference";
+  const says = {
+    reference: "positive clicks only: it never learned negative ones (the server refuses them)",
+    labelled: "positive and negative clicks",
+    interactive: "positive and negative clicks, trained as corrections",
+  };
+  $("click-mode").textContent = `This checkpoint was trained with ${mode} clicks: ${says[mode] || "see its config"}.`;
+  $("click-mode").className = reference ? "reference" : "";
+  document.body.dataset.clickMode = mode;
+  if (reference) $("negative-help").textContent = "no negative clicks or scribbles with this checkpoint";
+}
+
+// The canvases as large as the views' area allows: 4 in a row, 2 by 2 or one column, whichever is larger.
+function fit() {
+  const main = $("views"), style = getComputedStyle(main);
+  const width = main.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const height = main.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+  const gap = parseFloat(style.columnGap) || 0;
+  const figures = [...main.querySelectorAll("figure")];
+  const below = Math.max(...figures.map((f) => f.offsetHeight - f.querySelector("canvas").offsetHeight));
+  let best = 0, columns = 2;
+  for (const n of [4, 2, 1]) {
+    const rows = 4 / n;
+    const size = Math.floor(Math.min((width - gap * (n - 1)) / n, (height - gap * (rows - 1)) / rows - below));
+    if (size > best) [best, columns] = [size, n];
+  }
+  const size = Math.max(120, best);
+  main.style.gridTemplateColumns = `repeat(${columns}, ${size}px)`;
+  for (const canvas of main.querySelectorAll("canvas"))
+    if (canvas.width !== size) canvas.width = canvas.height = size;
+  draw();
+}
+
 async function start() {
   bind();
+  fit();
   await enqueue(async () => {
     state.config = await (await api("/api/config")).json();
     for (const name of state.config.scans) $("scans").add(new Option(name));
     $("open").disabled = !state.config.scans.length;
-    if (state.config.problems.length) show(`inputs skipped: ${state.config.problems.join("; ")}`, "error");
-    await loadScan(await (await api("/api/state")).json());
+    showClickMode(state.config.click_mode);
+    const result = await (await api("/api/state")).json();
+    if (result.scan) await loadScan(result);
+    else if (state.config.scans.length) await loadScan(await (await post("/api/open", { index: 0 })).json(), 0);
   });
+  if (state.config && state.config.problems.length)
+    show(`inputs skipped: ${state.config.problems.join("; ")}`, "error");
   document.body.dataset.ready = "1";
 }
 
-window.sam3d = { screenPoint, voxelAt, scribbleVoxels, colour, state }; // for the tests and the console
+window.sam3d = { screenPoint, voxelAt, scribbleVoxels, colour, state, fit, buildSurface, drawRender }; // for the tests and the console
 start();
