@@ -23,7 +23,7 @@ from typing import Any, Literal, NoReturn
 
 import torch
 import yaml
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentParser
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -185,15 +185,7 @@ class Sam3dArgumentParser(LightningArgumentParser):
                 raise Sam3dError(_no_clicks_refusal(path, [f"model.{argument}"]))
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)  # raises: a nested parse whose caller handles the error
-        parser = getattr(ex, "subcommand_parser", None) or self
-        command = parser.prog.replace(" [options]", "")
-        options = parser_options(parser)
-        if "model" in options:  # `--model.lr`: the default trainer's arguments (a config may name another)
-            options += [f"model.{key}" for key in class_options(class_path(VolumetricSamModule))]
-        lines = error_lines(message, options, subcommands=[*Sam3dCLI.subcommands(), *UTILITIES])
-        lines[-1] += f" (`{command} --help` lists the {'subcommands' if command == 'sam3d' else 'options'})"
-        sys.stderr.write("".join(f"sam3d: error: {line}\n" for line in lines))
-        self.exit(2)
+        _exit_with_short_error(self, message, ex)
 
     def format_help(self, formatter: HelpFormatter | None = None) -> str:
         """A subcommand's help: a short usage, sam3d's options (model, data, evaluation, ...), then the trainer's.
@@ -205,6 +197,29 @@ class Sam3dArgumentParser(LightningArgumentParser):
             self.usage = "%(prog)s [-c CONFIG] [--print_config[=flags]] [--SECTION.OPTION VALUE ...]"
             self._action_groups = [*(group for group in self._action_groups if group is not trainer), trainer]
         return super().format_help(formatter)
+
+
+class UtilityArgumentParser(ArgumentParser):
+    """jsonargparse's parser for the dataset utilities, printing what it refuses as ``sam3d: error:`` lines."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Print the short error lines and exit 2 (a nested parse raises, as jsonargparse's does)."""
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        _exit_with_short_error(self, message, ex)
+
+
+def _exit_with_short_error(parser: ArgumentParser, message: str, ex: Exception | None) -> NoReturn:
+    """Print a refused command line as ``sam3d: error:`` lines (:mod:`sam3d.parse_errors`) and exit 2."""
+    parser = getattr(ex, "subcommand_parser", None) or parser
+    command = parser.prog.replace(" [options]", "")
+    options = parser_options(parser)
+    if "model" in options:  # `--model.lr`: the default trainer's arguments (a config may name another)
+        options += [f"model.{key}" for key in class_options(class_path(VolumetricSamModule))]
+    lines = error_lines(message, options, subcommands=[*Sam3dCLI.subcommands(), *UTILITIES])
+    lines[-1] += f" (`{command} --help` lists the {'subcommands' if command == 'sam3d' else 'options'})"
+    sys.stderr.write("".join(f"sam3d: error: {line}\n" for line in lines))
+    sys.exit(2)
 
 
 class PreloadedCheckpointIO(CheckpointIO):
@@ -648,7 +663,13 @@ def main(args: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         if argv and argv[0] in UTILITIES:
-            CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
+            CLI(
+                {argv[0]: UTILITIES[argv[0]]},
+                args=argv,
+                prog="sam3d",
+                version=__version__,
+                parser_class=UtilityArgumentParser,
+            )
             return
         Sam3dCLI(
             SegmentationTask,  # the volumetric SAM by default; other trainers by model.class_path

@@ -274,6 +274,13 @@ def test_a_misspelt_subcommand_names_the_closest_one(capsys):
     assert "unknown subcommand 'reprot'; did you mean report?" in message
 
 
+def test_a_misspelt_option_of_a_utility_names_the_closest_one(tmp_path, capsys):
+    message = _short_error(["report", str(tmp_path), "--outptu", str(tmp_path / "out")], capsys)
+    assert (
+        "unknown option --outptu; did you mean --output? (`sam3d report --help` lists the options)" in message
+    )
+
+
 def test_fit_help_shows_sam3d_options_before_the_trainer_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
