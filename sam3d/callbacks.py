@@ -95,6 +95,21 @@ def method_record(pl_module: L.LightningModule) -> dict[str, Any]:
     }
 
 
+def data_record(datamodule: object) -> dict[str, Any]:
+    """What identifies a test's data, for ``sam3d report``: dataset, data folder, fold and split file."""
+    if not isinstance(datamodule, VolumeDataModule):
+        return {}
+    root = datamodule.root.resolve() if datamodule.root is not None else None
+    return {
+        "data": {
+            "dataset": datamodule.dataset,
+            "root": None if root is None else str(root),
+            "fold": datamodule.fold,
+            "split_file": datamodule.split_file,
+        }
+    }
+
+
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """Peak memory so far: allocated GPU memory on CUDA (since the last reset), else the process's peak RSS."""
     if device.type == "cuda":
@@ -236,8 +251,9 @@ class TestReport(L.Callback):
 
     Rows and pictures are gathered from every rank; rank 0 writes them, prints a per-case table and
     sends the summary, the table and the pictures to W&B. The summary also records the method and its
-    parameter counts (:func:`method_record`) and the largest peak memory of the ranks during the test
-    (:func:`peak_memory`), so that ``sam3d report`` can compare any methods' test runs.
+    parameter counts (:func:`method_record`), the largest peak memory of the ranks during the test
+    (:func:`peak_memory`) and the data (:func:`data_record`), so that ``sam3d report`` can compare any
+    methods' test runs and warn about runs on different data.
     """
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -261,7 +277,8 @@ class TestReport(L.Callback):
             return
         rows = sorted(_unique_rows(rows), key=lambda r: (r["case"], r["repeat"], r["clicks"]))
         folder = run_directory(trainer) / "test"
-        record = {**method_record(pl_module), **memory}
+        # Lightning sets `Trainer.datamodule` in its data connector; the class does not declare it.
+        record = {**method_record(pl_module), **memory, **data_record(trainer.datamodule)}  # type: ignore[attr-defined]
         result = write_report(rows, pictures, skipped, task.evaluation, folder, record)
         for case, reason in skipped.items():
             print(f"skipped {case}: {reason}")

@@ -16,13 +16,14 @@ import os
 import re
 import sys
 import warnings
+from argparse import HelpFormatter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import torch
 import yaml
-from jsonargparse import CLI
+from jsonargparse import CLI, ArgumentParser
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -40,6 +41,7 @@ from sam3d.evaluation import EvaluationSettings
 from sam3d.inference import Protocol
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
+from sam3d.parse_errors import class_options, error_lines, parser_options
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
 from sam3d.shipped import shipped_file
@@ -128,7 +130,7 @@ def newest_checkpoint(root: Path, name: str) -> Path | None:
 
 
 class Sam3dTrainer(Trainer):
-    """Lightning's Trainer with one more entry point, :meth:`serve` (the ``sam3d serve`` subcommand)."""
+    """Lightning's Trainer (devices, precision, epochs, logger, callbacks); sam3d adds :meth:`serve`."""
 
     def serve(
         self,
@@ -166,20 +168,58 @@ class Sam3dTrainer(Trainer):
 
 
 class Sam3dArgumentParser(LightningArgumentParser):
-    """Lightning's parser; a trainer without clicks given click arguments is refused saying what to do.
+    """Lightning's parser; what it refuses is printed as short ``sam3d: error:`` lines (exit status 2).
 
-    (jsonargparse refuses them as an option the class does not accept, e.g. ``-c automatic/sam.yaml -c
-    clicks/interactive.yaml``; this names the combination instead.)
+    Each line names the option, the closest known one for a misspelling and the allowed values where
+    they are known (:mod:`sam3d.parse_errors`), instead of the usage of every option. A trainer without
+    clicks given click arguments is refused saying what to do (jsonargparse refuses them as an option the
+    class does not accept, e.g. ``-c automatic/sam.yaml -c clicks/interactive.yaml``).
     """
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Raise a :class:`Sam3dError` for click arguments of a trainer without clicks, else jsonargparse's error."""
+        """Raise a :class:`Sam3dError` for click arguments of a trainer without clicks, else print and exit 2."""
         for path, argument in re.findall(
             r"Problem with given class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message
         ):
             if argument in CLICK_ARGUMENTS and not _takes_clicks(path):
                 raise Sam3dError(_no_clicks_refusal(path, [f"model.{argument}"]))
-        super().error(message, ex)
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)  # raises: a nested parse whose caller handles the error
+        _exit_with_short_error(self, message, ex)
+
+    def format_help(self, formatter: HelpFormatter | None = None) -> str:
+        """A subcommand's help: a short usage, sam3d's options (model, data, evaluation, ...), then the trainer's.
+
+        (Lightning adds the trainer's options first; they are the many that seldom change.)
+        """
+        trainer = self.groups.get("trainer") if self.groups else None
+        if trainer is not None:
+            self.usage = "%(prog)s [-c CONFIG] [--print_config[=flags]] [--SECTION.OPTION VALUE ...]"
+            self._action_groups = [*(group for group in self._action_groups if group is not trainer), trainer]
+        return super().format_help(formatter)
+
+
+class UtilityArgumentParser(ArgumentParser):
+    """jsonargparse's parser for the dataset utilities, printing what it refuses as ``sam3d: error:`` lines."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """Print the short error lines and exit 2 (a nested parse raises, as jsonargparse's does)."""
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        _exit_with_short_error(self, message, ex)
+
+
+def _exit_with_short_error(parser: ArgumentParser, message: str, ex: Exception | None) -> NoReturn:
+    """Print a refused command line as ``sam3d: error:`` lines (:mod:`sam3d.parse_errors`) and exit 2."""
+    parser = getattr(ex, "subcommand_parser", None) or parser
+    command = parser.prog.replace(" [options]", "")
+    options = parser_options(parser)
+    if "model" in options:  # `--model.lr`: the default trainer's arguments (a config may name another)
+        options += [f"model.{key}" for key in class_options(class_path(VolumetricSamModule))]
+    lines = error_lines(message, options, subcommands=[*Sam3dCLI.subcommands(), *UTILITIES])
+    lines[-1] += f" (`{command} --help` lists the {'subcommands' if command == 'sam3d' else 'options'})"
+    sys.stderr.write("".join(f"sam3d: error: {line}\n" for line in lines))
+    sys.exit(2)
 
 
 class PreloadedCheckpointIO(CheckpointIO):
@@ -623,7 +663,13 @@ def main(args: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         if argv and argv[0] in UTILITIES:
-            CLI({argv[0]: UTILITIES[argv[0]]}, args=argv, prog="sam3d", version=__version__)
+            CLI(
+                {argv[0]: UTILITIES[argv[0]]},
+                args=argv,
+                prog="sam3d",
+                version=__version__,
+                parser_class=UtilityArgumentParser,
+            )
             return
         Sam3dCLI(
             SegmentationTask,  # the volumetric SAM by default; other trainers by model.class_path

@@ -4,6 +4,10 @@ Each test run's ``summary.json`` (written by ``sam3d test`` for any method) give
 every quantity: the mean over its cases of Dice, NSD and HD95 after the last click, its clicks, trainable
 parameters, peak memory and seconds per case. Runs of one method with the same clicks form one row of
 the table, mean +- standard deviation over the runs (folds and seeds).
+
+A summary also records the data it was tested on (dataset, data folder and the scored cases); the report
+warns when a row pools runs on different datasets or folders, or when the rows were not tested on the
+same cases, since such a table does not compare like with like.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class TestRun:
     dice_by_clicks: dict[int, float | None]  # clicks -> mean Dice over the run's cases
     numbers: dict[str, float | None]  # NUMBERS -> value (None where the summary does not record it)
     peak_memory_of: str | None
+    data: dict[str, Any] | None = None  # dataset, root, fold, split_file (None: not recorded)
+    case_ids: tuple[str, ...] | None = None  # the scored cases (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ def read_run(path: Path) -> TestRun:
         dice_by_clicks=by_clicks,
         numbers={name: summary.get(name) for name in NUMBERS},
         peak_memory_of=summary.get("peak_memory_of"),
+        data=summary.get("data") if isinstance(summary.get("data"), dict) else None,
+        case_ids=tuple(map(str, summary["case_ids"])) if isinstance(summary.get("case_ids"), list) else None,
     )
 
 
@@ -110,6 +118,48 @@ def group_runs(runs: Sequence[TestRun]) -> list[Row]:
     for run in runs:
         groups.setdefault((run.method, run.clicks), []).append(run)
     return [Row(method, clicks, members) for (method, clicks), members in groups.items()]
+
+
+def _row_name(row: Row) -> str:
+    return _label(row.method, row.clicks).replace("\n", " ")
+
+
+def data_warnings(rows: Sequence[Row]) -> list[str]:
+    """Why the table may not compare like with like: rows pooling runs on different data, rows on other cases.
+
+    Runs of one row may differ in fold (cross-validation pools the folds' test cases); they must share the
+    dataset and the data folder. Rows are compared on the union of their runs' scored cases.
+    """
+    warnings = []
+    for row in rows:
+        recorded = [run.data for run in row.runs if run.data is not None]
+        for field, what in (("dataset", "datasets"), ("root", "data folders")):
+            values = sorted({str(data.get(field)) for data in recorded})
+            if len(values) > 1:
+                warnings.append(
+                    f"{_row_name(row)} pools runs tested on different {what}: {', '.join(values)}"
+                )
+    runs = [run for row in rows for run in row.runs]
+    unrecorded = [run for run in runs if run.case_ids is None]
+    if unrecorded:
+        warnings.append(
+            f"{len(unrecorded)} of {len(runs)} runs do not record the cases they were tested on (summaries "
+            f"of an older sam3d, e.g. {unrecorded[0].path}): whether all were tested on the same data is not "
+            "checked"
+        )
+    elif len(rows) > 1:
+        cases = {_row_name(row): {case for run in row.runs for case in run.case_ids or ()} for row in rows}
+        if len({frozenset(found) for found in cases.values()}) > 1:
+            every = set().union(*cases.values())
+            counts = "; ".join(
+                f"{name}: {len(found)} cases" + (f" ({len(every - found)} missing)" if every - found else "")
+                for name, found in cases.items()
+            )
+            warnings.append(
+                f"the methods were not tested on the same cases ({counts} of {len(every)}); compare runs "
+                "of the same folds and split"
+            )
+    return warnings
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -188,8 +238,11 @@ def _label(method: str, clicks: int | None) -> str:
     return f"{method}\n({clicks} click{'s' if clicks > 1 else ''})" if clicks else method
 
 
-def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Path) -> None:
-    """Dice per method (mean ± std over runs); beside it Dice against clicks for the methods with clicks."""
+def comparison_figure(rows: Sequence[Row], records: Sequence[dict[str, Any]]) -> Figure:
+    """Dice per method (mean ± std over runs); beside it Dice against clicks for the methods with clicks.
+
+    Both Dice axes span 0 to 100 %, so that a difference of a point looks like one.
+    """
     clicked = [row for row in rows if row.clicks]
     figure = Figure(figsize=(12 if clicked else 6, 4.5))
     FigureCanvasAgg(figure)
@@ -200,6 +253,7 @@ def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Pat
     labels = [_label(r["method"], r["clicks"]) for r in records]
     axes[0].set_xticks(range(len(records)), labels, rotation=30, ha="right", fontsize=8)
     axes[0].set_ylabel("Dice (%)")
+    axes[0].set_ylim(0, 100)
     axes[0].set_title("Dice per method (mean ± std over runs)")
     if clicked:
         curve = axes[1]
@@ -222,10 +276,16 @@ def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Pat
         curve.xaxis.set_major_locator(MaxNLocator(integer=True))
         curve.set_xlabel("clicks")
         curve.set_ylabel("Dice (%)")
+        curve.set_ylim(0, 100)
         curve.set_title("Dice against clicks (dashed: methods without clicks)")
         curve.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return figure
+
+
+def figure_png(rows: Sequence[Row], records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write :func:`comparison_figure` as a PNG."""
+    comparison_figure(rows, records).savefig(path, dpi=120)
 
 
 def _log_to_wandb(records: Sequence[dict[str, Any]], figure: Path) -> bool:
@@ -248,6 +308,7 @@ def report(runs: list[str] | str, output: str = "comparison") -> str:
 
     Runs of one method with the same clicks are averaged (mean ± sample std over folds and seeds); the
     table is also logged to W&B when a run is open (e.g. when called from Python inside ``wandb.init``).
+    Runs tested on different data are warned about (``sam3d: warning:``, also under the Markdown table).
 
     Args:
         runs: Test runs' ``summary.json`` files or folders holding them, one or a list; glob patterns allowed.
@@ -258,11 +319,15 @@ def report(runs: list[str] | str, output: str = "comparison") -> str:
     """
     rows = group_runs([read_run(path) for path in summary_files(runs)])
     records = [csv_record(row) for row in rows]
+    warnings = data_warnings(rows)
+    for warning in warnings:
+        print(f"sam3d: warning: {warning}", file=sys.stderr)
     folder = Path(output)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         table = markdown_table(records)
-        (folder / "comparison.md").write_text(table + "\n")
+        notes = "".join(f"\n**Warning:** {warning}\n" for warning in warnings)
+        (folder / "comparison.md").write_text(table + "\n" + notes)
         with open(folder / "comparison.csv", "w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS)
             writer.writeheader()

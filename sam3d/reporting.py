@@ -74,6 +74,7 @@ def summary(rows: Sequence[Row], settings: EvaluationSettings) -> dict[str, Any]
     result: dict[str, Any] = {
         "settings": asdict(settings),
         "cases": len({row["case"] for row in rows}),
+        "case_ids": sorted({str(row["case"]) for row in rows}),  # what `sam3d report` compares runs on
         "by_clicks": {
             str(clicks): {metric: summarize([float(r[metric]) for r in group]) for metric in METRICS}
             for clicks, group in sorted(by_clicks.items())

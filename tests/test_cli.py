@@ -6,13 +6,18 @@ import functools
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 import yaml
 from cli_helpers import SYNTHETIC_CONFIG, synthetic_cli_args
 
-from sam3d.cli import main
+from sam3d.cli import UTILITIES, Sam3dCLI, main
+from sam3d.console import SUBCOMMANDS, UTILITY_NAMES
+from sam3d.data.clicks import ClickMode
+from sam3d.evaluation import EvaluationProtocol
+from sam3d.models.config import ClickEncoding
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATASET_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -186,6 +191,123 @@ def test_help_and_version_from_a_subprocess():
         [sys.executable, "-m", "sam3d", "--version"], capture_output=True, text=True, check=True
     )
     assert version.stdout.strip().endswith("0.1.0")
+
+
+def test_version_and_help_answer_without_torch_or_lightning():
+    code = (
+        "import sys; from sam3d.console import main; main(['--version']); main(['--help']); "
+        "print('loaded:', sorted(m for m in ('torch', 'lightning', 'monai', 'torchio') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("sam3d 0.1.0\n")
+    assert "loaded: []" in result.stdout
+    for name in [*Sam3dCLI.subcommands(), *UTILITIES]:  # the light help names what the full CLI runs
+        assert name in result.stdout
+
+
+def test_the_light_help_lists_the_subcommands_and_utilities_of_the_cli():
+    assert list(SUBCOMMANDS) == list(Sam3dCLI.subcommands())
+    assert list(UTILITY_NAMES) == list(UTILITIES), "add a new utility's name to sam3d.console.UTILITY_NAMES"
+
+
+def _short_error(args: list[str], capsys) -> str:
+    """The error of a refused command line: exit status 2, a line or two, each a ``sam3d: error:``."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("Seed set")]
+    assert 1 <= len(lines) <= 2, err
+    assert all(line.startswith("sam3d: error: ") for line in lines), err
+    assert "--help` lists the" in lines[-1]
+    return " ".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            ["--data.clik_mode", "reference"],
+            "unknown option --data.clik_mode; did you mean --data.click_mode?",
+        ),
+        (
+            ["--trainer.max_epochz", "2"],
+            "unknown option --trainer.max_epochz; did you mean --trainer.max_epochs?",
+        ),
+        (["--modle.lr", "0.1"], "unknown option --modle.lr; did you mean --model.lr?"),
+        (["--model.lrr", "0.1"], "has no option model.lrr; did you mean --model.lr?"),
+        (["--ckpt_pth", "x"], "unknown option --ckpt_pth; did you mean --ckpt_path?"),
+    ],
+)
+def test_a_misspelt_option_is_one_line_with_the_closest_option(options, expected, capsys):
+    message = _short_error(["fit", "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", *options], capsys)
+    assert expected in message
+    assert "`sam3d fit --help`" in message
+
+
+def test_a_misspelt_config_key_is_one_line_with_the_closest_key(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("data:\n  clik_mode: labelled\n")
+    message = _short_error(
+        ["fit", "-c", str(SYNTHETIC_CONFIG), "-c", str(config), "--data.root", "x"], capsys
+    )
+    assert "config key data.clik_mode is not an option of sam3d fit; did you mean data.click_mode?" in message
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "option", "allowed"),
+    [
+        ("fit", "--data.click_mode", get_args(ClickMode)),
+        ("test", "--evaluation.protocol", get_args(EvaluationProtocol)),
+        ("fit", "--model.click_encoding", get_args(ClickEncoding)),  # an option of the model's class
+        ("predict", "--prediction.probabilities", ("true", "false")),
+    ],
+)
+def test_a_value_that_is_not_allowed_names_the_allowed_values(subcommand, option, allowed, capsys):
+    args = [subcommand, "-c", str(SYNTHETIC_CONFIG), "--data.root", "x", option, "bogus"]
+    message = _short_error(args, capsys)
+    assert f"{option} bogus: not an allowed value; allowed values: {', '.join(allowed)} (" in message
+
+
+def test_a_misspelt_subcommand_names_the_closest_one(capsys):
+    message = _short_error(["reprot", "runs"], capsys)
+    assert "unknown subcommand 'reprot'; did you mean report?" in message
+
+
+def test_a_misspelt_option_of_a_utility_names_the_closest_one(tmp_path, capsys):
+    message = _short_error(["report", str(tmp_path), "--outptu", str(tmp_path / "out")], capsys)
+    assert (
+        "unknown option --outptu; did you mean --output? (`sam3d report --help` lists the options)" in message
+    )
+
+
+def test_fit_help_shows_sam3d_options_before_the_trainer_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert len(help_text.split("\n\n")[0].splitlines()) <= 2  # a short usage, not every option
+    order = [
+        help_text.index(f"\n  --{option}")
+        for option in ("data.root", "evaluation.protocol", "trainer.accelerator")
+    ]
+    assert order == sorted(order)
+    assert help_text.index("--model.help") < order[-1]
+
+
+def test_the_predict_clicks_help_names_the_clicks_file_columns(capsys):
+    from sam3d.data.scans.click_files import _CSV_COLUMNS, _SPACES
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    help_text = capsys.readouterr().out
+    start = help_text.index("\n  --data.predict_clicks")
+    entry = " ".join(help_text[start : help_text.index("\n  --", start + 1)].split())
+    columns = entry[entry.index("CSV") : entry.index("JSON")]
+    for word in (*_CSV_COLUMNS, "object", "object_name", *_SPACES, "positive", "negative"):
+        assert f" {word}" in columns, word
+    assert '"scans"' in entry
+    assert "interactions" in entry
 
 
 def test_missing_data_root(capsys):

@@ -60,6 +60,11 @@ def test_report_of_two_test_runs_equals_their_summaries(synthetic_root, trained,
         assert float(record["seconds_per_case_mean"]) == pytest.approx(seconds)
         assert int(record["trainable_parameters_mean"]) == own["trainable_parameters"]
         assert float(record["peak_memory_bytes_mean"]) == own["peak_memory_bytes"] > 0
+        # the data it was tested on, for the report's check that runs compare like with like
+        assert own["data"] == {"dataset": "msd", "root": str(synthetic_root.resolve()), "fold": 0} | {
+            "split_file": None
+        }
+        assert own["case_ids"] == sorted({row["case"] for row in cases})
     assert summaries["sam-lora-r2"]["clicks"] == 2
     lora = VolumetricSamModule(variant="tiny", adaptation="lora", lora_rank=2, freeze_sam=True)
     assert summaries["sam-lora-r2"]["trainable_parameters"] == sum(
@@ -105,6 +110,75 @@ def test_runs_of_one_method_give_mean_and_sample_std(tmp_path):
     assert records["old"]["trainable_parameters_mean"] == ""
     assert "| old | 2 | 1 | 51.00 | 50.00 | 3.00 | n/a | n/a | 1.00 |" in table
     assert f"| a | 2 | 2 | {100 * statistics.fmean(finals):.2f} ± 14.14 |" in table
+
+
+def _data(dataset: str = "kits", root: str = "/data/kits", fold: int = 0) -> dict[str, object]:
+    return {"dataset": dataset, "root": root, "fold": fold, "split_file": None}
+
+
+def test_report_warns_when_pooled_runs_were_tested_on_different_data(tmp_path, capsys):
+    from sam3d.comparison import report
+
+    _write_summary(tmp_path / "a0.json", 0.6, "a", data=_data(fold=0))
+    _write_summary(tmp_path / "a1.json", 0.7, "a", data=_data("lits", "/data/lits", fold=1))
+    _write_summary(tmp_path / "b0.json", 0.6, "b", data=_data(root="/elsewhere/kits"))
+    _write_summary(tmp_path / "b1.json", 0.6, "b", data=_data(), case_ids=["c0", "c1", "c2", "c9"])
+    files = [str(tmp_path / f"{run}.json") for run in ("a0", "a1", "b0", "b1")]
+    report(files, output=str(tmp_path / "out"))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sam3d: warning: ")]
+    assert warnings == [
+        "sam3d: warning: a (2 clicks) pools runs tested on different datasets: kits, lits",
+        "sam3d: warning: a (2 clicks) pools runs tested on different data folders: /data/kits, /data/lits",
+        "sam3d: warning: b (2 clicks) pools runs tested on different data folders: /data/kits, /elsewhere/kits",
+        (
+            "sam3d: warning: the methods were not tested on the same cases (a (2 clicks): 3 cases (1 missing); "
+            "b (2 clicks): 4 cases of 4); compare runs of the same folds and split"
+        ),
+    ]
+    assert (tmp_path / "out" / "comparison.md").read_text().count("**Warning:**") == 4
+
+
+def test_report_pools_folds_of_the_same_data_without_a_warning(tmp_path, capsys):
+    from sam3d.comparison import report
+
+    for method in ("a", "b"):
+        for fold, cases in enumerate((["c0", "c1", "c2"], ["c3", "c4", "c5"])):
+            path = tmp_path / f"{method}{fold}" / "summary.json"
+            _write_summary(path, 0.6, method, data=_data(fold=fold), case_ids=cases)
+    report(str(tmp_path), output=str(tmp_path / "out"))
+    assert "sam3d: warning" not in capsys.readouterr().err
+    assert "**Warning:**" not in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_report_says_when_summaries_do_not_record_their_data(tmp_path, capsys):
+    from sam3d.comparison import report
+
+    older = _write_summary(tmp_path / "old.json", 0.6, "a")
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "case_ids"}))
+    _write_summary(tmp_path / "new.json", 0.6, "b", data=_data())
+    report([str(older), str(tmp_path / "new.json")], output=str(tmp_path / "out"))
+    assert "1 of 2 runs do not record the cases they were tested on" in capsys.readouterr().err
+
+
+def test_the_dice_axes_span_0_to_100_percent(tmp_path):
+    from sam3d.comparison import comparison_figure, csv_record, group_runs, read_run
+
+    paths = [_write_summary(tmp_path / f"{m}.json", d, m) for m, d in (("a", 0.80), ("b", 0.81))]
+    paths.append(_write_summary(tmp_path / "c.json", 0.805, "c", clicks=0))  # a method without clicks
+    rows = group_runs([read_run(path) for path in paths])
+    figure = comparison_figure(rows, [csv_record(row) for row in rows])
+    assert [axes.get_ylim() for axes in figure.axes] == [(0.0, 100.0), (0.0, 100.0)]
+
+
+def test_data_record_names_the_dataset_folder_and_fold(tmp_path):
+    from sam3d.callbacks import data_record
+    from sam3d.data import VolumeDataModule
+
+    record = data_record(VolumeDataModule(root=tmp_path, dataset="kits", fold=2))
+    assert record == {
+        "data": {"dataset": "kits", "root": str(tmp_path.resolve()), "fold": 2, "split_file": None}
+    }
+    assert data_record(object()) == {}
 
 
 def test_report_logs_to_an_open_wandb_run(tmp_path, monkeypatch):

@@ -111,7 +111,12 @@ class VolumeDataModule(L.LightningDataModule):
         seed: Seed of on-the-fly folds and validation patches (and of training patches when the run
             sets no seed with ``seed_everything``).
         predict_scans: ``predict`` only: scan files (NIfTI, NRRD, MHA) or folders of scans.
-        predict_clicks: ``predict`` only: the CSV or JSON clicks file (see :mod:`sam3d.data.scans.click_files`).
+        predict_clicks: ``predict`` only: the clicks file. CSV: a header row naming the columns scan, x, y,
+            z, space, label, and optionally object (an id, 1 to 255) and object_name; scan is a path,
+            file name or case id, space voxel (file indices), world (RAS+ mm) or world_lps (LPS+ mm),
+            label positive or negative. JSON: ``{"scans": [{"scan": ..., "clicks": [{"position": [x, y,
+            z], "space": ..., "label": ...}]}]}``, where a scan's ``"interactions"`` list may also hold
+            boxes and scribbles (docs/evaluation.md; :mod:`sam3d.data.scans.click_files`).
     """
 
     def __init__(
