@@ -171,6 +171,30 @@ def test_fit_warns_up_front_when_validation_will_never_run(
         main(synthetic_cli_args("fit", synthetic_root, tmp_path, *settings))
 
 
+def test_a_fold_without_validation_cases_warns_that_validation_never_runs(synthetic_root, tmp_path):
+    from sam3d.data import VolumeDataModule
+    from sam3d.data.splits import save_splits
+
+    case = {
+        "case_id": "phantom_000",
+        "image": "imagesTr/phantom_000.nii.gz",
+        "label": "labelsTr/phantom_000.nii.gz",
+    }
+    split = save_splits(tmp_path / "split.json", "msd", "t", [{"train": [case], "val": [], "test": []}])
+    data = VolumeDataModule(
+        root=str(synthetic_root),
+        dataset="msd",
+        split_file=str(split),
+        target_label=1,
+        intensity_window=(-100.0, 200.0),
+        mean=50.0,
+        std=40.0,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.warns(Sam3dWarning, match="no validation cases: validation will never run.*--ckpt_path last"):
+        data.setup("fit")
+
+
 def test_fit_that_validates_is_not_warned(synthetic_root, tmp_path, fit_not_run, recwarn):
     main(synthetic_cli_args("fit", synthetic_root, tmp_path, "--trainer.max_epochs", "3"))
     assert not [w for w in recwarn if "validation will never run" in str(w.message)]
