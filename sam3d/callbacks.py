@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.callbacks import LearningRateMonitor as _LightningLearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
 from sam3d.data.datamodule import VolumeDataModule
@@ -156,7 +157,7 @@ class LearningRateMonitor(_LightningLearningRateMonitor):
 
 
 class ValidationSlices(L.Callback):
-    """At each validation, a picture of the first validation patch: slices through its first click."""
+    """At each validation, a picture of the first validation patch through its first click, with all its clicks."""
 
     def on_validation_batch_end(
         self,
@@ -170,11 +171,14 @@ class ValidationSlices(L.Callback):
         """Log (W&B) or save (other loggers) the picture for batch 0 on rank 0."""
         if batch_idx or trainer.sanity_checking or not trainer.is_global_zero or not outputs:
             return
+        labels = batch["point_labels"][0]
+        given = labels >= 0  # -1: padding of a batch's click lists
         picture = orthogonal_slices(
             batch["image"][0, 0],
             batch["label"][0, 0],
             outputs["prediction"][0, 0],
-            batch["points"][0, 0].tolist(),
+            batch["points"][0][given],
+            labels[given] == 1,
             title=f"{batch['case_id'][0]} - epoch {trainer.current_epoch}",
         )
         if isinstance(trainer.logger, WandbLogger):
@@ -221,6 +225,20 @@ class StepReport(L.Callback):
         )
 
 
+def config_folder(trainer: L.Trainer, stage: str) -> Path:
+    """Where a command's ``config.yaml`` goes: beside its own results, never over the training's.
+
+    ``fit``: the run folder (beside ``checkpoints/``); ``test``: the run folder's ``test/`` (beside
+    ``summary.json``); ``validate``: its ``validate/``; ``predict``: beside the masks.
+    """
+    if stage == "predict":
+        writers = [c for c in trainer_callbacks(trainer) if isinstance(c, PredictionWriter)]
+        if writers:
+            return writers[0].output_dir
+    folder = run_directory(trainer)
+    return folder if stage == "fit" else folder / TrainerFn(stage).value  # Lightning passes the enum
+
+
 class RunConfig(SaveConfigCallback):
     """Save the resolved config into the run's own folder and send it to the logger.
 
@@ -229,9 +247,8 @@ class RunConfig(SaveConfigCallback):
     """
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Write ``config.yaml`` beside the run's checkpoints, or beside the masks of ``predict`` (rank 0 only)."""
-        writers = [c for c in trainer_callbacks(trainer) if isinstance(c, PredictionWriter)]
-        folder = writers[0].output_dir if stage == "predict" and writers else run_directory(trainer)
+        """Write ``config.yaml`` where the command writes its results (rank 0 only), see :func:`config_folder`."""
+        folder = config_folder(trainer, stage)
         folder.mkdir(parents=True, exist_ok=True)
         config = self.config.clone()
         # Lightning sets `Trainer.datamodule` in its data connector; the class does not declare it.
@@ -346,13 +363,68 @@ class PredictionWriter(BasePredictionWriter):
         probabilities: Also write the foreground probability map (of each object).
         dicom_seg: Also write the mask (the label map of several objects) as a DICOM-SEG object referencing
             the source series, one segment per object named as it; every scan must then be a DICOM series.
+        strict: Fail the command (non-zero exit) when any scan is skipped; otherwise only when none was
+            written.
+
+    Attributes:
+        written: The cases written so far in this ``predict``.
+        skipped: The scans skipped so far, and why (by case; missing scan inputs included).
     """
 
     def __init__(
-        self, output_dir: str = "predictions", probabilities: bool = False, dicom_seg: bool = False
+        self,
+        output_dir: str = "predictions",
+        probabilities: bool = False,
+        dicom_seg: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir, self.probabilities, self.dicom_seg = Path(output_dir), probabilities, dicom_seg
+        self.strict = strict
+        self.written: list[str] = []
+        self.skipped: dict[str, str] = {}
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start counting; scan inputs that name no scan count as skipped scans."""
+        self.written, self.skipped = [], {}
+        loaders = trainer.predict_dataloaders
+        for loader in loaders if isinstance(loaders, list) else [loaders]:
+            for problem in getattr(getattr(loader, "dataset", None), "missing_scans", []):
+                name = str(problem.path) if problem.case_id == "-" else problem.case_id
+                self.skipped[name] = problem.message
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the one-line summary: ``written N of M scans; skipped K: <case (reason)>; ...``."""
+        print(self.summary(), flush=True)
+
+    def summary(self) -> str:
+        """``written N of M scans; skipped K`` and, for each skipped scan, its case and why."""
+        total = len(self.written) + len(self.skipped)
+        # The first line of each reason (a reason may list every offending click below it).
+        reasons = "; ".join(
+            f"{case} ({(reason.splitlines() or [''])[0].rstrip(':')})"
+            for case, reason in self.skipped.items()
+        )
+        return f"written {len(self.written)} of {total} scans; skipped {len(self.skipped)}" + (
+            f": {reasons}" if reasons else ""
+        )
+
+    def failure(self) -> str | None:
+        """Why the command fails (no mask written; with ``strict``, any skip), or None."""
+        if not self.written:
+            total = len(self.skipped)
+            return (
+                f"sam3d predict wrote no mask: all {total} scans were skipped (reasons above); fix the clicks "
+                "file or the scans it names"
+                if total
+                else "sam3d predict found no scan to segment"
+            )
+        if self.strict and self.skipped:
+            return (
+                f"{len(self.skipped)} of {len(self.written) + len(self.skipped)} scans were skipped (reasons "
+                "above) and --prediction.strict is true; fix them, or drop the option to accept the skips"
+            )
+        return None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Refuse DICOM-SEG output for scans that are not DICOM series, before any is segmented."""
@@ -381,6 +453,7 @@ class PredictionWriter(BasePredictionWriter):
         case = prediction["case"]
         if isinstance(case, SkippedCase):
             print(f"{case.case_id}: skipped: {case.reason}")
+            self.skipped[case.case_id] = case.reason
             return
         start = time.perf_counter()
         threshold = reporting_task(pl_module).evaluation.threshold
@@ -413,3 +486,4 @@ class PredictionWriter(BasePredictionWriter):
         print(
             f"{case.case_id}: {kinds.count('click')} click(s){drawn}, {result}, {seconds:.1f} s -> {target}{also}"
         )
+        self.written.append(case.case_id)

@@ -30,13 +30,13 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
-from sam3d.callbacks import MethodRecord, PredictionWriter, RunConfig, TestReport
+from sam3d.callbacks import MethodRecord, PredictionWriter, RunConfig, TestReport, trainer_callbacks
 from sam3d.comparison import report
 from sam3d.data import VolumeDataModule
 from sam3d.data.datamodule import PREDICT_NEEDS
 from sam3d.data.errors import DatasetError
 from sam3d.data.tools import UTILITIES as DATA_UTILITIES
-from sam3d.errors import Sam3dError
+from sam3d.errors import Sam3dError, Sam3dWarning
 from sam3d.evaluation import EvaluationSettings
 from sam3d.inference import Protocol
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
@@ -127,6 +127,42 @@ def newest_checkpoint(root: Path, name: str) -> Path | None:
         root.glob(f"**/checkpoints/{NAMED_CHECKPOINTS[name]}"), key=lambda p: p.stat().st_mtime
     )
     return candidates[-1] if candidates else None
+
+
+def validation_never_runs(trainer: Trainer) -> str | None:
+    """Why a fit of ``trainer`` will never validate (no epoch reaches ``check_val_every_n_epoch``), or None."""
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    if trainer.limit_val_batches == 0:
+        return "trainer.limit_val_batches is 0"
+    if every is not None and epochs is not None and 0 <= epochs < every:
+        return f"trainer.max_epochs {epochs} is below trainer.check_val_every_n_epoch {every}"
+    return None
+
+
+# Lightning warnings that are false alarms outside `fit`: the checkpoint's callback state names the folder
+# of the run that trained it (test/validate/predict save no checkpoint), and the prediction writer does not
+# use batch indices.
+NOT_FOR_EVALUATION = ("The dirpath has changed from", "Couldn't infer the batch indices")
+
+
+def show_sam3d_warnings() -> None:
+    """Print sam3d's own warnings as ``sam3d: warning: ...`` (no file and line); others as Python does.
+
+    Only the format changes (``warnings.formatwarning``), so filters and recorders still see every warning.
+    """
+    formats = warnings.formatwarning
+    if getattr(formats, "sam3d", False):
+        return
+
+    def format_warning(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if issubclass(category, Sam3dWarning):
+            return f"sam3d: warning: {message}\n"
+        return formats(message, category, filename, lineno, line)
+
+    format_warning.sam3d = True  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
 
 
 class Sam3dTrainer(Trainer):
@@ -312,8 +348,16 @@ class Sam3dCLI(LightningCLI):
         _refuse_what_cannot_run(self.config["subcommand"], self._subcommand_config(), self.checkpoint_path)
 
     def before_fit(self) -> None:
-        """A resumed run keeps the preprocessing it started with."""
+        """A resumed run keeps the preprocessing it started with; a fit that never validates is told so."""
         self._restore_preprocessing()
+        if reason := validation_never_runs(self.trainer):
+            warnings.warn(
+                f"validation will never run in this fit ({reason}), so no best checkpoint (best-*.ckpt) is "
+                "written and `--ckpt_path best` will find none; set trainer.check_val_every_n_epoch to at most "
+                "trainer.max_epochs (and trainer.limit_val_batches above 0) for one, or use `--ckpt_path last`",
+                Sam3dWarning,
+                stacklevel=1,
+            )
 
     def before_validate(self) -> None:
         """Validate a checkpoint with the preprocessing it was trained with."""
@@ -330,6 +374,12 @@ class Sam3dCLI(LightningCLI):
         self._restore_preprocessing()
 
     before_serve = before_predict
+
+    def after_predict(self) -> None:
+        """Fail (non-zero exit) when nothing was written, or with ``--prediction.strict`` when a scan was skipped."""
+        for writer in trainer_callbacks(self.trainer):
+            if isinstance(writer, PredictionWriter) and (why := writer.failure()):
+                raise Sam3dError(why)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -413,6 +463,13 @@ class Sam3dCLI(LightningCLI):
         save_dir = getattr(init_args, "save_dir", None) if init_args is not None else None
         root = Path(save_dir or config.trainer.get("default_root_dir") or ".")
         found = newest_checkpoint(root, name)
+        if found is None and name == "best" and newest_checkpoint(root, "last") is not None:
+            raise CheckpointError(
+                f"--ckpt_path best: the runs under {root} have a last.ckpt but no best-*.ckpt, because their "
+                "validation never ran (it runs every trainer.check_val_every_n_epoch epochs, and only then is a "
+                "best checkpoint written); use --ckpt_path last, or train with check_val_every_n_epoch at most "
+                "max_epochs"
+            )
         if found is None:
             raise CheckpointError(
                 f"--ckpt_path {name}: no {NAMED_CHECKPOINTS[name]} found under {root}; pass a checkpoint file"
@@ -443,6 +500,8 @@ class Sam3dCLI(LightningCLI):
         if self.config.get("subcommand"):
             config.ckpt_path = self.checkpoint_path  # the file that was read (best/last resolved)
         torch.set_float32_matmul_precision(matmul_precision(config.trainer.precision))
+        if self.config.get("subcommand") == "predict":
+            config.trainer.logger = False  # masks and their config.yaml are the record; no W&B run
         model_args = config.model.get("init_args") or {}
         monitor = model_args.get("checkpoint_monitor")
         for callback in config.trainer.get("callbacks") or []:
@@ -453,7 +512,11 @@ class Sam3dCLI(LightningCLI):
                 and getattr(init_args, "monitor", None) in CHECKPOINT_MONITORS
             ):
                 init_args.monitor, init_args.mode = monitor, CHECKPOINT_MONITORS[monitor]
-        if "WANDB_MODE" not in os.environ and not wandb_credentials_present():
+        if (
+            config.trainer.get("logger")
+            and "WANDB_MODE" not in os.environ
+            and not wandb_credentials_present()
+        ):
             os.environ["WANDB_MODE"] = "offline"
             print(
                 "W&B: no credentials found, logging offline (upload later with `wandb sync`)", file=sys.stderr
@@ -661,6 +724,10 @@ def main(args: Sequence[str] | None = None) -> None:
     # pytree API is Lightning's to update: neither is something a user can act on.
     warnings.filterwarnings("ignore", "You have overridden `transfer_batch_to_device`")
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if argv and argv[0] in ("validate", "test", "predict"):
+        for message in NOT_FOR_EVALUATION:
+            warnings.filterwarnings("ignore", message)
+    show_sam3d_warnings()
     try:
         if argv and argv[0] in UTILITIES:
             CLI(

@@ -26,7 +26,7 @@ from torch.optim.lr_scheduler import LinearLR
 from sam3d import __version__
 from sam3d.data.scans.evaluation_cases import EvaluationCase, SkippedCase
 from sam3d.data.scans.prediction_cases import PredictionCase
-from sam3d.errors import Sam3dError
+from sam3d.errors import Sam3dError, Sam3dWarning
 from sam3d.evaluation import EvaluationSettings, evaluate_without_clicks
 from sam3d.inference import sliding_window_probability
 from sam3d.models import CheckpointError
@@ -170,7 +170,7 @@ class SegmentationTask(L.LightningModule):
     def test_step(self, case: EvaluationCase | SkippedCase, batch_idx: int) -> None:
         """Evaluate one whole case (see :meth:`evaluate_test_case`); keep its rows and picture."""
         if isinstance(case, SkippedCase):
-            warnings.warn(f"test case {case.case_id} skipped: {case.reason}", stacklevel=1)
+            warnings.warn(f"test case {case.case_id} skipped: {case.reason}", Sam3dWarning, stacklevel=1)
             self.test_skipped[case.case_id] = case.reason
             return
         rows, prediction, points = self.evaluate_test_case(case)
@@ -183,8 +183,11 @@ class SegmentationTask(L.LightningModule):
         if self.evaluation.protocol == "cvpr25":
             prompts = f"a box and {prompts}"
         title = f"{case.case_id}: Dice {final['dice']:.3f} with {prompts}"
+        # The simulated user clicks positive inside the target and negative outside it (sam3d.data.clicks).
+        voxels = points.round().long().clamp(min=0)
+        positive = case.label.bool()[tuple(voxels.T)] if len(points) else torch.zeros(0, dtype=torch.bool)
         self.test_pictures[case.case_id] = png_bytes(
-            orthogonal_slices(case.image, case.label, prediction, points[0].tolist(), title)
+            orthogonal_slices(case.image, case.label, prediction, points, positive, title, case.spacing)
         )
         self.log(
             "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True

@@ -15,6 +15,7 @@ import torchio as tio
 from sam3d.data.catalog import Case
 from sam3d.data.dicom import DicomSeriesError, names_dicom_series, read_series_header
 from sam3d.data.errors import DatasetError, Problem, format_problems
+from sam3d.errors import Sam3dWarning
 
 if TYPE_CHECKING:
     from sam3d.data.training.cache import CachedCase
@@ -190,6 +191,7 @@ def check_targets(
         warnings.warn(
             f"{len(lacking)} cases have no target label {sorted(targets)}; they give negative-only "
             f"training patches and a random validation patch:\n{format_problems(problems)}",
+            Sam3dWarning,
             stacklevel=4,
         )
     patch = tuple(patch_size)[::-1]
@@ -202,5 +204,6 @@ def check_targets(
         warnings.warn(
             f"{len(small)} volumes are smaller than the patch {tuple(patch_size)} and will be padded:\n"
             f"{format_problems(problems)}",
+            Sam3dWarning,
             stacklevel=4,
         )

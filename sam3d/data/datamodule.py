@@ -29,7 +29,7 @@ from sam3d.data.training.patches import (
     collate_patches,
 )
 from sam3d.data.training.queue import EpochQueue, EpochSubjects, PatchLoader
-from sam3d.errors import Sam3dError
+from sam3d.errors import Sam3dError, Sam3dWarning
 
 __all__ = ["PREDICT_NEEDS", "VolumeDataModule"]
 
@@ -333,7 +333,13 @@ class VolumeDataModule(L.LightningDataModule):
                 f"{len(self._cached['train'])} training cases cannot be split over {world_size} ranks"
             )
         if not self._cached.get("val", True):
-            warnings.warn(f"fold {self.fold} has no validation cases", stacklevel=2)
+            warnings.warn(
+                f"fold {self.fold} has no validation cases: validation will never run, so no best checkpoint "
+                "(best-*.ckpt) is written and `--ckpt_path best` will find none; give the split validation "
+                "cases (data.split_file or data.num_folds) or use `--ckpt_path last`",
+                Sam3dWarning,
+                stacklevel=2,
+            )
 
     # ----------------------------------------------------------------------------- loaders
 
@@ -409,5 +415,5 @@ class VolumeDataModule(L.LightningDataModule):
         """New scans with their clicks, one :class:`PredictionCase` (or :class:`SkippedCase`) per step."""
         dataset = PredictionCases(self.predict_scans or [], self.predict_clicks or "", self.preprocessing)
         if dataset.problems:
-            warnings.warn(f"inputs skipped:\n{format_problems(dataset.problems)}", stacklevel=2)
+            warnings.warn(f"inputs skipped:\n{format_problems(dataset.problems)}", Sam3dWarning, stacklevel=2)
         return DataLoader(dataset, batch_size=None, num_workers=min(self.num_workers, 1))

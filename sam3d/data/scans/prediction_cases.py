@@ -94,6 +94,7 @@ class PredictionCases(Dataset):
 
     Attributes:
         problems: Inputs that name no usable scan (missing files, clicks for unknown scans), to report.
+        missing_scans: Those of ``problems`` that are scan inputs (missing files, folders without scans).
     """
 
     def __init__(
@@ -102,9 +103,9 @@ class PredictionCases(Dataset):
         clicks_file: str | Path,
         preprocessing: Preprocessing,
     ) -> None:
-        files, self.problems = scan_files(scans)
+        files, self.missing_scans = scan_files(scans)
         matched, unmatched = match_clicks(read_clicks(clicks_file), files, clicks_file)
-        self.problems += unmatched
+        self.problems = [*self.missing_scans, *unmatched]
         self.items: list[tuple[Path, list[Entry]]] = [(path, matched.get(path, [])) for path in files]
         self.preprocessing, self.clicks_file = preprocessing, str(clicks_file)
 
