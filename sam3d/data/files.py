@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from functools import cache
 from pathlib import Path
 
 import nibabel as nib
@@ -9,7 +12,7 @@ import numpy as np
 import torch
 from nibabel.filebasedimages import ImageFileError
 
-__all__ = ["SCAN_SUFFIXES", "case_id", "is_nifti", "load_nifti", "read_nifti", "reader_for"]
+__all__ = ["SCAN_SUFFIXES", "case_id", "file_sha256", "is_nifti", "load_nifti", "read_nifti", "reader_for"]
 
 # Every image format sam3d reads (through TorchIO), longest first so ``.nii.gz`` wins over ``.gz``.
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -59,3 +62,18 @@ def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
 def reader_for(path: str | Path) -> dict[str, object]:
     """Keyword arguments for a TorchIO image of ``path``: NiBabel for NIfTI, TorchIO's default otherwise."""
     return {"reader": read_nifti} if is_nifti(path) else {}
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in chunks (cached for the process while its size and modification time hold)."""
+    status = os.stat(path)
+    return _sha256(path, status.st_size, status.st_mtime_ns)
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
