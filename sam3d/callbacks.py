@@ -290,6 +290,8 @@ class TestReport(L.Callback):
             pictures = {case: png for _, part, _, _ in gathered for case, png in part.items()}
             skipped = {case: why for _, _, part, _ in gathered for case, why in part.items()}
             memory = max((part for *_, part in gathered), key=lambda m: m["peak_memory_bytes"])
+        if not rows:  # on every rank: each has gathered the same
+            raise Sam3dError(nothing_tested(skipped))
         if not trainer.is_global_zero:
             return
         rows = sorted(_unique_rows(rows), key=lambda r: (r["case"], r["repeat"], r["clicks"]))
@@ -321,6 +323,19 @@ class TestReport(L.Callback):
                 trainer.logger.log_image(
                     "test/cases", images, caption=[f"{k}: {v}" for k, v in ranked.items()]
                 )
+
+
+def nothing_tested(skipped: dict[str, str], shown: int = 5) -> str:
+    """Why ``sam3d test`` has no result: every test case skipped (the first ``shown``, with why), or none."""
+    if not skipped:
+        return "sam3d test found no test case; check data.root and the split (`sam3d check-dataset` lists the cases)"
+    reasons = "; ".join(f"{case}: {why}" for case, why in list(skipped.items())[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return (
+        f"sam3d test evaluated no case: all {len(skipped)} test cases were skipped ({reasons}{more}); fix or "
+        "replace them (`sam3d check-dataset` lists unreadable files) or test on cases whose labels hold the "
+        "target (data.target_label)"
+    )
 
 
 def _unique_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ sam3d check-dataset --help                                 # utilities: see UTIL
 
 from __future__ import annotations
 
+import csv
 import errno
 import importlib
 import json
@@ -24,13 +25,16 @@ from typing import Any, Literal, NoReturn
 import torch
 import yaml
 from jsonargparse import CLI, ArgumentParser
-from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from sam3d import __version__
 from sam3d.callbacks import MethodRecord, PredictionWriter, RunConfig, TestReport, trainer_callbacks
+from sam3d.checkpointing import NAMED_CHECKPOINTS, AtomicCheckpointIO, newest_complete_checkpoint
 from sam3d.comparison import report
 from sam3d.data import VolumeDataModule
 from sam3d.data.datamodule import PREDICT_NEEDS
@@ -68,9 +72,6 @@ def wandb_credentials_present() -> bool:
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 
-
-# `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see RUN_DEFAULTS' callbacks).
-NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
 
 # Top-level keys of a config file (the subcommands' for a config given before the subcommand).
 CONFIG_SECTIONS = {
@@ -121,12 +122,10 @@ def matmul_precision(trainer_precision: object) -> Literal["highest", "high"]:
     return "highest" if str(trainer_precision) in ("32", "32-true", "64", "64-true") else "high"
 
 
-def newest_checkpoint(root: Path, name: str) -> Path | None:
-    """The ``best`` or ``last`` checkpoint of the most recently written run under ``root``."""
-    candidates = sorted(
-        root.glob(f"**/checkpoints/{NAMED_CHECKPOINTS[name]}"), key=lambda p: p.stat().st_mtime
-    )
-    return candidates[-1] if candidates else None
+def _has_no_best_but_a_last(root: Path) -> bool:
+    """Whether the runs under ``root`` wrote a ``last.ckpt`` but never a ``best-*.ckpt`` (no validation ran)."""
+    written = {name: any(root.glob(f"**/checkpoints/{NAMED_CHECKPOINTS[name]}")) for name in ("best", "last")}
+    return written["last"] and not written["best"]
 
 
 def validation_never_runs(trainer: Trainer) -> str | None:
@@ -403,13 +402,18 @@ class Sam3dCLI(LightningCLI):
         """
         config = self._subcommand_config()
         ckpt_path = config.get("ckpt_path")
+        checkpoint: Any = None
         if ckpt_path in NAMED_CHECKPOINTS:
-            ckpt_path = str(self._resolve_named(config, ckpt_path))
+            found, checkpoint = self._resolve_named(config, ckpt_path)
+            ckpt_path = str(found)
+        elif ckpt_path not in (None, "hpc", "registry") and self.config["subcommand"] == "fit":
+            _continue_run(config, Path(ckpt_path))  # a resumed fit goes on in its run folder
         self.checkpoint_path = ckpt_path
         config.ckpt_path = None  # read here, not again by Lightning; see before_instantiate_classes
         if ckpt_path in (None, "hpc", "registry"):  # Lightning's trainer finds and reads the last two
             return
-        checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
+        if checkpoint is None:
+            checkpoint = load_weights_file(ckpt_path, "--ckpt_path")
         if not isinstance(checkpoint, dict) or "sam3d" not in checkpoint:
             raise CheckpointError(
                 f"--ckpt_path {ckpt_path} is not a sam3d checkpoint; authors' 3DSAM-adapter checkpoints are "
@@ -457,13 +461,14 @@ class Sam3dCLI(LightningCLI):
                 # against the one the checkpoint was trained from).
                 self._subcommand_config().model.init_args.sam_checkpoint = requested_sam
 
-    def _resolve_named(self, config: Any, name: str) -> Path:
-        logger = config.trainer.get("logger")
-        init_args = getattr(logger, "init_args", None)
-        save_dir = getattr(init_args, "save_dir", None) if init_args is not None else None
-        root = Path(save_dir or config.trainer.get("default_root_dir") or ".")
-        found = newest_checkpoint(root, name)
-        if found is None and name == "best" and newest_checkpoint(root, "last") is not None:
+    def _resolve_named(self, config: Any, name: str) -> tuple[Path, dict[str, Any]]:
+        """The newest complete ``best``/``last`` file under the logger's folder, and its content.
+
+        The run then logs into that checkpoint's run folder (see :func:`_continue_run`).
+        """
+        root = _runs_folder(config)
+        found = newest_complete_checkpoint(root, name)
+        if found is None and name == "best" and _has_no_best_but_a_last(root):
             raise CheckpointError(
                 f"--ckpt_path best: the runs under {root} have a last.ckpt but no best-*.ckpt, because their "
                 "validation never ran (it runs every trainer.check_val_every_n_epoch epochs, and only then is a "
@@ -472,11 +477,11 @@ class Sam3dCLI(LightningCLI):
             )
         if found is None:
             raise CheckpointError(
-                f"--ckpt_path {name}: no {NAMED_CHECKPOINTS[name]} found under {root}; pass a checkpoint file"
+                f"--ckpt_path {name}: no {NAMED_CHECKPOINTS[name]} found under {root} that loads; pass a "
+                "checkpoint file"
             )
-        if init_args is not None and hasattr(init_args, "id"):
-            init_args.id = found.parent.parent.name  # continue in the same W&B run and run folder
-        print(f"using checkpoint {found}", file=sys.stderr)
+        _continue_run(config, found[0])
+        print(f"using checkpoint {found[0]}", file=sys.stderr)
         return found
 
     def instantiate_classes(self) -> None:
@@ -532,9 +537,14 @@ class Sam3dCLI(LightningCLI):
                 "settings that must fit the machine are accelerator, devices, strategy and precision (and "
                 "any trainer overlay, e.g. trainer/ddp_bf16.yaml, which asks for every GPU)"
             ) from None
+        strategy = trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not a plugin the config chose
+            strategy.checkpoint_io = AtomicCheckpointIO()
         checkpoint, self.checkpoint = self.checkpoint, None  # not kept all along a fit
         if checkpoint is not None and self.checkpoint_path is not None:
-            strategy = trainer.strategy
+            if self.subcommand == "fit":
+                for logger in trainer.loggers:
+                    _keep_csv_metrics(logger, checkpoint)
             strategy.checkpoint_io = PreloadedCheckpointIO(
                 strategy.checkpoint_io, self.checkpoint_path, checkpoint
             )
@@ -556,6 +566,71 @@ def trainer_class(path: str) -> type[SegmentationTask]:
     if not (isinstance(found, type) and issubclass(found, SegmentationTask)):
         raise Sam3dError(f"model.class_path {path} is not a sam3d trainer (a SegmentationTask)")
     return found
+
+
+def _logger_configs(config: Any) -> list[Any]:
+    """The ``init_args`` of the configured loggers (none for ``--trainer.logger false``)."""
+    logger = config.trainer.get("logger")
+    loggers = logger if isinstance(logger, list) else [logger]
+    return [found.init_args for found in loggers if getattr(found, "init_args", None) is not None]
+
+
+def _runs_folder(config: Any) -> Path:
+    """The folder holding the run folders: the first logger's ``save_dir``, else the trainer's root."""
+    save_dirs = [getattr(init_args, "save_dir", None) for init_args in _logger_configs(config)]
+    return Path((save_dirs[0] if save_dirs else None) or config.trainer.get("default_root_dir") or ".")
+
+
+def _continue_run(config: Any, checkpoint: Path) -> None:
+    """Log into the run folder ``<save_dir>/<name>/<version>`` that holds ``checkpoint`` (its ``checkpoints``).
+
+    W&B continues the run of that id; CSV and TensorBoard loggers that version (and name). The callbacks'
+    state in the checkpoint (best score and file) is then restored, as Lightning restores it only into
+    the same folder. A checkpoint outside the configured save_dir is left alone: the run starts a new folder.
+    """
+    root = _runs_folder(config).resolve()
+    try:
+        parts = checkpoint.resolve().relative_to(root).parts
+    except ValueError:
+        return
+    if len(parts) not in (3, 4) or parts[-2] != "checkpoints":
+        return
+    version, name = parts[-3], parts[0] if len(parts) == 4 else ""
+    for init_args in _logger_configs(config):
+        if hasattr(init_args, "id"):  # W&B: the run id is the folder's name (and its version)
+            init_args.id = version
+        elif hasattr(init_args, "version"):
+            init_args.version = version
+            if hasattr(init_args, "name"):
+                init_args.name = name
+
+
+def _keep_csv_metrics(logger: Logger, checkpoint: dict[str, Any]) -> None:
+    """Keep a resumed run's ``metrics.csv`` (Lightning's CSV logger deletes it), up to the checkpoint's step.
+
+    Rows logged after the checkpoint was written (the epoch a crash interrupted) are dropped: the resumed
+    run logs them again.
+    """
+    if not isinstance(logger, CSVLogger):
+        return
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    if not metrics.is_file():
+        return
+    with metrics.open(newline="") as stream:
+        reader = csv.DictReader(stream)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    loops = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    resumed_at = loops.get("_batches_that_stepped")
+    if resumed_at is not None:
+        rows = [row for row in rows if not row.get("step") or float(row["step"]) < resumed_at]
+    writer = logger.experiment  # Lightning's writer, which deletes the file on creation (rank 0 only)
+    if not isinstance(writer, ExperimentWriter):  # another rank than 0
+        return
+    with metrics.open("w", newline="") as stream:
+        rewritten = csv.DictWriter(stream, fieldnames=header)
+        rewritten.writeheader()
+        rewritten.writerows(rows)
+    writer.metrics_keys = header  # the writer appends below this header (and widens it for new keys)
 
 
 def _refuse_linked_model_settings(given: Any) -> None:

@@ -13,6 +13,7 @@ promptable trainer takes clicks (:attr:`SegmentationTask.takes_clicks`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -30,6 +31,7 @@ from sam3d.errors import Sam3dError, Sam3dWarning
 from sam3d.evaluation import EvaluationSettings, evaluate_without_clicks
 from sam3d.inference import sliding_window_probability
 from sam3d.models import CheckpointError
+from sam3d.models.checkpoints import weight_mismatch
 from sam3d.visualize import orthogonal_slices, png_bytes
 
 Batch = dict[str, Any]
@@ -264,6 +266,22 @@ class SegmentationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse checkpoints of other programs or of another trainer."""
         self.checked_record(checkpoint)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load weights; with ``strict``, weights that do not fit this network are a :class:`CheckpointError`.
+
+        (torch's own error is a traceback listing every key.)
+        """
+        if strict and (details := weight_mismatch(self.state_dict(), state_dict, shown=4)):
+            path = getattr(self._trainer, "ckpt_path", None)
+            raise CheckpointError(
+                f"the weights in {f'checkpoint {path}' if path else 'the checkpoint'} do not fit the network this config builds ({details}); "
+                "use the config of the run that wrote it (config.yaml in its run folder), or a checkpoint of "
+                "this network"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def checked_record(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint's ``sam3d`` record, if this trainer wrote it (else a :class:`CheckpointError`)."""

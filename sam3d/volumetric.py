@@ -10,15 +10,13 @@ trainer's.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from sam3d.data.files import file_sha256
 from sam3d.models import (
     Adaptation,
     CheckpointError,
@@ -30,21 +28,6 @@ from sam3d.models import (
     trainable_parameter_groups,
 )
 from sam3d.task import SegmentationTask
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file, read in chunks (cached for the process while its size and modification time hold)."""
-    status = os.stat(path)
-    return _sha256(path, status.st_size, status.st_mtime_ns)
-
-
-@cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class VolumetricSamTask(SegmentationTask):

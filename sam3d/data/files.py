@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from functools import cache
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +18,7 @@ __all__ = [
     "SCAN_SUFFIXES",
     "case_id",
     "detached_data_file",
+    "file_sha256",
     "is_nifti",
     "load_nifti",
     "read_nifti",
@@ -116,3 +120,18 @@ def refuse_detached_data(path: str | Path, name: str) -> None:
             f"{name} keeps its voxels in a separate file ({data_file}), which an upload cannot bring: "
             "upload a single-file scan (.nii.gz, .nrrd or .mha with the data inside)"
         )
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in chunks (cached for the process while its size and modification time hold)."""
+    status = os.stat(path)
+    return _sha256(path, status.st_size, status.st_mtime_ns)
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -110,14 +110,16 @@ def _new_encoder_weights(key: str) -> bool:
     return not new_parts.isdisjoint(key.split(".")) or key.endswith("rel_pos_scale")
 
 
-def _load_strictly(
-    module: torch.nn.Module,
+def weight_mismatch(
+    own: Mapping[str, torch.Tensor],
     state: Mapping[str, torch.Tensor],
-    path: str | Path,
     allowed_missing: Callable[[str], bool] | None = None,
-) -> None:
-    """Load ``state`` into ``module``, naming ``path`` and the offending keys on any mismatch."""
-    own = module.state_dict()
+    shown: int = 6,
+) -> str:
+    """The keys of ``state`` that do not fit a module's ``own`` state dict (the first ``shown`` of each kind).
+
+    Empty when every key fits: none unexpected, none missing (but ``allowed_missing`` ones), no other shape.
+    """
     unexpected = sorted(set(state) - set(own))
     missing = sorted(k for k in set(own) - set(state) if allowed_missing is None or not allowed_missing(k))
     wrong_shape = sorted(
@@ -125,15 +127,20 @@ def _load_strictly(
         for k in state
         if k in own and state[k].shape != own[k].shape
     )
-    if unexpected or missing or wrong_shape:
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-            for label, keys in (
-                ("unexpected", unexpected),
-                ("missing", missing),
-                ("wrong shape", wrong_shape),
-            )
-            if keys
-        )
+    return "; ".join(
+        f"{label}: {', '.join(keys[:shown])}{' ...' if len(keys) > shown else ''}"
+        for label, keys in (("unexpected", unexpected), ("missing", missing), ("wrong shape", wrong_shape))
+        if keys
+    )
+
+
+def _load_strictly(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    allowed_missing: Callable[[str], bool] | None = None,
+) -> None:
+    """Load ``state`` into ``module``, naming ``path`` and the offending keys on any mismatch."""
+    if details := weight_mismatch(module.state_dict(), state, allowed_missing):
         raise CheckpointError(f"weights in {path} do not fit the network ({details})")
     module.load_state_dict(state, strict=False)

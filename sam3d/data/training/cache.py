@@ -2,10 +2,12 @@
 
 An entry is a folder ``<cache_dir>/<key>/`` holding ``image.nii`` (HU, int16 when the source is
 integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16) and
-``meta.json``. The key hashes the source paths, sizes and modification times, the target spacing
-and the cache version, so editing a file or changing the spacing makes a new entry. Entries are
-written to a temporary folder and renamed into place: a killed run never leaves a half entry, and
-two processes caching the same case at once are harmless.
+``meta.json``, which also records the two volumes' sizes and SHA-256: an entry whose files do not
+match them (truncated, corrupt) is rebuilt, with a warning, never used. The key hashes the source
+paths, sizes and modification times, the target spacing and the cache version, so editing a file or
+changing the spacing makes a new entry. Entries are written to a temporary folder and renamed into
+place: a killed run never leaves a half entry, and two processes caching the same case at once are
+harmless.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from sam3d.data.catalog import Case
 from sam3d.data.checks import check_headers
 from sam3d.data.dicom import names_dicom_series, series_stamp
 from sam3d.data.errors import DatasetError, Problem
-from sam3d.data.files import read_nifti
+from sam3d.data.files import file_sha256, read_nifti
 from sam3d.data.preprocessing import read_volume, to_grid
 
 __all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_usable", "default_cache_dir"]
@@ -40,6 +43,8 @@ __all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_us
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+# The volumes of an entry; meta.json records each one's size and SHA-256, checked whenever the entry is used.
+ENTRY_FILES = ("image.nii", "label.nii")
 # Foreground intensities kept per case, for window/statistics estimates without re-reading volumes.
 _FOREGROUND_SAMPLE = 4096
 
@@ -131,6 +136,7 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
 
 
 def _entry_exists(case: Case, cache_dir: Path, spacing: tuple[float, float, float]) -> bool:
+    """Whether a case has an entry (:func:`cache_case` verifies it)."""
     try:
         return (cache_dir / _key(case, spacing) / "meta.json").exists()
     except OSError:  # a missing source file
@@ -138,7 +144,7 @@ def _entry_exists(case: Case, cache_dir: Path, spacing: tuple[float, float, floa
 
 
 def cache_case(case: Case, cache_dir: Path, spacing: tuple[float, float, float]) -> CachedCase:
-    """Return the cache entry of a case, creating it if needed.
+    """Return the cache entry of a case, creating it if needed (or rebuilding it, with a warning, if damaged).
 
     Args:
         case: The source case.
@@ -153,23 +159,73 @@ def cache_case(case: Case, cache_dir: Path, spacing: tuple[float, float, float])
             message says what and what to do.
     """
     folder = cache_dir / _key(case, spacing)
-    if not (folder / "meta.json").exists():
-        start = time.perf_counter()
-        temporary = cache_dir / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-        temporary.mkdir(parents=True)
+    meta, damage = _read_entry(folder)
+    if meta is not None:
+        return CachedCase(case, folder, meta)
+    if damage:
+        warnings.warn(
+            f"cache entry {folder} of case {case.case_id} is damaged ({damage}); rebuilding it", stacklevel=2
+        )
+        _remove_entry(folder)
+    start = time.perf_counter()
+    temporary = cache_dir / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
+    temporary.mkdir(parents=True)
+    try:
+        meta = _preprocess(case, spacing, temporary)
+        meta["seconds"] = round(time.perf_counter() - start, 3)
+        meta["files"] = {name: _file_record(temporary / name) for name in ENTRY_FILES}
+        (temporary / "meta.json").write_text(json.dumps(meta))
         try:
-            meta = _preprocess(case, spacing, temporary)
-            meta["seconds"] = round(time.perf_counter() - start, 3)
-            (temporary / "meta.json").write_text(json.dumps(meta))
-            try:
-                temporary.rename(folder)
-            except OSError:  # another process cached this case first
-                if not (folder / "meta.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
-        log.info("cached %s in %.1f s -> %s", case.case_id, meta["seconds"], folder)
+            temporary.rename(folder)
+        except OSError:  # another process cached this case first
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    log.info("cached %s in %.1f s -> %s", case.case_id, meta["seconds"], folder)
     return CachedCase(case, folder, json.loads((folder / "meta.json").read_text()))
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file of an entry, as ``meta.json`` records them."""
+    return {"size": path.stat().st_size, "sha256": file_sha256(str(path))}
+
+
+def _read_entry(folder: Path) -> tuple[dict[str, Any] | None, str]:
+    """An entry's meta when every file has the size and hash recorded for it, else None and what is wrong.
+
+    What is wrong is empty when there is no entry at all.
+    """
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as error:  # a truncated meta.json is not JSON
+        return None, f"meta.json is unreadable: {error}"
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict):
+        return None, "meta.json records no file sizes and hashes (an entry of an older sam3d)"
+    for name in ENTRY_FILES:
+        recorded = files.get(name) or {}
+        try:
+            size = (folder / name).stat().st_size
+        except OSError:
+            return None, f"{name} is missing"
+        if size != recorded.get("size"):
+            return None, f"{name} holds {size} bytes, {recorded.get('size')} were written"
+        if _file_record(folder / name)["sha256"] != recorded.get("sha256"):
+            return None, f"{name} is not the file that was written (another SHA-256)"
+    return meta, ""
+
+
+def _remove_entry(folder: Path) -> None:
+    """Move a damaged entry out of the way (one rename, as another process may be reading it) and delete it."""
+    doomed = folder.with_name(f".damaged-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.rename(doomed)
+    except FileNotFoundError:  # another process removed it first
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def cache_cases(
