@@ -35,10 +35,9 @@ from sam3d.serve.server import bind
 PREPROCESSING = Preprocessing((1.0, 1.0, 1.0), (-100.0, 200.0), 50.0, 40.0, (1,))
 
 
-def _post(address: str, path: str, body: dict) -> tuple[dict, float]:
-    request = urllib.request.Request(
-        address + path, json.dumps(body).encode(), headers={"X-Sam3d-Session": "benchmark-0123456789"}
-    )
+def _post(address: str, path: str, body: dict, token: str = "") -> tuple[dict, float]:
+    headers = {"Content-Type": "application/json", **({"X-Sam3d-Page": token} if token else {})}
+    request = urllib.request.Request(address + path, json.dumps(body).encode(), headers=headers)
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=3600) as response:
         result = json.loads(response.read())
@@ -70,12 +69,15 @@ def main() -> None:
         while not server.started:
             time.sleep(0.05)
         address = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        opened, _ = _post(address, "/api/open", {"index": 0})
+        token = _post(address, "/api/page", {})[0]["page"]  # as the page does
+        opened, _ = _post(address, "/api/open", {"index": 0}, token)
         centre = [n // 2 for n in opened["scan"]["shape"]]
         rows = []
         for index in range(args.corrections + 1):
             point = [centre[0], centre[1], centre[2] + 2 * index]
-            result, seconds = _post(address, "/api/click", {"point": point, "positive": index % 2 == 0})
+            result, seconds = _post(
+                address, "/api/click", {"point": point, "positive": index % 2 == 0}, token
+            )
             rows.append((result["seconds"], seconds))
         server.should_exit = True
     print(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sam3d.data.clicks import ClickMode, checked_click_mode
 from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.scans import Box, Click, Entry, Scan, Scribble, interactions_to_network, to_source_grid
 from sam3d.data.scans.arrays import array_affine, read_image, scan_from_array
@@ -28,12 +29,22 @@ from sam3d.inference import Protocol
 from sam3d.interaction import Interaction, InteractionSession
 from sam3d.models import VolumetricSam
 
-__all__ = ["Sam3dInferenceSession", "TargetBuffer", "read_image"]
+__all__ = ["Sam3dInferenceSession", "TargetBuffer", "negative_refusal", "read_image"]
 
 TargetBuffer = np.ndarray | torch.Tensor
 
 # A scribble or lasso mask this large is refused: one position per voxel goes through the mapping.
 MAX_MASK_VOXELS = 1 << 20
+
+
+def negative_refusal(kind: str) -> str:
+    """Why a ``reference``-mode checkpoint refuses a negative ``kind`` (click or scribble), and what to do."""
+    return (
+        f"this checkpoint was trained with data.click_mode reference (3DSAM-adapter's clicks, all positive): it "
+        f"never learned negative clicks, so a negative {kind} would grow the mask instead of shrinking it. "
+        "Correct with Undo and positive clicks, or serve a checkpoint trained with negative clicks "
+        "(-c clicks/interactive.yaml, or data.click_mode labelled)"
+    )
 
 
 def autocast_context(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[Any]]:
@@ -75,6 +86,8 @@ class Sam3dInferenceSession:
         threshold: Probability level of the mask.
         cache_size: Crop encodings kept.
         forward_context: Context of every network call (autocast for mixed precision).
+        click_mode: The checkpoint's ``data.click_mode``: ``reference`` never learned negative clicks, so
+            negative points, scribbles and lassos are refused (:func:`negative_refusal`).
     """
 
     def __init__(
@@ -85,8 +98,9 @@ class Sam3dInferenceSession:
         threshold: float = 0.5,
         cache_size: int = 8,
         forward_context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        click_mode: ClickMode = "interactive",
     ) -> None:
-        self.net, self.preprocessing = net, preprocessing
+        self.net, self.preprocessing, self.click_mode = net, preprocessing, click_mode
         self.protocol, self.threshold, self.cache_size = protocol, threshold, cache_size
         self.forward_context = forward_context
         self.scan: Scan | None = None
@@ -162,6 +176,9 @@ class Sam3dInferenceSession:
             threshold,
             cache_size,
             autocast_context(device, precision),
+            checked_click_mode(
+                hyperparameters.get("click_mode", module.hparams.get("click_mode", "reference"))
+            ),
         )
 
     # What the network takes ---------------------------------------------------------------------------
@@ -382,6 +399,8 @@ class Sam3dInferenceSession:
 
     def _add(self, entry: Entry, run_prediction: bool) -> None:
         scan = self._scan()
+        if self.click_mode == "reference" and not isinstance(entry, Box) and not entry.positive:
+            raise Sam3dError(negative_refusal("click" if isinstance(entry, Click) else "scribble"))
         positions = np.array(
             [entry.position]
             if isinstance(entry, Click)

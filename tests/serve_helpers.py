@@ -157,22 +157,34 @@ def live_server(
 
 
 class Page:
-    """One page's requests to a live server (its session id in every request), with urllib."""
+    """One page's requests to a live server, with urllib: as the page sends them (its token, JSON).
+
+    ``name``: None for requests without a page token; else the page claims one from the server.
+    """
 
     def __init__(self, address: str, name: str | None = "page-one") -> None:
-        self.address, self.session = address, f"{name}-0123456789" if name else ""
+        self.address, self.name, self.token = address, name, ""
+        if name is not None:
+            self.token = self("/api/page", {})["page"]
 
     def request(
-        self, path: str, body: object = None, data: bytes | None = None, method: str = ""
+        self,
+        path: str,
+        body: object = None,
+        data: bytes | None = None,
+        method: str = "",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         if body is not None:
             data = json.dumps(body).encode()
         method = method or ("POST" if data is not None or path in POSTS else "GET")
+        sent = {"X-Sam3d-Page": self.token} if self.token else {}
+        if method == "POST":
+            upload = path.startswith("/api/upload")
+            sent["Content-Type"] = "application/octet-stream" if upload else "application/json"
+            data = b"{}" if data is None and not upload else data
         request = urllib.request.Request(
-            self.address + path,
-            data=data,
-            method=method,
-            headers={"X-Sam3d-Session": self.session} if self.session else {},
+            self.address + path, data=data, method=method, headers={**sent, **(headers or {})}
         )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
@@ -186,14 +198,14 @@ class Page:
         assert status == 200, content
         return json.loads(content)
 
-    def error(self, path: str, body: object = None, data: bytes | None = None) -> str:
-        """The message of a request that must be refused as a user error."""
-        status, content = self.request(path, body, data)
-        assert status == 400, content
+    def error(self, path: str, body: object = None, data: bytes | None = None, status: int = 400) -> str:
+        """The message of a request that must be refused (a user error: 400)."""
+        answered, content = self.request(path, body, data)
+        assert answered == status, content
         return json.loads(content)["error"]
 
 
-POSTS = {"/api/undo", "/api/reset", "/api/save", "/api/objects/add"}
+POSTS = {"/api/undo", "/api/reset", "/api/save", "/api/objects/add", "/api/leave"}
 
 
 def two_lesion_phantom(folder: Path) -> tuple[Path, Path, list[list[int]]]:

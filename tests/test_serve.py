@@ -74,7 +74,7 @@ def test_click_save_correct_undo_and_replay_the_clicks(phantom, tmp_path, caplog
         np.testing.assert_allclose(mask.affine, truth.affine)
         assert dice(np.asarray(mask.dataobj), np.asarray(truth.dataobj)) > 0.7
         assert saved["volume_ml"] == pytest.approx(first["volume_ml"], rel=0.1)
-        assert page.request(f"/api/download/mask?session={page.session}")[1] == mask_file.read_bytes()
+        assert page.request("/api/download/mask")[1] == mask_file.read_bytes()
 
         edge = [centre[0], centre[1], centre[2] + 3]
         second = page("/api/click", {"point": edge, "positive": False})
@@ -174,7 +174,7 @@ def test_bad_inputs_get_a_message_and_the_server_keeps_serving(phantom, tmp_path
         )
         assert "three numbers" in page.error("/api/click", {"point": [1, 2]})
         assert "not valid JSON" in page.error("/api/click", data=b"{")
-        assert "session id" in Page(address, None).error("/api/state")
+        assert "no valid page token" in Page(address, None).error("/api/state")
         # after all that, the page's scan is intact and clicks work
         state = page("/api/click", {"point": centre})
         assert len(state["clicks"]) == 1
@@ -221,9 +221,10 @@ def test_two_pages_keep_their_own_clicks_and_a_full_server_says_so(phantom, tmp_
         assert second("/api/state") == {"scan": None}
         assert len(first("/api/state")["clicks"]) == 1
     with live_server(MagicWand(), [scan], tmp_path / "out", max_sessions=1, session_timeout_s=0) as address:
-        Page(address, "first")("/api/open", {"index": 0})
+        first = Page(address, "first")
+        first("/api/open", {"index": 0})
         Page(address, "second")("/api/open", {"index": 0})  # the idle page gives its place
-        assert Page(address, "first")("/api/state") == {"scan": None}
+        assert first("/api/state") == {"scan": None}
 
 
 def test_host_and_port_problems_are_explained():
@@ -408,7 +409,7 @@ def test_a_case_name_beyond_latin_1_downloads_its_interactions(phantom, tmp_path
         page("/api/open", {"index": 0})
         page("/api/click", {"point": centre})
         request = urllib.request.Request(
-            f"{address}/api/download/interactions", headers={"X-Sam3d-Session": page.session}
+            f"{address}/api/download/interactions", headers={"X-Sam3d-Page": page.token}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             disposition = response.headers["Content-Disposition"]

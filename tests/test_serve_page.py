@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -284,6 +285,44 @@ def test_a_second_browser_is_told_when_the_server_is_full(browsers, phantom, tmp
         second.find_element(By.ID, "open").click()
         _wait(second, "window.sam3d.state.volume !== null")
         assert _message(second).startswith("phantom_000.nii.gz: shown and segmented")
+
+
+def test_downloads_come_through_fetch_and_no_url_holds_the_page_token(browsers, phantom, tmp_path):
+    scan, _, centre, _ = phantom
+    with live_server(MagicWand(), [scan], tmp_path / "out") as address:
+        driver = browsers()
+        _open(driver, address)
+        _click(driver, "axial", centre)
+        _wait(driver, "document.body.dataset.clicks === '1'")
+        driver.find_element(By.ID, "save").click()
+        saved = _wait(driver, "document.body.dataset.saved")
+        # what the page hands the browser to save: the blob's name and size (headless Chromium saves nothing)
+        driver.execute_script(
+            "window.downloaded = [];"
+            "HTMLAnchorElement.prototype.click = function () {"
+            "  const name = this.download;"
+            "  fetch(this.href).then((r) => r.arrayBuffer()).then((b) => window.downloaded.push([name, b.byteLength]));"
+            "};"
+        )
+        driver.find_element(By.ID, "download-mask").click()
+        _wait(driver, "window.downloaded.length === 1")
+        driver.find_element(By.ID, "download-interactions").click()
+        _wait(driver, "window.downloaded.length === 2")
+        mask, interactions = driver.execute_script("return window.downloaded")
+        assert mask == ["phantom_000_mask.nii.gz", Path(saved).stat().st_size]
+        assert interactions[0] == "phantom_000_interactions.json"
+        assert interactions[1] > 0
+        token = driver.execute_script("return window.sam3d.state.page")
+        assert len(token) == 65
+        urls = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+        assert any(url.endswith("/api/download/mask") for url in urls)
+        assert any(url.endswith("/api/volume") for url in urls)
+        assert [url for url in [driver.current_url, *urls] if token in url or "session=" in url] == []
+
+        driver.refresh()  # a reload keeps its token, so its scan and clicks
+        _wait(driver, "document.body.dataset.ready === '1' && window.sam3d.state.volume !== null")
+        assert driver.execute_script("return window.sam3d.state.page") == token
+        assert _dataset(driver, "clicks") == "1"
 
 
 def test_drag_a_box_alt_drag_scribbles_undo_save_and_replay_with_predict(browsers, phantom, tmp_path):

@@ -5,7 +5,8 @@
 several objects, :func:`sam3d.data.scans.write_objects` as ``predict`` does, with the interactions file
 ``predict`` replays), :mod:`~sam3d.serve.app`
 the Starlette application (its route handlers over one :class:`~sam3d.serve.app.SessionStore` of the
-pages), :mod:`~sam3d.serve.server` the socket and uvicorn; ``static/`` is the page (plain canvases).
+pages, each with its token), :mod:`~sam3d.serve.guard` what keeps other web sites out (Host, Origin,
+JSON only), :mod:`~sam3d.serve.server` the socket and uvicorn; ``static/`` is the page (plain canvases).
 """
 
 from sam3d.serve.app import ServeSettings, SessionStore, create_app

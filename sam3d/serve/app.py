@@ -1,7 +1,9 @@
 """The web application of ``sam3d serve`` (Starlette): the page, its scans, one interaction session per page.
 
-Each page (browser tab) sends a random session id with every request; the server keeps one
-:class:`~sam3d.serve.viewer.ScanView` per id, so two browsers never mix their clicks, boxes and scribbles.
+Each page (browser tab) asks the server for a secret page token (``POST /api/page``) and sends it in the
+``X-Sam3d-Page`` header of every request, never in a URL; the server keeps one
+:class:`~sam3d.serve.viewer.ScanView` per page, so two browsers never mix their clicks, boxes and scribbles.
+:mod:`sam3d.serve.guard` keeps other web sites out (Host, Origin, JSON only).
 A scan holds several objects; every interaction goes to the selected one.
 The network runs for one request at a time. Every user error answers ``400 {"error": message}``, which the page shows;
 anything else is logged with its traceback and answers 500, and the server goes on serving.
@@ -13,8 +15,11 @@ the store from its request.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -42,6 +47,7 @@ from sam3d.models import VolumetricSam
 from sam3d.serve import nninteractive
 from sam3d.serve.auth import ApiKeyMiddleware
 from sam3d.serve.bodies import json_object, limited_body
+from sam3d.serve.guard import GuardMiddleware, server_names
 from sam3d.serve.viewer import BYTES_PER_VOXEL, OutputOptions, ScanView, ViewSettings, open_scan
 
 __all__ = ["ServeSettings", "SessionStore", "create_app"]
@@ -49,7 +55,7 @@ __all__ = ["ServeSettings", "SessionStore", "create_app"]
 logger = logging.getLogger("sam3d.serve")
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = ("index.html", "app.js", "style.css")
-SESSION_HEADER = "X-Sam3d-Session"
+PAGE_HEADER = "X-Sam3d-Page"
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,38 @@ class SessionStore:
         self.lock = threading.Lock()  # one network, one request at a time
         self.pages: dict[str, _Page] = {}
         self.uploads = Path(tempfile.mkdtemp(prefix="sam3d-serve-"))  # uploaded scans, one folder each
+        self._secret = secrets.token_bytes(32)  # signs the page tokens: a restart makes pages ask anew
+        self.file_owners: dict[str, str] = {}  # file stem of saved masks -> the page that saves under it
+
+    def _signature(self, page_id: str) -> str:
+        return hmac.new(self._secret, page_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self) -> str:
+        """A new page token: a random page id and its signature, which only this server can make."""
+        page_id = secrets.token_hex(16)
+        return f"{page_id}.{self._signature(page_id)}"
+
+    def page_id(self, token: str | None) -> str | None:
+        """The page id of a token this server issued; None for anything else."""
+        page_id, _, signature = (token or "").partition(".")
+        if len(page_id) != 32 or not hmac.compare_digest(
+            signature.encode(), self._signature(page_id).encode()
+        ):
+            return None
+        return page_id
+
+    def file_stem(self, key: str, case: str) -> str:
+        """The name the page of ``key`` saves the masks of ``case`` under (``predict``'s for the first page).
+
+        The first page to save a case gets the case id, as ``sam3d predict`` writes; another page saving
+        the same case gets ``<case>_page<n>``, so pages never overwrite each other's files.
+        """
+        number = 1
+        while True:
+            stem = case if number == 1 else f"{case}_page{number}"
+            if self.file_owners.setdefault(stem, key) == key:
+                return stem
+            number += 1
 
     @property
     def max_upload(self) -> int:
@@ -191,10 +229,13 @@ def _sessions(request: Request) -> SessionStore:
 
 
 def _session_id(request: Request) -> str:
-    # Links (downloads) and beacons cannot send a header: they name the session in the query.
-    key = request.headers.get(SESSION_HEADER) or request.query_params.get("session", "")
-    if not 8 <= len(key) <= 64 or not key.replace("-", "").isalnum():
-        raise Sam3dError("the page sent no session id: reload the page")
+    """The page id of the request's page token (header only: a URL would leak it into logs and history)."""
+    key = _sessions(request).page_id(request.headers.get(PAGE_HEADER))
+    if key is None:
+        raise Sam3dError(
+            f"the request has no valid page token ({PAGE_HEADER} header from POST /api/page; the server may "
+            "have restarted): reload the page"
+        )
     return key
 
 
@@ -286,6 +327,14 @@ def config(request: Request) -> JSONResponse:
             "version": __version__,
         }
     )
+
+
+async def page_token(request: Request) -> JSONResponse:
+    """``POST /api/page {"page": token}`` (token optional): the page's token, the same if still valid, else new."""
+    store = _sessions(request)
+    given = (await json_object(request)).get("page")
+    valid = isinstance(given, str) and store.page_id(given) is not None
+    return JSONResponse({"page": given if valid else store.issue()})
 
 
 def current(request: Request) -> JSONResponse:
@@ -486,8 +535,9 @@ def save(request: Request) -> JSONResponse:
     """``POST /api/save``: write the masks and the interactions into the output folder; their paths and volumes."""
     store = _sessions(request)
     with store.lock:
-        view = store.page(_session_id(request)).view
-        saved = view.save()
+        key = _session_id(request)
+        view = store.page(key).view
+        saved = view.save(store.file_stem(key, view.scan.case_id))
     logger.info("%s: saved %s (%.1f mL)", view.name, ", ".join(saved["files"].values()), saved["volume_ml"])
     return JSONResponse(saved)
 
@@ -545,6 +595,7 @@ ROUTES = [
     Route("/", page_file),
     Route("/static/{name:str}", page_file),
     Route("/api/config", config),
+    Route("/api/page", page_token, methods=["POST"]),
     Route("/api/state", current),
     Route("/api/leave", leave, methods=["POST"]),
     Route("/api/open", open_listed, methods=["POST"]),
@@ -564,15 +615,18 @@ ROUTES = [
 ]
 
 
-def create_app(sessions: SessionStore, api_key: str | None = None) -> Starlette:
+def create_app(sessions: SessionStore, api_key: str | None = None, host: str = "127.0.0.1") -> Starlette:
     """The ``sam3d serve`` application: the :data:`ROUTES` and nnInteractive's over ``sessions`` (``app.state.sessions``).
 
-    ``api_key``: every request must carry it (:mod:`sam3d.serve.auth`).
+    ``api_key``: every request must carry it (:mod:`sam3d.serve.auth`). ``host``: the address served
+    (``--host``), a host name requests may give besides IP addresses and this machine's names
+    (:mod:`sam3d.serve.guard`).
     """
     keyed = [Middleware(ApiKeyMiddleware, api_key=api_key)] if api_key else []
+    guard = Middleware(GuardMiddleware, names=server_names(host))
     app = Starlette(
         routes=[*ROUTES, *nninteractive.ROUTES],
-        middleware=[*keyed, Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
+        middleware=[guard, *keyed, Middleware(GZipMiddleware, minimum_size=4096, compresslevel=1)],
         exception_handlers={Sam3dError: user_error, Exception: server_error},
         lifespan=lifespan,
     )

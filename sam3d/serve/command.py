@@ -70,7 +70,7 @@ def serve(
         trainer.precision_plugin.forward_context,
         [str(problem) for problem in problems],
     )
-    app = create_app(sessions, api_key)
+    app = create_app(sessions, api_key, host)
     print(
         f"sam3d serve: {len(files)} scan(s) listed, {crops} crops, on {trainer.strategy.root_device}; "
         f"masks are saved into {output.output_dir.resolve()}; memory for scans: {memory_note(settings)}",

@@ -78,7 +78,7 @@ class Leases:
         return self.store.settings.session_timeout_s
 
     def new_session(self) -> Sam3dInferenceSession:
-        """A session on the server's network with its protocol, threshold and precision."""
+        """A session on the server's network with its protocol, threshold, precision and click mode."""
         store, view = self.store, self.store.settings.view
         return Sam3dInferenceSession(
             store.net,
@@ -87,6 +87,7 @@ class Leases:
             view.threshold,
             view.cache_size,
             store.forward_context,
+            view.click_mode,
         )
 
     def claim(self) -> str:

@@ -35,11 +35,13 @@ from sam3d.data.scans import (
     write_objects,
     write_prediction,
 )
+from sam3d.data.scans.writing import write_atomically
 from sam3d.errors import Sam3dError
 from sam3d.inference import Protocol
 from sam3d.interaction import Interaction, InteractionSession
 from sam3d.models import VolumetricSam
 from sam3d.objects import ObjectSessions, SegmentedObject
+from sam3d.session import negative_refusal
 
 __all__ = ["OutputFolder", "OutputOptions", "ScanView", "ViewSettings", "open_scan"]
 
@@ -70,16 +72,6 @@ class ViewSettings:
 
 # The page's slice views of the axes (d, h, w): a voxel is where its axial, coronal and sagittal slices cross.
 SLICE_VIEWS = ("axial", "coronal", "sagittal")
-
-
-def negative_refusal(kind: str) -> str:
-    """Why a ``reference``-mode checkpoint refuses a negative ``kind`` (click or scribble), and what to do."""
-    return (
-        f"this checkpoint was trained with data.click_mode reference (3DSAM-adapter's clicks, all positive): it "
-        f"never learned negative clicks, so a negative {kind} would grow the mask instead of shrinking it. "
-        "Correct with Undo and positive clicks, or serve a checkpoint trained with negative clicks "
-        "(-c clicks/interactive.yaml, or data.click_mode labelled)"
-    )
 
 
 def outside_message(kind: str, voxel: list[float], shape: tuple[int, ...]) -> str:
@@ -388,11 +380,13 @@ class ScanView:
                     entries.append({"type": "scribble", "positions": world, "space": "world", **label, **of})
         return json.dumps({"scans": [{"scan": self.name, "interactions": entries}]}, indent=1) + "\n"
 
-    def save(self) -> dict[str, Any]:
+    def save(self, stem: str | None = None) -> dict[str, Any]:
         """Write the masks (as ``sam3d predict`` does) and the interactions file into the output folder.
 
-        The objects with interactions are written: one as ``predict`` writes one (``<case>_mask.nii.gz``),
+        The objects with interactions are written: one as ``predict`` writes one (``<stem>_mask.nii.gz``),
         several as their label map and one mask per object (:func:`sam3d.data.scans.write_objects`).
+        ``stem`` (default: the case id) names the files; each replaces its previous file atomically, a
+        symlink too (never written through).
 
         Raises:
             Sam3dError: If no object has an interaction yet or the folder cannot be written; nothing is lost.
@@ -400,11 +394,12 @@ class ScanView:
         segmented = self.objects.segmented
         if not segmented:
             raise Sam3dError("nothing to save yet: click inside the object, or draw a box, first")
-        folder = self.output.output_dir
-        interactions = folder / f"{self.scan.case_id}_interactions.json"
+        folder, stem = self.output.output_dir, stem or self.scan.case_id
+        interactions = folder / f"{stem}_interactions.json"
+        text = self.interactions_json()
         try:
-            saved, volumes = self._write(segmented, folder)
-            interactions.write_text(self.interactions_json())
+            saved, volumes = self._write(segmented, folder, stem)
+            write_atomically(interactions, lambda temporary: temporary.write_text(text))
         except OSError as error:
             raise Sam3dError(
                 f"cannot write into {folder} ({error}); the interactions are kept: free space or "
@@ -418,21 +413,21 @@ class ScanView:
         }
 
     def _write(
-        self, segmented: tuple[SegmentedObject, ...], folder: Path
+        self, segmented: tuple[SegmentedObject, ...], folder: Path, stem: str
     ) -> tuple[dict[str, Path], dict[int, float]]:
         """Write the objects' files: their paths by kind, and each object's volume in mL on the file's grid."""
         with_probability = self.output.probabilities
         if len(segmented) == 1:
             only = segmented[0]
             written = write_prediction(
-                self.scan, only.session.probability, self.threshold, folder, with_probability
+                self.scan, only.session.probability, self.threshold, folder, with_probability, stem
             )
             files = {"mask": written.mask}
             if written.probability is not None:
                 files["probability"] = written.probability
             return files, {only.id: written.volume_ml}
         objects = [ObjectProbability(o.id, o.name, o.session.probability) for o in segmented]
-        labelled = write_objects(self.scan, objects, self.threshold, folder, with_probability)
+        labelled = write_objects(self.scan, objects, self.threshold, folder, with_probability, stem)
         files = {"labels": labelled.labels}
         for each in segmented:
             files[f"object-{each.id}"] = labelled.masks[each.id]

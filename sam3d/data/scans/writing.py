@@ -5,12 +5,16 @@ that :func:`write_like` can save it as a NIfTI that overlays the input voxel for
 the input's orientation, spacing or format. :func:`write_prediction` does both for a predicted
 probability: the mask (and optionally the probability map) that ``sam3d predict`` and the Save of
 ``sam3d serve`` write. :func:`write_objects` writes several objects of one scan: their label map and
-each object's mask, from :func:`objects_on_source_grid`.
+each object's mask, from :func:`objects_on_source_grid`. Every file is written atomically
+(:func:`write_atomically`): a reader never sees half a file, and a symlink at the path is replaced, never
+written through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,10 +38,36 @@ __all__ = [
     "object_file_stem",
     "objects_on_source_grid",
     "to_source_grid",
+    "write_atomically",
     "write_like",
     "write_objects",
     "write_prediction",
 ]
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Let ``write`` write a new file in ``path``'s folder, then move it onto ``path`` in one step.
+
+    The new file is created exclusively (never an existing file or symlink) and :func:`os.replace` puts it
+    in place of whatever ``path`` was, a symlink included, so nothing is ever written through a link and a
+    failed write leaves the previous file as it was. The folder is created if missing.
+
+    Returns:
+        ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix keeps the file type (nibabel compresses ".nii.gz"); the leading dot hides it meanwhile.
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+    # O_EXCL: a new file, never one (or a link) already there; the umask applies as to any written file.
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def to_source_grid(
@@ -98,7 +128,8 @@ def write_like(
     Args:
         reference_path: The input scan (NIfTI, NRRD or MHA).
         array: Values on the reference's grid, its array order ``(i, j, k)`` (see :func:`to_source_grid`).
-        output_path: Where to write; must end in ``.nii`` or ``.nii.gz``. Folders are created.
+        output_path: Where to write; must end in ``.nii`` or ``.nii.gz``. Folders are created; the file is
+            replaced atomically (:func:`write_atomically`).
         dtype: Stored data type (``np.uint8`` for masks, ``np.float32`` for probabilities).
 
     Returns:
@@ -119,9 +150,7 @@ def write_like(
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(output))
-    return output
+    return write_atomically(output, lambda temporary: nib.save(image, str(temporary)))
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,7 @@ def write_prediction(
     threshold: float,
     output_dir: str | Path,
     probabilities: bool = False,
+    stem: str | None = None,
 ) -> WrittenPrediction:
     """Write the mask ``probability > threshold`` on ``scan``'s own grid into ``output_dir``.
 
@@ -157,20 +187,21 @@ def write_prediction(
         threshold: Probability level of the mask.
         output_dir: Folder of ``<case>_mask.nii.gz`` (and ``<case>_probability.nii.gz``); created if missing.
         probabilities: Also write the probability map (float32).
+        stem: The files' names before ``_mask``, ``_probability`` (default: the case id).
 
     Returns:
         The written files and the mask's volume in mL.
     """
-    folder = Path(output_dir)
+    folder, stem = Path(output_dir), stem or scan.case_id
     on_source = to_source_grid(scan, probability, interpolation="linear")
     mask = (on_source > threshold).numpy().astype(np.uint8)
-    mask_path = write_like(scan.path, mask, folder / f"{scan.case_id}_mask.nii.gz")
+    mask_path = write_like(scan.path, mask, folder / f"{stem}_mask.nii.gz")
     probability_path = None
     if probabilities:
         probability_path = write_like(
             scan.path,
             on_source.numpy().astype(np.float32),
-            folder / f"{scan.case_id}_probability.nii.gz",
+            folder / f"{stem}_probability.nii.gz",
             dtype=np.float32,
         )
     volume_ml = float(mask.sum() * float(np.prod(scan.source_spacing)) / 1000)
@@ -255,6 +286,7 @@ def write_objects(
     threshold: float,
     output_dir: str | Path,
     probabilities: bool = False,
+    stem: str | None = None,
 ) -> WrittenObjects:
     """Write several objects of ``scan`` on its own grid: one label map and one mask per object.
 
@@ -268,18 +300,19 @@ def write_objects(
         threshold: Probability level of the masks.
         output_dir: Folder of the files; created if missing.
         probabilities: Also write each object's probability map (float32).
+        stem: The files' names' case part (default: the case id).
     """
-    folder = Path(output_dir)
+    folder, stem = Path(output_dir), stem or scan.case_id
     source = objects_on_source_grid(scan, objects, threshold, probabilities)
-    labels = write_like(scan.path, source.labels, folder / f"{scan.case_id}_labels.nii.gz")
+    labels = write_like(scan.path, source.labels, folder / f"{stem}_labels.nii.gz")
     voxel_ml = float(np.prod(scan.source_spacing)) / 1000
     masks, volumes, probability_paths = {}, {}, {}
     for each in objects:
-        stem = object_file_stem(scan.case_id, each.id, each.name)
-        masks[each.id] = write_like(scan.path, source.masks[each.id], folder / f"{stem}.nii.gz")
+        own = object_file_stem(stem, each.id, each.name)
+        masks[each.id] = write_like(scan.path, source.masks[each.id], folder / f"{own}.nii.gz")
         volumes[each.id] = float((source.labels == each.id).sum()) * voxel_ml
         if probabilities:
             probability_paths[each.id] = write_like(
-                scan.path, source.probabilities[each.id], folder / f"{stem}_probability.nii.gz", np.float32
+                scan.path, source.probabilities[each.id], folder / f"{own}_probability.nii.gz", np.float32
             )
     return WrittenObjects(labels, masks, volumes, probability_paths)

@@ -31,7 +31,7 @@ function colour(id) {
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  session: sessionId(),
+  page: sessionStorage.getItem("sam3d-page") || "", // the server's secret for this tab (POST /api/page)
   config: null,
   scan: null, // describe() of the server
   volume: null, // Int16Array, (D, H, W) C order
@@ -46,13 +46,12 @@ const state = {
   queue: Promise.resolve(),
 };
 
-function sessionId() {
-  let id = sessionStorage.getItem("sam3d-session");
-  if (!id) {
-    id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
-    sessionStorage.setItem("sam3d-session", id);
-  }
-  return id;
+// The tab's page token: kept while the server knows it (a reload keeps its scan), else a new one. It goes
+// in a header only, never in a URL (history, logs and Referer would show it).
+async function claimPage() {
+  const { page } = await (await post("/api/page", { page: state.page || undefined })).json();
+  state.page = page;
+  sessionStorage.setItem("sam3d-page", page);
 }
 
 // ---------------------------------------------------------------- server
@@ -69,7 +68,7 @@ async function api(path, options = {}) {
   try {
     const response = await fetch(path, {
       ...options,
-      headers: { "X-Sam3d-Session": state.session, ...(options.headers || {}) },
+      headers: { "X-Sam3d-Page": state.page, ...(options.headers || {}) },
     });
     if (!response.ok) {
       let message = `${response.status} ${response.statusText}`;
@@ -114,7 +113,7 @@ function listScan(name, index) {
 
 async function loadScan(result, index) {
   if (!result.scan) return;
-  const bytes = await (await api(`/api/volume?session=${state.session}`)).arrayBuffer();
+  const bytes = await (await api("/api/volume")).arrayBuffer();
   state.scan = result.scan;
   state.volume = new Int16Array(bytes);
   state.cursor = result.scan.shape.map((n) => Math.floor(n / 2));
@@ -152,7 +151,7 @@ function update(result) {
     `${clicks} click(s) (${positive}+, ${clicks - positive}−)` +
     `${drawn} · ${result.volume_ml.toFixed(2)} mL${latency}`;
   $("download-interactions").hidden = !result.interactions.length;
-  $("download-interactions").href = `/api/download/interactions?session=${state.session}`;
+  $("download-interactions").dataset.kind = "interactions";
   $("download-mask").hidden = true;
   listObjects();
   buildSurface();
@@ -672,7 +671,11 @@ function bind() {
     if (!file) return;
     show(`uploading ${file.name}…`, "info");
     enqueue(async () => {
-      const response = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+      const response = await api(`/api/upload?name=${encodeURIComponent(file.name)}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/octet-stream" },
+        body: file,
+      });
       await loadScan(await response.json());
     }).finally(() => (event.target.value = ""));
   });
@@ -711,7 +714,20 @@ function bind() {
     edit("/api/objects/delete", { id: state.result.selected });
   });
   // A closed tab gives its place on the server to another page (a reload takes it back).
-  window.addEventListener("pagehide", () => navigator.sendBeacon(`/api/leave?session=${state.session}`));
+  // (fetch with keepalive outlives the page, as a beacon, and sends the token in its header)
+  window.addEventListener("pagehide", () =>
+    fetch("/api/leave", {
+      method: "POST",
+      keepalive: true,
+      headers: { "X-Sam3d-Page": state.page, "Content-Type": "application/json" },
+      body: "{}",
+    }),
+  );
+  for (const id of ["download-mask", "download-interactions"])
+    $(id).addEventListener("click", (event) => {
+      event.preventDefault();
+      enqueue(() => download(event.currentTarget.dataset.kind));
+    });
   document.addEventListener("keydown", (event) => {
     if (event.target instanceof HTMLInputElement) return; // Ctrl+Z in the name box edits the name
     if ((event.ctrlKey || event.metaKey) && event.key === "z") edit("/api/undo");
@@ -725,12 +741,30 @@ function bind() {
       show(`saved ${Object.values(saved.files).join(", ")} (${volumes} on the scan's grid)`, "info");
       const kind = saved.files.labels ? "labels" : "mask";
       const link = $("download-mask");
-      link.href = `/api/download/${kind}?session=${state.session}`;
+      link.dataset.kind = kind;
       link.textContent = kind === "labels" ? "label map (NIfTI)" : "mask (NIfTI)";
       link.hidden = false;
       document.body.dataset.saved = saved.files[kind];
     }),
   );
+}
+
+// A download through fetch, so that the page token goes in a header: the file is handed to the browser
+// as a blob, under the name the server gives.
+async function download(kind) {
+  const response = await api(`/api/download/${kind}`);
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const encoded = /filename\*=utf-8''([^;]+)/i.exec(disposition);
+  const plain = /filename="([^"]+)"/i.exec(disposition);
+  const name = encoded ? decodeURIComponent(encoded[1]) : plain ? plain[1] : kind;
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 // What the checkpoint learned about clicks, said on the page; a reference-mode one was never shown negatives.
@@ -772,6 +806,7 @@ async function start() {
   bind();
   fit();
   await enqueue(async () => {
+    await claimPage();
     state.config = await (await api("/api/config")).json();
     for (const name of state.config.scans) $("scans").add(new Option(name));
     $("open").disabled = !state.config.scans.length;
