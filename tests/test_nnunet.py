@@ -266,20 +266,8 @@ def test_nnunet_trains_and_predicts_the_export_and_report_shows_it_beside_the_sa
     )
     predictions = tmp_path / "predictions"
     predict = ("-i", str(folder / "imagesTs"), "-o", str(predictions), "-d", "501", "-c", "3d_fullres")
-    _nnunet(
-        "nnUNetv2_predict",
-        *predict,
-        "-f",
-        "0",
-        "-device",
-        "cpu",
-        "--disable_tta",
-        "-npp",
-        "1",
-        "-nps",
-        "1",
-        env=env,
-    )
+    predict_options = ("-f", "0", "-tr", "nnUNetTrainer_1epoch", "-device", "cpu", "--disable_tta")
+    _nnunet("nnUNetv2_predict", *predict, *predict_options, "-npp", "1", "-nps", "1", env=env)
     main(["score-masks", str(predictions), str(folder), "--output", str(tmp_path / "runs" / "nnunet")])
 
     _, checkpoint = trained  # the tiny SAM, tested on the same fold 0 of the same phantoms
