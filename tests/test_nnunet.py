@@ -284,3 +284,25 @@ def test_nnunet_trains_and_predicts_the_export_and_report_shows_it_beside_the_sa
     dice = [float(row["dice"]) for row in nnunet_cases]
     assert all(0.0 <= value <= 1.0 for value in dice)
     assert float(records["nnunet"]["dice_mean"]) == pytest.approx(np.mean(dice))
+
+
+def test_export_writes_other_scan_formats_as_nifti_on_their_grid(synthetic_root, tmp_path):
+    import torchio as tio
+
+    root = tmp_path / "nrrd"
+    shutil.copytree(synthetic_root, root)
+    description = json.loads((root / "dataset.json").read_text())
+    for entry in description["training"]:
+        source = root / entry["image"]
+        tio.ScalarImage(source).save(source.with_name(source.name.replace(".nii.gz", ".nrrd")))
+        source.unlink()
+        entry["image"] = entry["image"].replace(".nii.gz", ".nrrd")
+    (root / "dataset.json").write_text(json.dumps(description))
+    folder = _export(root, tmp_path)
+    for image in sorted((folder / "imagesTr").iterdir()):
+        case = image.name.removesuffix("_0000.nii.gz")
+        original = nib.load(synthetic_root / "imagesTr" / f"{case}.nii.gz")
+        exported = nib.load(image)
+        assert np.array_equal(np.asarray(exported.dataobj), np.asarray(original.dataobj))
+        assert np.allclose(exported.affine, original.affine, atol=1e-4)
+        assert np.array_equal(nib.load(folder / "labelsTr" / f"{case}.nii.gz").affine, exported.affine)
