@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--skip_sam", action="store_true", help="only nnU-Net (e.g. a second run)")
+    parser.add_argument("--skip_sam", action="store_true", help="only nnU-Net (the SAM's runs already made)")
     args = parser.parse_args()
     out = args.output.resolve()
     data, runs = out / "data", out / "runs"
@@ -118,9 +118,14 @@ def main() -> None:
         f"({train_cases} training volumes x {settings['samples_per_volume']} patches per epoch)",
         flush=True,
     )
-    train_seconds = run(
-        [sys.executable, "-c", TRAIN, str(DATASET_ID), str(args.epochs), str(iterations)], train_env
-    )
+    finished = nnunet["results"] / folder.name / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    if (finished / "checkpoint_final.pth").is_file():  # a second run (e.g. with --skip_sam) reuses it
+        print(f"nnU-Net: reusing the finished training in {finished}", flush=True)
+        train_seconds = math.nan
+    else:
+        train_seconds = run(
+            [sys.executable, "-c", TRAIN, str(DATASET_ID), str(args.epochs), str(iterations)], train_env
+        )
     predictions = out / "nnunet_predictions"
     predict_seconds = run(
         [
@@ -144,8 +149,8 @@ def main() -> None:
             *("--seconds_per_case", f"{predict_seconds / test_cases:.3f}"),
         ]
     )
-    checkpoint = next(nnunet["results"].glob(f"{folder.name}/*/fold_0/checkpoint_final.pth"))
-    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    weights = torch.load(finished / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    weights = weights["network_weights"]
     print(
         f"nnU-Net: {sum(w.numel() for w in weights.values()):,} weights, training {train_seconds:.0f} s, "
         f"prediction {predict_seconds:.0f} s for {test_cases} cases (process start included)"
