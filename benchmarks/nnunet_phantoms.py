@@ -150,9 +150,10 @@ def main() -> None:
         ]
     )
     weights = torch.load(finished / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    weights = weights["network_weights"]
+    # the decoder keeps a reference to the encoder, whose weights the state dict lists a second time
+    weights = {k: w for k, w in weights["network_weights"].items() if not k.startswith("decoder.encoder.")}
     print(
-        f"nnU-Net: {sum(w.numel() for w in weights.values()):,} weights, training {train_seconds:.0f} s, "
+        f"nnU-Net: {sum(w.numel() for w in weights.values()):,} parameters, training {train_seconds:.0f} s, "
         f"prediction {predict_seconds:.0f} s for {test_cases} cases (process start included)"
     )
 
