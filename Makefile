@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev,docs]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs,nnunet]"
 	$(BIN)/python -m pip install -q --no-deps $(LITS117_SPEC) || \
 		echo "warning: could not install $(LITS117_SPEC); the LiTS case 117 tests will skip" >&2
 	touch $(STAMP)

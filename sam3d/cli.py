@@ -45,6 +45,7 @@ from sam3d.evaluation import EvaluationSettings
 from sam3d.inference import Protocol
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 from sam3d.module import VolumetricSamModule
+from sam3d.nnunet import score_masks
 from sam3d.parse_errors import class_options, error_lines, parser_options
 from sam3d.reference_import import import_reference
 from sam3d.reporting import aggregate_folds
@@ -56,6 +57,7 @@ UTILITIES: dict[str, Callable[..., object]] = {
     "import-reference": import_reference,
     "aggregate-folds": aggregate_folds,
     "report": report,
+    "score-masks": score_masks,
 }
 DESCRIPTION = (
     "Promptable 3D tumour segmentation: SAM adapted to CT volumes. Training, evaluation and inference use "

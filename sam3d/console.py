@@ -23,8 +23,8 @@ SUBCOMMANDS = {
 }
 # The dataset utilities (the keys of sam3d.cli.UTILITIES), each with its own --help.
 UTILITY_NAMES = (
-    *("make-splits", "dataset-stats", "check-dataset", "make-synthetic", "make-lits117"),
-    *("import-reference", "aggregate-folds", "report"),
+    *("make-splits", "dataset-stats", "check-dataset", "make-synthetic", "make-lits117", "export-nnunet"),
+    *("import-reference", "aggregate-folds", "report", "score-masks"),
 )
 DESCRIPTION = (
     "Promptable 3D tumour segmentation: SAM adapted to CT volumes. Training, evaluation and inference use "

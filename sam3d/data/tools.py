@@ -9,12 +9,21 @@ from pathlib import Path
 from sam3d.data.catalog import PRESETS, DatasetName, discover
 from sam3d.data.errors import DatasetError, Problem
 from sam3d.data.lits117 import ASSUMED_SPACING_MM, Lits117Target, write_lits117
+from sam3d.data.nnunet import SPLITS_FILE, export_fold
 from sam3d.data.splits import folds_from_catalog, save_splits
 from sam3d.data.stats import intensity_statistics
 from sam3d.data.synthetic import make_synthetic_dataset
 from sam3d.data.training.cache import cache_cases
 
-__all__ = ["UTILITIES", "check_dataset", "dataset_stats", "make_lits117", "make_splits", "make_synthetic"]
+__all__ = [
+    "UTILITIES",
+    "check_dataset",
+    "dataset_stats",
+    "export_nnunet",
+    "make_lits117",
+    "make_splits",
+    "make_synthetic",
+]
 
 
 def make_splits(
@@ -180,10 +189,78 @@ def make_lits117(root: str, target: Lits117Target = "tumour", spacing: float = A
     return str(path)
 
 
+def export_nnunet(
+    root: str,
+    output: str,
+    dataset_id: int,
+    name: str = "Sam3d",
+    dataset: DatasetName = "msd",
+    fold: int = 0,
+    split_file: str | None = None,
+    num_folds: int = 5,
+    seed: int = 0,
+    target_label: int | list[int] | None = None,
+    preprocessed: str | None = None,
+) -> str:
+    """Write one sam3d fold as an nnU-Net v2 raw dataset, to compare nnU-Net itself in ``sam3d report``.
+
+    Writes ``OUTPUT/DatasetXXX_NAME``: the fold's train and val cases in ``imagesTr``/``labelsTr`` (the
+    target label(s) as label 1), its test cases in ``imagesTs``, ``dataset.json`` (channel CT) and
+    ``splits_final.json`` (train/val as nnU-Net's fold 0), then prints the nnU-Net commands to run.
+    The fold options are ``sam3d fit``'s ``--data.*`` ones, so nnU-Net gets the same cases.
+
+    Args:
+        root: The dataset folder (the manifest file for dataset=manifest).
+        output: nnU-Net's raw folder (``$nnUNet_raw``).
+        dataset_id: nnU-Net's dataset id, 1..999.
+        name: Dataset name after the id.
+        dataset: Layout of the dataset.
+        fold: The fold.
+        split_file: A sam3d split file; default: the authors' folds of the named datasets, else seeded folds.
+        num_folds: Folds made on the fly.
+        seed: Seed of folds made on the fly.
+        target_label: Label value(s) to segment; default: the dataset's.
+        preprocessed: nnU-Net's preprocessed folder (``$nnUNet_preprocessed``): also place
+            ``splits_final.json`` there (else copy it there yourself before training).
+
+    Returns:
+        The dataset folder written.
+    """
+    exported = export_fold(
+        Path(root).expanduser().resolve(),
+        Path(output),
+        dataset_id,
+        name,
+        dataset,
+        fold,
+        str(Path(split_file).expanduser().resolve()) if split_file else None,  # recorded for score-masks
+        num_folds,
+        seed,
+        target_label,
+        Path(preprocessed) if preprocessed else None,
+    )
+    folder, nnunet_fold = exported.folder, exported.folder.name
+    place = (
+        ""
+        if preprocessed
+        else f"cp {folder / SPLITS_FILE} $nnUNet_preprocessed/{nnunet_fold}/   # before training\n"
+    )
+    print(
+        f"wrote {nnunet_fold}: {len(exported.train)} train, {len(exported.val)} val (nnU-Net fold 0) and "
+        f"{len(exported.test)} test cases to {folder}\nnext (add -device cpu on a machine without a GPU):\n"
+        f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c 3d_fullres --verify_dataset_integrity\n{place}"
+        f"nnUNetv2_train {dataset_id} 3d_fullres 0\n"
+        f"nnUNetv2_predict -i {folder / 'imagesTs'} -o PREDICTIONS -d {dataset_id} -c 3d_fullres -f 0\n"
+        f"sam3d score-masks PREDICTIONS {folder} --output runs/nnunet-fold{fold}"
+    )
+    return str(folder)
+
+
 UTILITIES: dict[str, Callable[..., object]] = {
     "make-splits": make_splits,
     "dataset-stats": dataset_stats,
     "check-dataset": check_dataset,
     "make-synthetic": make_synthetic,
     "make-lits117": make_lits117,
+    "export-nnunet": export_nnunet,
 }
