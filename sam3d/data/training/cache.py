@@ -1,7 +1,8 @@
 """Canonical, resampled volumes cached on disk so epochs after the first never resample again.
 
 An entry is a folder ``<cache_dir>/<key>/`` holding ``image.nii`` (HU, int16 when the source is
-integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16) and
+integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16; each value's mask resampled linearly and kept
+above 0.5, as the authors resample training labels) and
 ``meta.json``. The key hashes the source paths, sizes and modification times, the target spacing
 and the cache version, so editing a file or changing the spacing makes a new entry. Entries are
 written to a temporary folder and renamed into place: a killed run never leaves a half entry, and
@@ -39,7 +40,7 @@ __all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_us
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels resampled linearly and thresholded at 0.5, as the authors train
 # Foreground intensities kept per case, for window/statistics estimates without re-reading volumes.
 _FOREGROUND_SAMPLE = 4096
 
@@ -103,7 +104,7 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
     source = read_volume(case.image, "image", case.case_id)
     grid_spacing = spacing[::-1]  # network order (D, H, W)
     image_grid = to_grid(source, grid_spacing)
-    label_grid = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing)
+    label_grid = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing, labels="linear")
     _save_nifti(image_grid.data, image_grid.affine, folder / "image.nii")
     image, label, affine = image_grid.data, label_grid.data, label_grid.affine
     _save_nifti(
