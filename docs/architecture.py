@@ -197,6 +197,10 @@ def training_path(crop: tuple[int, int, int] = CROP) -> dict[str, Any]:
         "frozen_in_optimiser": sum(
             p.numel() for g in optimiser.param_groups for p in g["params"] if not p.requires_grad
         ),
+        # reference clicks are all positive: the click-label embedding stays at zero, as the authors' has none
+        "label_embedding_frozen": sum(
+            p.numel() for p in task.net.prompt_encoder.label_embed.parameters() if not p.requires_grad
+        ),
     }
 
 
@@ -457,7 +461,8 @@ def draw(description: dict[str, Any], output: Path = PICTURE) -> None:
         ht,
         TRAINING,
         f"{train['optimiser']}, trainable only",
-        f"parameter groups:\n{groups}\nfrozen SAM weights in it: {train['frozen_in_optimiser']}",
+        f"parameter groups:\n{groups}\nfrozen SAM weights in it: {train['frozen_in_optimiser']}\n"
+        f"click-label embedding left at zero: {train['label_embedding_frozen']}",
     )
     arrow((3.25, yt), (3.55, yt))
     arrow((6.35, yt), (6.8, yt))

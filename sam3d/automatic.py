@@ -2,7 +2,9 @@
 
 The mask decoder reads the encoder's last map directly (nothing prompts the network, so its prompt
 encoder is frozen), the crops are larger than the promptable network's (the paper: 256^3, against 128^3)
-and test volumes are segmented by sliding windows, as the fully supervised baselines are. The crop is
+and test volumes are segmented by sliding windows, as the fully supervised baselines are (a volume
+smaller than a window padded with 0, the dataset mean after z-scoring, as the authors' ``test_auto.py``;
+their gradient-norm clip of 12.0 is in ``configs/automatic/sam.yaml``). The crop is
 upsampled less, so the network sees as many tokens as the promptable one (256^3 crops x 2 = 512^3, as
 128^3 x 4). Select it with ``sam3d fit -c kits.yaml -c automatic/sam.yaml``.
 
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from sam3d.data.scans.evaluation_cases import EvaluationCase
+from sam3d.inference import PAPER_PAD_VALUE
 from sam3d.models import VARIANTS
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
@@ -50,5 +53,5 @@ class AutomaticSamModule(VolumetricSamTask):
         return self(batch["image"]).float()
 
     def evaluate_test_case(self, case: EvaluationCase) -> CaseResult:
-        """Segment the whole case by sliding windows; one row with 0 clicks."""
-        return self.sliding_window_evaluation(case, self.net.config.crop_size)
+        """Segment the whole case by sliding windows, padded with 0 as the authors' ``test_auto.py``; one row."""
+        return self.sliding_window_evaluation(case, self.net.config.crop_size, PAPER_PAD_VALUE)

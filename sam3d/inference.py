@@ -4,7 +4,8 @@ Two protocols with clicks:
 
 * ``paper``: one crop centred on the midpoint of the clicks' bounding box (rounded down), zero
   probability elsewhere; where the crop passes the volume's edge it is padded with 0, the dataset
-  mean after z-scoring (the authors' test). Tumours larger than the crop are cut off.
+  mean after z-scoring, and every click reaches the network, also one outside the crop (its sampled
+  features are then zeros): the authors' test. Tumours larger than the crop are cut off.
 * ``full``: crops follow the object. Starting from the paper's crop, a neighbouring crop (half a crop
   away) is added wherever the predicted object touches a crop face inside the volume; overlapping
   predictions are blended with a smooth weight. Crops without a click get a positive click at the
@@ -159,14 +160,21 @@ class VolumePrompts:
         return bool(boxes_meet.any() or _inside_crop(self.scribble_voxels, start, crop).any())
 
     def for_crop(
-        self, start: torch.Tensor, crop: tuple[int, ...], takes: Sequence[str]
+        self,
+        start: torch.Tensor,
+        crop: tuple[int, ...],
+        takes: Sequence[str],
+        outside_clicks: bool = False,
     ) -> dict[str, torch.Tensor]:
         """The network's keyword inputs for the crop at ``start``: its clicks and the dense prompts it takes.
 
-        Clicks outside the crop are dropped; boxes are clipped to it (boxes outside it dropped); a dense
+        Clicks outside the crop are dropped unless ``outside_clicks`` (the ``paper`` protocol keeps them,
+        as the authors' test does); boxes are clipped to the crop (boxes outside it dropped); a dense
         prompt absent from the crop is not passed (the network renders it as zeros).
         """
         inside = _inside_crop(self.points, start, crop)
+        if outside_clicks:
+            inside = torch.ones_like(inside)
         inputs = {"points": (self.points[inside] - start)[None], "labels": self.labels[inside][None]}
         last = torch.tensor(crop) - 1
         if "box" in takes and len(self.boxes):
@@ -198,10 +206,12 @@ def predict_crop(
     start: torch.Tensor,
     prompts: VolumePrompts,
     pad_value: float | None = None,
+    outside_clicks: bool = False,
 ) -> torch.Tensor:
     """Foreground probability ``crop_size`` of the crop at ``start`` from the prompts in it.
 
     Where the crop passes the volume's edge it is padded with ``pad_value``, None for the volume's minimum.
+    ``outside_clicks``: pass the clicks outside the crop too (see :meth:`VolumePrompts.for_crop`).
     """
     net = encoder.net
     crop = encoder.crop_size
@@ -210,7 +220,7 @@ def predict_crop(
     patch[_slices(in_crop)] = image[_slices(inside)]
     encoding = encoder(patch)
     device = encoding.last_map.device
-    inputs = prompts.for_crop(start, crop, net.config.dense_prompts)
+    inputs = prompts.for_crop(start, crop, net.config.dense_prompts, outside_clicks)
     points, labels = inputs.pop("points").float().to(device), inputs.pop("labels").to(device)
     dense = {name: value.to(device) for name, value in inputs.items()}
     logits = net.segment(encoding, points, labels, **dense)
@@ -230,13 +240,15 @@ def segment_around_clicks(
         encoder: The network's crop encoder (its ``config.crop_size`` sets the crop).
         image: ``(D, H, W)`` normalised volume.
         prompts: The clicks (and dense prompts) in volume voxels ``(d, h, w)``.
-        start: Crop start; default: centred on the prompts' bounding box. Prompts outside the crop are dropped.
+        start: Crop start; default: centred on the prompts' bounding box. Every click reaches the network,
+            also one outside the crop, as in the authors' test (with 2+ clicks one can lie outside); boxes
+            and scribbles outside it are dropped.
     """
     crop = encoder.crop_size
     start = crop_start(prompts.extent_points(), crop) if start is None else start
     inside, in_crop = _ranges(start, crop, tuple(image.shape))
     probability = image.new_zeros(image.shape)
-    crop_probability = predict_crop(encoder, image, start, prompts, PAPER_PAD_VALUE)
+    crop_probability = predict_crop(encoder, image, start, prompts, PAPER_PAD_VALUE, outside_clicks=True)
     probability[_slices(inside)] = crop_probability[_slices(in_crop)]
     return probability
 
@@ -366,12 +378,14 @@ def sliding_window_probability(
     overlap: float = 0.5,
     batch_size: int = 1,
     device: torch.device | str = "cpu",
+    pad_value: float | None = None,
 ) -> torch.Tensor:
     """Whole-volume foreground probability ``(D, H, W)`` of a network without prompts (automatic methods).
 
     MONAI's ``sliding_window_inference``: crops of ``crop_size`` overlapping by ``overlap``, their softmax
-    probabilities blended with a Gaussian weight (nnU-Net's), a volume smaller than a crop padded with its
-    minimum (as :func:`predict_crop` pads).
+    probabilities blended with a Gaussian weight (nnU-Net's), a volume smaller than a crop padded with
+    ``pad_value``: None for its minimum (as :func:`predict_crop` pads), :data:`PAPER_PAD_VALUE` for the
+    authors' automatic test (MONAI's default 0, the dataset mean after z-scoring).
 
     Args:
         logits: Maps ``(B, 1, *crop_size)`` crops on ``device`` to two-class logits ``(B, 2, *crop_size)``.
@@ -380,6 +394,7 @@ def sliding_window_probability(
         overlap: Fraction of a crop shared with its neighbour along each axis, in ``[0, 1)``.
         batch_size: Crops segmented together.
         device: Where the crops are segmented (the probability is assembled on the CPU).
+        pad_value: What a volume smaller than a crop is padded with; None: the volume's minimum.
     """
     if image.ndim != 3 or not image.is_floating_point():
         raise Sam3dError(f"the volume must be a 3D float tensor (D, H, W), got {tuple(image.shape)}")
@@ -393,7 +408,7 @@ def sliding_window_probability(
             predictor=lambda crops: logits(crops).float().softmax(1),
             overlap=overlap,
             mode="gaussian",
-            cval=float(image.min()),
+            cval=float(image.min()) if pad_value is None else pad_value,
             sw_device=device,
             device="cpu",
         )

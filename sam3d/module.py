@@ -20,6 +20,9 @@ from sam3d.objects import ObjectSessions
 from sam3d.task import Batch, CaseResult
 from sam3d.volumetric import VolumetricSamTask
 
+# The click-label embedding's weight in the prompt encoder (zero-initialised; frozen in ``reference`` mode).
+LABEL_EMBEDDING = "label_embed.weight"
+
 
 class VolumetricSamModule(VolumetricSamTask):
     """The paper's training recipe around the promptable :class:`sam3d.models.VolumetricSam`.
@@ -89,6 +92,10 @@ class VolumetricSamModule(VolumetricSamTask):
         self.net = self.build_network(
             click_maps=click_maps, click_encoding=click_encoding, dense_prompts=tuple(dense_prompts)
         )
+        if click_mode == "reference":
+            # The authors' network has no click labels: every reference click is labelled positive, so a
+            # trained label embedding would only add a learned constant to every click, which theirs lacks.
+            self.net.prompt_encoder.label_embed.requires_grad_(False)
         adaptation = self.hparams["adaptation"]
         name = f"sam-lora-r{self.hparams['lora_rank']}" if adaptation == "lora" else f"sam-{adaptation}"
         # The method's name in test summaries and comparison reports, e.g. sam-spatial, sam-lora-r4.
@@ -103,6 +110,10 @@ class VolumetricSamModule(VolumetricSamTask):
         groups["prompt_inputs"] = [p for p in groups["prompt_encoder"] if id(p) in inputs]
         groups["prompt_encoder"] = [p for p in groups["prompt_encoder"] if id(p) not in inputs]
         return groups
+
+    def _frozen_keys(self) -> set[str]:
+        """Frozen SAM weights only: the click-label embedding is not SAM's, so checkpoints always keep it."""
+        return super()._frozen_keys() - {f"net.prompt_encoder.{LABEL_EMBEDDING}"}
 
     def learning_rate_factors(self) -> dict[str, float]:
         """``prompt_lr_factor`` for the prompt input projections."""

@@ -195,13 +195,18 @@ class SegmentationTask(L.LightningModule):
             "test/dice", float(final["dice"]), batch_size=1, prog_bar=True, on_epoch=True, sync_dist=True
         )
 
-    def sliding_window_evaluation(self, case: EvaluationCase, crop_size: tuple[int, int, int]) -> CaseResult:
-        """Score a case segmented without clicks: ``self(crops)`` over the whole volume by sliding windows."""
+    def sliding_window_evaluation(
+        self, case: EvaluationCase, crop_size: tuple[int, int, int], pad_value: float | None = None
+    ) -> CaseResult:
+        """Score a case segmented without clicks: ``self(crops)`` over the whole volume by sliding windows.
+
+        ``pad_value``: what a volume smaller than a crop is padded with; None: the volume's minimum.
+        """
         settings = self.evaluation
 
         def probability_of(image: torch.Tensor) -> torch.Tensor:
             return sliding_window_probability(
-                self, image, crop_size, settings.overlap, settings.window_batch_size, self.device
+                self, image, crop_size, settings.overlap, settings.window_batch_size, self.device, pad_value
             )
 
         return evaluate_without_clicks(probability_of, case, settings)

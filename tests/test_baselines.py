@@ -14,6 +14,7 @@ from cli_helpers import synthetic_cli_args
 from sam3d.automatic import AutomaticSamModule
 from sam3d.baselines import build_baseline, nnunet_plan
 from sam3d.cli import main
+from sam3d.data.scans.evaluation_cases import EvaluationCase
 from sam3d.errors import Sam3dError
 from sam3d.inference import sliding_window_probability
 from sam3d.models import CheckpointError
@@ -132,6 +133,37 @@ def test_automatic_sam_segments_without_clicks_at_the_paper_token_count():
     small = AutomaticSamModule(variant="tiny", freeze_sam=False).eval()
     with torch.no_grad():
         assert small(torch.randn(1, 1, 64, 64, 64)).shape == (1, 2, 64, 64, 64)
+
+
+def _padding_seen(module: torch.nn.Module) -> set[float]:
+    """The values a test volume smaller than the sliding window is padded with, as ``module`` sees them."""
+    image = torch.full((40, 40, 40), 2.0)
+    image[0, 0, 0] = -5.0  # the volume's minimum
+    crops: list[torch.Tensor] = []
+    forward = module.forward
+    module.forward = lambda crop: crops.append(crop.clone()) or forward(crop)  # type: ignore[method-assign]
+    label = torch.zeros(40, 40, 40, dtype=torch.bool)
+    label[20, 20, 20] = True
+    case = EvaluationCase("c", image, label, (1.0, 1.0, 1.0), lambda p: p, label, (1.0, 1.0, 1.0))
+    with torch.no_grad():
+        module.evaluate_test_case(case)
+    outside = torch.ones(crops[0].shape[2:], dtype=torch.bool)
+    outside[12:52, 12:52, 12:52] = False  # MONAI pads evenly on both sides: 64 - 40 = 24
+    return set(crops[0][0, 0][outside].unique().tolist())
+
+
+def test_the_automatic_sam_pads_with_zero_as_the_authors_test_auto_where_baselines_pad_with_the_minimum():
+    automatic = AutomaticSamModule(variant="tiny", freeze_sam=False).eval()
+    assert _padding_seen(automatic) == {0.0}  # MONAI's default in test_auto.py: the mean after z-scoring
+    baseline = SupervisedBaselineModule("dynunet", (64, 64, 64), feature_size=4).eval()
+    assert _padding_seen(baseline) == {-5.0}
+
+
+def test_the_automatic_overlay_clips_gradients_at_12_as_train_auto(tmp_path, capsys):
+    args = ["fit", "-c", str(CONFIGS / "kits.yaml"), "-c", str(CONFIGS / OVERLAYS["automatic"])]
+    with pytest.raises(SystemExit):
+        main([*args, "--data.root", str(tmp_path), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["gradient_clip_val"] == 12.0
 
 
 @pytest.fixture(scope="module")

@@ -136,4 +136,7 @@ def test_architecture_stages_cover_the_network(architecture, description):
     assert description["click_to_mask"]["outputs"]["logits"] == [1, 2, *architecture.CROP]
     training = description["training"]
     assert training["frozen_in_optimiser"] == 0
-    assert sum(training["groups"].values()) == description["click_to_mask"]["total"]["trainable"]
+    # the paper's reference clicks leave the click-label embedding out of the optimiser, at zero
+    assert training["label_embedding_frozen"] == net.prompt_encoder.label_embed.weight.numel()
+    trainable = description["click_to_mask"]["total"]["trainable"]
+    assert sum(training["groups"].values()) == trainable - training["label_embedding_frozen"]

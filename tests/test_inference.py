@@ -173,3 +173,28 @@ def test_test_crop_rounds_its_centre_down_and_pads_as_the_protocol_says(protocol
     patch = patches[0]
     assert (patch[:3] == pad).all()
     assert (patch[3:] == -1.0).all()
+
+
+class ClickRecorder(ObjectFromIntensity):
+    """Records the clicks each crop's decoding gets, wherever they lie."""
+
+    def __init__(self, crop: tuple[int, int, int]) -> None:
+        super().__init__(crop)
+        self.points: list[torch.Tensor] = []
+
+    def segment(self, encoding, points, labels=None):
+        self.points.append(points[0].clone())
+        image = encoding.last_map
+        return torch.cat([-self.sharpness * image, self.sharpness * image], 1)
+
+
+def test_the_paper_protocol_passes_clicks_outside_its_crop_as_the_authors_test():
+    image = torch.randn(40, 40, 40)
+    clicks = torch.tensor([[5.0, 5.0, 5.0], [5.0, 5.0, 14.0]])  # 9 voxels apart along w, an 8^3 crop
+    paper = ClickRecorder((8, 8, 8))
+    segment_around_clicks(CropEncoder(paper, 0), image, VolumePrompts.from_clicks(clicks))
+    # the crop starts at the midpoint (5, 5, 9) minus 4: the second click lies one voxel past its w edge
+    torch.testing.assert_close(paper.points[0], torch.tensor([[4.0, 4.0, 0.0], [4.0, 4.0, 9.0]]))
+    full = ClickRecorder((8, 8, 8))
+    segment_object(CropEncoder(full, 0), image, VolumePrompts.from_clicks(clicks))
+    assert all(((p >= 0) & (p <= 7)).all() for p in full.points)  # crops that follow the object drop them

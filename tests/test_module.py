@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sam3d.data.clicks import correction_clicks
-from sam3d.models import CheckpointError
+from sam3d.models import CheckpointError, build_sam_2d
+from sam3d.models.config import VARIANTS
 from sam3d.module import VolumetricSamModule
 
 
@@ -169,9 +170,6 @@ def test_training_step_gives_a_finite_loss_that_backpropagates(module):
 
 
 def test_checkpoints_leave_out_frozen_sam_weights_and_check_the_sam_file(tmp_path):
-    from sam3d.models import build_sam_2d
-    from sam3d.models.config import VARIANTS
-
     first, second = tmp_path / "sam_a.pth", tmp_path / "sam_b.pth"
     torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), first)
     torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), second)
@@ -393,3 +391,31 @@ def test_the_simulated_user_is_a_function_of_seed_epoch_batch_and_rank(monkeypat
             assert [_plan(module, batch_idx) for batch_idx in range(40)] != plans, name
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     assert [_plan(module, batch_idx) for batch_idx in range(40)] != plans
+
+
+@pytest.mark.parametrize("click_mode", ["reference", "labelled"])
+def test_the_click_label_embedding_trains_only_where_clicks_have_labels(click_mode, monkeypatch, tmp_path):
+    """The authors' network has no click labels: ``reference`` mode (every click positive) leaves it at zero."""
+    monkeypatch.setattr(VolumetricSamModule, "trainer", None, raising=False)
+    torch.manual_seed(0)
+    module = VolumetricSamModule(variant="tiny", click_mode=click_mode)
+    embedding = module.net.prompt_encoder.label_embed.weight
+    optimizer, _ = _optimizer_and_scheduler(module)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert (id(embedding) in in_optimizer) is (click_mode != "reference")
+    batch = {
+        "image": torch.randn(1, 1, 64, 64, 64),
+        "label": (torch.rand(1, 1, 64, 64, 64) > 0.9).float(),
+        "points": torch.tensor([[[30.0, 30, 30], [10, 20, 30]]]),
+        "point_labels": torch.tensor([[1, 1 if click_mode == "reference" else 0]]),
+    }
+    module.training_loss(batch, 0).backward()
+    optimizer.step()
+    assert bool(embedding.abs().sum() == 0) is (click_mode == "reference")
+    # a checkpoint keeps it either way (it is not a SAM weight that the SAM file would restore)
+    sam = tmp_path / "sam.pth"
+    torch.save(build_sam_2d(VARIANTS["tiny"]).state_dict(), sam)
+    with_sam = VolumetricSamModule(variant="tiny", click_mode=click_mode, sam_checkpoint=str(sam))
+    checkpoint = {"state_dict": with_sam.state_dict()}
+    with_sam.on_save_checkpoint(checkpoint)
+    assert "net.prompt_encoder.label_embed.weight" in checkpoint["state_dict"]

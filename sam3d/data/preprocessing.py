@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torchio as tio
@@ -28,12 +28,15 @@ from sam3d.data.files import reader_for
 __all__ = [
     "ORIENTATION",
     "BinarizeLabel",
+    "LabelInterpolation",
     "Normalize",
     "Preprocessing",
     "RequestedPreprocessing",
     "read_volume",
     "to_grid",
 ]
+
+LabelInterpolation = Literal["nearest", "linear"]
 
 # Volumes are turned to TorchIO's canonical orientation (``tio.ToCanonical``): RAS+.
 ORIENTATION = "RAS"
@@ -227,34 +230,57 @@ def read_volume(path: str | Path, kind: str, case: str) -> tio.ScalarImage | tio
     return image
 
 
-def to_grid(image: tio.Image, spacing: Sequence[float]) -> tio.Image:
+def to_grid(image: tio.Image, spacing: Sequence[float], labels: LabelInterpolation = "nearest") -> tio.Image:
     """Reorient to RAS+ and resample to ``spacing``: the grid the network sees.
 
-    Label maps are resampled nearest-neighbour and returned as int16. Intensities of integer-valued
-    scans are rounded back to integers (int16, when they fit) after the linear resampling, so that
-    the cache, which stores them as such, and a scan loaded for prediction hold the same values;
-    other scans are float32.
+    Label maps are returned as int16, resampled nearest-neighbour or, with ``labels="linear"``, as the
+    authors resample their training labels: each label value's 0/1 mask interpolated linearly and kept
+    where it exceeds 0.5 (at most one value can). Intensities of integer-valued scans are rounded back to
+    integers (int16, when they fit) after the linear resampling, so that the cache, which stores them as
+    such, and a scan loaded for prediction hold the same values; other scans are float32.
 
     Args:
         image: A loaded image from :func:`read_volume`.
         spacing: Target voxel size in mm, network order ``(D, H, W)``.
+        labels: How a label map is resampled: ``nearest`` or ``linear`` (then thresholded at 0.5).
 
     Returns:
         A new image on the canonical, resampled grid.
     """
+    if labels not in get_args(LabelInterpolation):
+        raise DatasetError(f"label interpolation must be 'nearest' or 'linear', got {labels!r}")
+    if isinstance(image, tio.LabelMap) and labels == "linear":
+        return _label_to_grid_linearly(image, spacing)
     data = image.data
     integral = not data.is_floating_point() or torch.equal(data, data.round())
-    # TorchIO draws a random number per transform call even for deterministic ones: keep the global
-    # stream untouched, so that preprocessing never changes what a run draws afterwards.
-    with torch.random.fork_rng(devices=[]):
-        d, h, w = (float(s) for s in spacing)
-        resampled = tio.Compose([tio.ToCanonical(), tio.Resample((w, h, d))])(image)
+    resampled = _resampled(image, spacing)
     data = resampled.data
     integers = isinstance(resampled, tio.LabelMap) or (
         integral and _INT16[0] <= float(data.min()) and float(data.max()) <= _INT16[1]
     )
     resampled.set_data(data.round().to(torch.int16) if integers else data.float())
     return resampled
+
+
+def _resampled(image: tio.Image, spacing: Sequence[float]) -> tio.Image:
+    # TorchIO draws a random number per transform call even for deterministic ones: keep the global
+    # stream untouched, so that preprocessing never changes what a run draws afterwards.
+    with torch.random.fork_rng(devices=[]):
+        d, h, w = (float(s) for s in spacing)
+        return tio.Compose([tio.ToCanonical(), tio.Resample((w, h, d))])(image)
+
+
+def _label_to_grid_linearly(label: tio.LabelMap, spacing: Sequence[float]) -> tio.Image:
+    """Each non-zero value's mask resampled linearly (one at a time, to bound memory), kept above 0.5."""
+    grid: torch.Tensor | None = None
+    affine = None
+    for value in (int(v) for v in torch.unique(label.data) if v != 0):
+        mask = _resampled(tio.ScalarImage(tensor=(label.data == value).float(), affine=label.affine), spacing)
+        grid = torch.zeros_like(mask.data, dtype=torch.int16) if grid is None else grid
+        grid[mask.data > 0.5], affine = value, mask.affine
+    if grid is None:  # background only: all zeros, on the nearest-neighbour grid
+        return to_grid(label, spacing)
+    return tio.LabelMap(tensor=grid, affine=affine)
 
 
 class BinarizeLabel(tio.Transform):

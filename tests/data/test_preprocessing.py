@@ -2,12 +2,15 @@
 
 import io
 
+import numpy as np
 import pytest
 import torch
+import torchio as tio
 
 from sam3d.data import DatasetError, VolumeDataModule
-from sam3d.data.catalog import PRESETS
-from sam3d.data.preprocessing import Preprocessing
+from sam3d.data.catalog import PRESETS, Case
+from sam3d.data.preprocessing import Preprocessing, to_grid
+from sam3d.data.training.cache import cache_case
 
 
 def test_presets_resolve_without_data_and_round_trip_a_weights_only_checkpoint():
@@ -80,3 +83,35 @@ def test_invalid_preprocessing_is_refused(values, message):
     }
     with pytest.raises(DatasetError, match=message):
         Preprocessing(**(valid | values))
+
+
+def _one_labelled_voxel() -> tio.LabelMap:
+    """A 5^3 label map of 3 mm voxels whose centre voxel holds label 2."""
+    voxels = torch.zeros(1, 5, 5, 5, dtype=torch.int16)
+    voxels[0, 2, 2, 2] = 2
+    return tio.LabelMap(tensor=voxels, affine=np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def test_training_labels_are_resampled_linearly_and_thresholded_as_the_authors_resample_them():
+    # One labelled 3 mm voxel resampled to 1 mm: its 3^3 block holds the voxel's centre, the 6 voxels
+    # 1 mm from it along one axis (linear weight 2/3) and 20 voxels off along two or three (4/9, 8/27).
+    label = _one_labelled_voxel()
+    nearest, linear = to_grid(label, (1.0, 1.0, 1.0)), to_grid(label, (1.0, 1.0, 1.0), labels="linear")
+    assert nearest.data.shape == linear.data.shape == (1, 15, 15, 15)
+    assert linear.data.dtype == torch.int16
+    assert int((nearest.data == 2).sum()) == 27
+    assert int((linear.data == 2).sum()) == 7  # the centre and its 6 face neighbours: weight above 0.5
+    assert set(linear.data.unique().tolist()) == {0, 2}
+    np.testing.assert_allclose(linear.affine, nearest.affine)
+    with pytest.raises(DatasetError, match="label interpolation must be 'nearest' or 'linear'"):
+        to_grid(label, (1.0, 1.0, 1.0), labels="cubic")  # type: ignore[arg-type]
+
+
+def test_the_training_cache_stores_linearly_resampled_labels(tmp_path):
+    label = _one_labelled_voxel()
+    image = tio.ScalarImage(tensor=torch.zeros(1, 5, 5, 5, dtype=torch.int16), affine=label.affine)
+    image.save(tmp_path / "image.nii.gz")
+    label.save(tmp_path / "label.nii.gz")
+    case = Case("one", tmp_path / "image.nii.gz", tmp_path / "label.nii.gz")
+    cached = cache_case(case, tmp_path / "cache", (1.0, 1.0, 1.0))
+    assert int((cached.subject().get_label_map("label").data == 2).sum()) == 7

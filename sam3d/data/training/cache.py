@@ -1,13 +1,13 @@
 """Canonical, resampled volumes cached on disk so epochs after the first never resample again.
 
 An entry is a folder ``<cache_dir>/<key>/`` holding ``image.nii`` (HU, int16 when the source is
-integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16) and
-``meta.json``, which also records the two volumes' sizes and SHA-256: an entry whose files do not
-match them (truncated, corrupt) is rebuilt, with a warning, never used. The key hashes the source
-paths, sizes and modification times, the target spacing and the cache version, so editing a file or
-changing the spacing makes a new entry. Entries are written to a temporary folder and renamed into
-place: a killed run never leaves a half entry, and two processes caching the same case at once are
-harmless.
+integer-valued, else float32), ``label.nii`` (the source label values, uint8/int16; each value's mask
+resampled linearly and kept above 0.5, as the authors resample training labels) and ``meta.json``,
+which also records the two volumes' sizes and SHA-256: an entry whose files do not match them
+(truncated, corrupt) is rebuilt, with a warning, never used. The key hashes the source paths, sizes and
+modification times, the target spacing and the cache version, so editing a file or changing the spacing
+makes a new entry. Entries are written to a temporary folder and renamed into place: a killed run never
+leaves a half entry, and two processes caching the same case at once are harmless.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["CACHE_VERSION", "CachedCase", "cache_case", "cache_cases", "cache_us
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: labels resampled linearly and thresholded at 0.5, as the authors train
 # The volumes of an entry; meta.json records each one's size and SHA-256, checked whenever the entry is used.
 ENTRY_FILES = ("image.nii", "label.nii")
 # Foreground intensities kept per case, for window/statistics estimates without re-reading volumes.
@@ -108,7 +108,7 @@ def _preprocess(case: Case, spacing: tuple[float, float, float], folder: Path) -
     source = read_volume(case.image, "image", case.case_id)
     grid_spacing = spacing[::-1]  # network order (D, H, W)
     image_grid = to_grid(source, grid_spacing)
-    label_grid = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing)
+    label_grid = to_grid(read_volume(case.label, "label", case.case_id), grid_spacing, labels="linear")
     _save_nifti(image_grid.data, image_grid.affine, folder / "image.nii")
     image, label, affine = image_grid.data, label_grid.data, label_grid.affine
     _save_nifti(
