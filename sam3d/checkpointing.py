@@ -9,51 +9,18 @@ instead and renames, so the old file stays whole until the new one is complete.
 from __future__ import annotations
 
 import io
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from sam3d.data.scans.writing import write_atomically
 from sam3d.models.checkpoints import CheckpointError, load_weights_file
 
 # `--ckpt_path best|last`: file name patterns in a run's checkpoints folder (see the CLI's RUN_DEFAULTS).
 NAMED_CHECKPOINTS = {"last": "last.ckpt", "best": "best-*.ckpt"}
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through ``write`` into ``<path>.tmp-<pid>`` beside it, flushed to disk, then renamed.
-
-    On any failure (a full disk) the temporary file is removed and ``path`` is left as it was.
-    """
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (the rename) to disk, where the platform allows it."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # not every filesystem syncs folders
-    finally:
-        os.close(descriptor)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -72,7 +39,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # the OSError (a full disk), which the CLI reports as such.
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        write_atomically(target, lambda stream: stream.write(buffer.getbuffer()))
+
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as stream:
+                stream.write(buffer.getbuffer())
+
+        write_atomically(target, write)
 
 
 def newest_complete_checkpoint(root: Path, name: str) -> tuple[Path, dict[str, Any]] | None:

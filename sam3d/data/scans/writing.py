@@ -63,11 +63,28 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename: a crash leaves the old file or the new
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
     return path
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk, where the platform allows it."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # not every filesystem syncs folders
+    finally:
+        os.close(descriptor)
 
 
 def to_source_grid(
