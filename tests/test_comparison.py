@@ -66,7 +66,9 @@ def test_report_of_two_test_runs_equals_their_summaries(synthetic_root, trained,
         }
         assert own["case_ids"] == sorted({row["case"] for row in cases})
     assert summaries["sam-lora-r2"]["clicks"] == 2
-    lora = VolumetricSamModule(variant="tiny", adaptation="lora", lora_rank=2, freeze_sam=True)
+    lora = VolumetricSamModule(
+        variant="tiny", adaptation="lora", lora_rank=2, freeze_sam=True, click_mode="labelled"
+    )  # configs/synthetic.yaml's click mode: the click-label embedding trains
     assert summaries["sam-lora-r2"]["trainable_parameters"] == sum(
         p.numel() for p in lora.parameters() if p.requires_grad
     )

@@ -41,7 +41,7 @@ def cached_phantoms(synthetic_root, tmp_path_factory):
     return {name: transform(case.subject()) for name, case in cached.items()}
 
 
-def test_load_scan_preprocesses_exactly_as_the_training_cache(synthetic_root, cached_phantoms):
+def test_load_scan_preprocesses_the_image_exactly_as_the_training_cache(synthetic_root, cached_phantoms):
     assert len(cached_phantoms) == 6
     for image_path, label_path in cases(synthetic_root):
         subject = cached_phantoms[case_id(image_path)]
@@ -53,7 +53,12 @@ def test_load_scan_preprocesses_exactly_as_the_training_cache(synthetic_root, ca
         assert scan.spacing == (1.5, 1.5, 1.5)
         assert scan.source_shape == nib.load(image_path).shape
         np.testing.assert_allclose(scan.source_spacing, nib.load(image_path).header.get_zooms(), rtol=1e-5)
-        assert torch.equal(load_label(label_path, scan), to_network_layout(subject["label"].data[0]))
+        # Test labels are resampled nearest-neighbour, training labels linearly then kept above 0.5 (both as
+        # the authors): the same object, the boundary voxels aside.
+        assert (
+            dice(load_label(label_path, scan).numpy(), to_network_layout(subject["label"].data[0]).numpy())
+            > 0.9
+        )
 
 
 def check_overlay(image_path, label_path, out_path):

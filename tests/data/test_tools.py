@@ -9,6 +9,7 @@ def test_utilities_are_registered_by_subcommand_name():
         "check-dataset",
         "make-synthetic",
         "make-lits117",
+        "export-nnunet",
     }
     assert all(fn.__doc__ and "Args:" in fn.__doc__ for fn in UTILITIES.values())
 
