@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import uvicorn
+from starlette.applications import Starlette
 
 from sam3d.callbacks import PredictionWriter
 from sam3d.data.preprocessing import Preprocessing
@@ -44,6 +45,16 @@ def _post(address: str, path: str, body: dict, token: str = "") -> tuple[dict, f
     return result, time.perf_counter() - start
 
 
+def serve_in_thread(app: Starlette) -> tuple[uvicorn.Server, str]:
+    """Serve ``app`` on a free loopback port from a daemon thread; the server (set ``should_exit``) and address."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,12 +74,7 @@ def main() -> None:
         root = make_synthetic_dataset(Path(folder) / "data", num_cases=1)
         scan = root / "imagesTr" / "phantom_000.nii.gz"
         app = create_app(SessionStore(net, PREPROCESSING, PredictionWriter(folder), [scan], ServeSettings()))
-        sock = bind("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
-        address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        server, address = serve_in_thread(app)
         token = _post(address, "/api/page", {})[0]["page"]  # as the page does
         opened, _ = _post(address, "/api/open", {"index": 0}, token)
         centre = [n // 2 for n in opened["scan"]["shape"]]

@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import uvicorn
+from serve_clicks import PREPROCESSING, serve_in_thread
 
 from sam3d.callbacks import PredictionWriter
-from sam3d.data.preprocessing import Preprocessing
 from sam3d.data.synthetic import make_synthetic_dataset
 from sam3d.models import build_volumetric_sam
 from sam3d.serve import ServeSettings, SessionStore, ViewSettings, create_app
-from sam3d.serve.server import bind
 
-# configs/synthetic.yaml's preprocessing
-PREPROCESSING = Preprocessing((1.0, 1.0, 1.0), (-100.0, 200.0), 50.0, 40.0, (1,))
 # One round on a phantom: offsets from the volume's centre (d, h, w) and signs; then Reset.
 ROUND = (((0, 0, 0), True), ((0, 0, 6), False), ((0, 3, 0), True), ((2, 0, -4), False), ((0, -3, 2), True))
 
@@ -128,12 +123,7 @@ def main() -> None:
         # would grow into every crop under `full`, and this measures isolation, not crop growth.
         settings = ServeSettings(ViewSettings(protocol="paper"), max_sessions=args.pages + 1)
         app = create_app(SessionStore(net, PREPROCESSING, PredictionWriter(folder), scans, settings))
-        sock = bind("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-        while not server.started:
-            time.sleep(0.05)
-        address = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        server, address = serve_in_thread(app)
         reference = reference_masks(address, len(scans), deadline)
         share = [args.clicks // args.pages + (i < args.clicks % args.pages) for i in range(args.pages)]
         start = time.perf_counter()
