@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchio as tio
 
 from sam3d.data.catalog import PRESETS, Case, DatasetName
 from sam3d.data.checks import same_affine
@@ -121,25 +122,41 @@ def _check_output(folder: Path, dataset_id: int) -> None:
             )
 
 
+def _refuse_another_grid(case_id: str, message: str, volumes: dict[str, tuple[tio.Image, Path]]) -> None:
+    """Raise ``message`` with each volume's grid (a :class:`Problem` naming its file) unless all share one grid.
+
+    Raises:
+        DatasetError: If the volumes' shapes or affines differ.
+    """
+    (first, _), *others = volumes.values()
+    if all(
+        image.spatial_shape == first.spatial_shape
+        and same_affine(np.asarray(image.affine), np.asarray(first.affine))
+        for image, _ in others
+    ):
+        return
+    width = max(len(name) for name in volumes) + 1
+    raise DatasetError(
+        message,
+        [
+            Problem(
+                case_id, f"{name + ':':<{width}} {describe_grid(image.spatial_shape, image.affine)}", path
+            )
+            for name, (image, path) in volumes.items()
+        ],
+    )
+
+
 def _binary_label(case: Case, targets: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The case's label as a 0/1 uint8 array and its image's voxels, after checking they share one grid."""
     image = read_volume(case.image, "image", case.case_id)
     label = read_volume(case.label, "label", case.case_id)
-    if image.spatial_shape != label.spatial_shape or not same_affine(
-        np.asarray(image.affine), np.asarray(label.affine)
-    ):
-        raise DatasetError(
-            f"label {case.label} is not on the grid of image {case.image}; resample the label onto the image "
-            "or fix its header:",
-            [
-                Problem(
-                    case.case_id, f"image: {describe_grid(image.spatial_shape, image.affine)}", case.image
-                ),
-                Problem(
-                    case.case_id, f"label: {describe_grid(label.spatial_shape, label.affine)}", case.label
-                ),
-            ],
-        )
+    _refuse_another_grid(
+        case.case_id,
+        f"label {case.label} is not on the grid of image {case.image}; resample the label onto the image "
+        "or fix its header:",
+        {"image": (image, case.image), "label": (label, case.label)},
+    )
     binary = BinarizeLabel(targets)(label).data[0].numpy().astype(np.uint8)
     return binary, image.data[0].numpy()
 
@@ -263,25 +280,12 @@ def read_predicted_mask(prediction_path: Path, case: Case, targets: tuple[int, .
             "export's imagesTs (nnUNetv2_predict -i .../imagesTs -o this folder)"
         )
     prediction = read_volume(prediction_path, "label", case.case_id)
-    if prediction.spatial_shape != label.spatial_shape or not same_affine(
-        np.asarray(prediction.affine), np.asarray(label.affine)
-    ):
-        raise DatasetError(
-            f"prediction {prediction_path} is not on the grid of label {case.label}; predict from the "
-            "images that `sam3d export-nnunet` wrote for this dataset:",
-            [
-                Problem(
-                    case.case_id,
-                    f"prediction: {describe_grid(prediction.spatial_shape, prediction.affine)}",
-                    prediction_path,
-                ),
-                Problem(
-                    case.case_id,
-                    f"label:      {describe_grid(label.spatial_shape, label.affine)}",
-                    case.label,
-                ),
-            ],
-        )
+    _refuse_another_grid(
+        case.case_id,
+        f"prediction {prediction_path} is not on the grid of label {case.label}; predict from the "
+        "images that `sam3d export-nnunet` wrote for this dataset:",
+        {"prediction": (prediction, prediction_path), "label": (label, case.label)},
+    )
     spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(label.affine)[:3, :3], axis=0))
     return LabelledMask(
         prediction=BinarizeLabel((1,))(prediction).data[0].bool(),
